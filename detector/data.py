@@ -155,7 +155,7 @@ def decode_image(path: Path, report: Report) -> tuple[np.ndarray, tuple[float, f
 def to_tensor(img: np.ndarray, rng: tuple[float, float]) -> torch.Tensor:
     """(H, W) integer array -> (1, H, W) float32 tensor in [0, 1]."""
     lo, hi = rng
-    t = torch.from_numpy(img.astype(np.float32) if img.dtype == np.uint16 else img).float()
+    t = torch.from_numpy(img.astype(np.float32))  # a new array: the source may be read-only shared memory
     return ((t - lo) / (hi - lo)).clamp_(0.0, 1.0).unsqueeze(0)
 
 

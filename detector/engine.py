@@ -1,0 +1,407 @@
+"""The training engine: one configuration trained, evaluated, checkpointed and resumed.
+
+Engine functions take objects and return plain dicts (torchvision's references/detection/engine.py):
+`train_one_epoch(...) -> dict`, `evaluate(...) -> dict`; `fit(...)` runs the whole loop and hands a
+flat dict of float metrics to a callback after every epoch. Nothing here knows who schedules it.
+"""
+from __future__ import annotations
+
+import gc
+import math
+import os
+import random
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from torchmetrics.detection import MeanAveragePrecision
+from torchvision.ops import box_iou
+
+from detector import config as C
+from detector.config import TrainConfig
+from detector.data import DecodedDataset, DetectionDataset, collate
+from detector.model import DataStats, build_model, count_params, detections_per_img
+from detector.transforms import Augment
+
+IOU_SCORE_THRESH = 0.5  # predictions at or above this score count for iou_per_pred / iou_per_gt
+LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss was NaN or infinite for `nonfinite_patience` consecutive steps."""
+
+
+class OutOfMemoryError(RuntimeError):
+    """CUDA ran out of memory; the message states the batch and image size that did not fit."""
+
+
+@dataclass
+class Setup:
+    """Runtime state that is not configuration: where to run and what the data looks like."""
+
+    device: torch.device
+    stats: DataStats
+    image_scale: float          # model input scale relative to the data (for 'auto' anchors)
+    amp_dtype: torch.dtype | None
+
+    @staticmethod
+    def create(cfg: TrainConfig, train: DecodedDataset, device: str | torch.device | None = None) -> "Setup":
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        short_sides = sorted(min(im.shape) for im in train.images)
+        scale = cfg.min_size / short_sides[len(short_sides) // 2]
+        amp = None
+        if cfg.amp and dev.type == "cuda":
+            amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return Setup(dev, train.stats(), scale, amp)
+
+
+# ----------------------------------------------------------------------------------------------
+# Optimisation
+
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD (momentum, optional Nesterov) or AdamW over the trainable parameters only."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(cfg: TrainConfig, iteration: int, iters_per_epoch: int) -> float:
+    """Multiplier of `cfg.lr` at a (0-based) iteration: linear warm-up, then the schedule."""
+    warm = cfg.warmup_iters if cfg.warmup_iters is not None else int(round(cfg.warmup_epochs * iters_per_epoch))
+    w = 1.0 if iteration >= warm else cfg.warmup_factor + (1 - cfg.warmup_factor) * iteration / warm
+    total = cfg.epochs * iters_per_epoch
+    if cfg.schedule == "cosine":
+        s = 0.5 * (1 + math.cos(math.pi * min(iteration, total) / total))
+    elif cfg.schedule == "step":
+        epoch = iteration / iters_per_epoch
+        s = cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
+    else:
+        s = 1.0
+    return w * s
+
+
+def build_scheduler(cfg: TrainConfig, optimizer, iters_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Stepped once per iteration."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(cfg, it, iters_per_epoch))
+
+
+# ----------------------------------------------------------------------------------------------
+# One epoch
+
+
+def train_one_epoch(model, optimizer, scheduler, loader, setup: Setup, cfg: TrainConfig,
+                    scaler: torch.amp.GradScaler, epoch: int, progress: bool = False,
+                    last_map50: float | None = None) -> dict:
+    """Train one epoch; return mean losses, images/s and the last learning rate.
+
+    Raises NonFiniteLossError after `cfg.nonfinite_patience` consecutive non-finite losses (a
+    non-finite step is skipped, so the weights never see it).
+    """
+    model.train()
+    dev, non_blocking = setup.device, setup.device.type == "cuda"
+    sums = torch.zeros(len(LOSS_KEYS) + 1, dtype=torch.float64)
+    steps = images = bad = 0
+    it = loader
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(loader, desc=f"epoch {epoch}", leave=False, file=sys.stderr, dynamic_ncols=True)
+    t0 = time.perf_counter()
+    for imgs, targets in it:
+        imgs = [im.to(dev, non_blocking=non_blocking) for im in imgs]
+        targets = [{"boxes": t["boxes"].to(dev, non_blocking=non_blocking),
+                    "labels": t["labels"].to(dev, non_blocking=non_blocking)} for t in targets]
+        with torch.autocast(dev.type, dtype=setup.amp_dtype or torch.float32, enabled=setup.amp_dtype is not None):
+            loss_dict = model(imgs, targets)
+        parts = torch.stack([loss_dict[k].float() for k in LOSS_KEYS])
+        loss = parts.sum()
+        values = torch.cat([loss.detach()[None], parts.detach()]).double().cpu()  # the one sync per step
+        optimizer.zero_grad(set_to_none=True)
+        if not torch.isfinite(values).all():
+            bad += 1
+            if bad >= cfg.nonfinite_patience:
+                raise NonFiniteLossError(
+                    f"non-finite loss for {bad} consecutive steps at epoch {epoch}, step {steps + 1} "
+                    f"(lr={optimizer.param_groups[0]['lr']:.3g}, losses "
+                    f"{dict(zip(('loss', *LOSS_KEYS), values.tolist()))}); lower lr, lengthen warm-up "
+                    f"or enable gradient clipping")
+            scheduler.step()
+            continue
+        bad = 0
+        scaler.scale(loss).backward()
+        if cfg.clip_grad_norm is not None:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
+                                           cfg.clip_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        sums += values
+        steps += 1
+        images += len(imgs)
+        if progress:
+            it.set_postfix(loss=f"{values[0].item():.3f}",
+                           map50="-" if last_map50 is None else f"{last_map50:.3f}")
+    elapsed = time.perf_counter() - t0
+    means = (sums / max(steps, 1)).tolist()
+    return {"loss": means[0], **dict(zip(LOSS_KEYS, means[1:])), "epoch_time_s": elapsed,
+            "train_img_per_s": images / elapsed if elapsed > 0 else 0.0,
+            "lr": optimizer.param_groups[0]["lr"]}
+
+
+def _mean_best_iou(preds: list[torch.Tensor], gts: list[torch.Tensor]) -> tuple[float, float]:
+    """(mean over predictions of their best IoU with any ground truth,
+        mean over ground truths of their best IoU with any prediction); 0 where the other side is empty."""
+    per_pred, per_gt = [], []
+    for p, g in zip(preds, gts):
+        if len(p) and len(g):
+            iou = box_iou(p, g)  # (P, G)
+            per_pred.append(iou.max(dim=1).values)
+            per_gt.append(iou.max(dim=0).values)
+        else:
+            per_pred.append(torch.zeros(len(p)))
+            per_gt.append(torch.zeros(len(g)))
+    cat = lambda xs: torch.cat(xs) if xs else torch.zeros(0)  # noqa: E731
+    pp, pg = cat(per_pred), cat(per_gt)
+    return (pp.mean().item() if len(pp) else 0.0), (pg.mean().item() if len(pg) else 0.0)
+
+
+@torch.no_grad()
+def predict_batches(model, loader, setup: Setup):
+    """Yield (predictions, targets) per batch, predictions on the CPU."""
+    model.eval()
+    non_blocking = setup.device.type == "cuda"
+    for imgs, targets in loader:
+        imgs = [im.to(setup.device, non_blocking=non_blocking) for im in imgs]
+        with torch.autocast(setup.device.type, dtype=setup.amp_dtype or torch.float32,
+                            enabled=setup.amp_dtype is not None):
+            out = model(imgs)
+        yield [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in o.items()} for o in out], targets
+
+
+def evaluate(model, loader, setup: Setup, max_detections: int) -> dict:
+    """mAP (torchmetrics, faster-coco-eval backend) and the study's IoU curves on a loader.
+
+    `max_detections` is the per-image cap COCO evaluation counts; it must be at least the model's
+    `box_detections_per_img`, or numerous objects silently lower the score.
+    """
+    metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="faster_coco_eval",
+                                  max_detection_thresholds=[1, 10, max(100, max_detections)])
+    preds, gts = [], []
+    t0 = time.perf_counter()
+    n = 0
+    for out, targets in predict_batches(model, loader, setup):
+        metric.update(out, [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets])
+        for o, t in zip(out, targets):
+            preds.append(o["boxes"][o["scores"] >= IOU_SCORE_THRESH])
+            gts.append(t["boxes"])
+        n += len(out)
+    eval_time = time.perf_counter() - t0
+    m = metric.compute()
+    iou_pred, iou_gt = _mean_best_iou(preds, gts)
+    return {"map50": float(m["map_50"]), "map": float(m["map"]), "map75": float(m["map_75"]),
+            "map_small": float(m["map_small"]), "iou_per_pred": iou_pred, "iou_per_gt": iou_gt,
+            "eval_time_s": eval_time, "eval_img_per_s": n / eval_time if eval_time > 0 else 0.0}
+
+
+@torch.no_grad()
+def latency_ms(model, image: torch.Tensor, setup: Setup, repeats: int = 10) -> float:
+    """Inference time per image at batch size 1, in ms, on the setup's device (after warm-up)."""
+    model.eval()
+    x = [image.to(setup.device)]
+    sync = torch.cuda.synchronize if setup.device.type == "cuda" else (lambda: None)
+    for _ in range(3):
+        model(x)
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        with torch.autocast(setup.device.type, dtype=setup.amp_dtype or torch.float32,
+                            enabled=setup.amp_dtype is not None):
+            model(x)
+    sync()
+    return (time.perf_counter() - t0) / repeats * 1000
+
+
+def peak_mem_mb(device: torch.device) -> float:
+    """Peak GPU memory allocated (CUDA), else the process's peak resident memory, in MiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def atomic_save(obj, path: Path) -> None:
+    """torch.save to a temporary file, then rename: a crash never leaves a truncated `path`."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def _set_rng_state(s: dict) -> None:
+    torch.set_rng_state(s["torch"])
+    random.setstate((3, tuple(s["python"]), None))
+    if s.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Read a checkpoint written by this project (tensors and plain data only: weights_only=True)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def model_from_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """(model, config, class_names) rebuilt from `model.pt` or `checkpoint.pt`."""
+    ck = load_checkpoint(path)
+    cfg = C.from_dict(ck["config"], source=f"{path} [config]")
+    stats = DataStats(**{**ck["stats"], "box_size_quantiles": tuple(ck["stats"]["box_size_quantiles"])})
+    model = build_model(cfg, stats, load_weights=False, image_scale=ck["image_scale"])
+    model.load_state_dict(ck["model"])
+    return model.to(device).eval(), cfg, ck.get("class_names", [])
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+
+
+EpochCallback = Callable[[dict, Path], None]
+
+
+def fit(cfg: TrainConfig, train: DecodedDataset, val: DecodedDataset, out_dir: str | os.PathLike, *,
+        device: str | torch.device | None = None, on_epoch: EpochCallback | None = None,
+        resume: bool = False, progress: bool = False, log: Callable[[str], None] | None = None) -> dict:
+    """Train `cfg` on `train`, evaluating on `val` after every epoch.
+
+    Writes into `out_dir`: `checkpoint.pt` (latest, every epoch, atomically), `model.pt` (best
+    weights + configuration), `metrics.jsonl` (one object per epoch) and `summary.json`.
+    `on_epoch(metrics, checkpoint_path)` is called after each epoch's checkpoint is written.
+    With `resume`, training continues after the epoch stored in `out_dir/checkpoint.pt`.
+    Returns the summary dict. Raises NonFiniteLossError, OutOfMemoryError.
+    """
+    import json
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    log = log or (lambda s: None)
+    setup = Setup.create(cfg, train, device)
+    torch.manual_seed(cfg.seed)  # initialisation of every layer that is not loaded
+    model = build_model(cfg, setup.stats, image_scale=setup.image_scale).to(setup.device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    max_dets = detections_per_img(cfg, setup.stats)
+
+    train_set = DetectionDataset(train, cfg.in_channels, Augment(cfg.hflip, cfg.vflip, cfg.rot90, cfg.scale_jitter,
+                                                                 cfg.crop_size), seed=cfg.seed)
+    val_set = DetectionDataset(val, cfg.in_channels)
+    pin = setup.device.type == "cuda"
+    val_loader = torch.utils.data.DataLoader(val_set, batch_size=cfg.batch_size, shuffle=False,
+                                             num_workers=cfg.num_workers, collate_fn=collate, pin_memory=pin)
+    iters_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+    optimizer = build_optimizer(cfg, model)
+    scheduler = build_scheduler(cfg, optimizer, iters_per_epoch)
+    scaler = torch.amp.GradScaler("cuda", enabled=setup.amp_dtype == torch.float16)
+
+    history: list[dict] = []
+    best, best_epoch, start = -math.inf, 0, 1
+    ckpt_path = out / "checkpoint.pt"
+    if resume and ckpt_path.exists():
+        ck = load_checkpoint(ckpt_path)
+        saved_cfg = C.from_dict(ck["config"], source=f"{ckpt_path} [config]")
+        if saved_cfg != cfg:
+            raise C.ConfigError(f"{ckpt_path}: was written with another configuration; resume with the same one "
+                                f"(differing fields: {[k for k in C.FIELD_NAMES if getattr(saved_cfg, k) != getattr(cfg, k)]})")
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        scheduler.load_state_dict(ck["scheduler"])
+        scaler.load_state_dict(ck["scaler"])
+        _set_rng_state(ck["rng"])
+        history, best, best_epoch, start = ck["history"], ck["best"], ck["best_epoch"], ck["epoch"] + 1
+        log(f"resumed from {ckpt_path} after epoch {ck['epoch']}")
+
+    metrics_file = out / "metrics.jsonl"
+    metrics_file.write_text("".join(json.dumps(h) + "\n" for h in history))  # drop epochs after the checkpoint
+    total, trainable = count_params(model)
+    stopped_early = False
+    lat: float | None = None
+    t_start = time.perf_counter()
+    try:
+        for epoch in range(start, cfg.epochs + 1):
+            # Reseeding per epoch makes a resumed run draw the same shuffles, augmentations and RoI
+            # samples as an uninterrupted one, whatever happened before.
+            torch.manual_seed(cfg.seed * 1_000_003 + epoch)
+            train_set.set_epoch(epoch)
+            loader = torch.utils.data.DataLoader(
+                train_set, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
+                collate_fn=collate, pin_memory=pin, drop_last=False,
+                generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch))
+            if setup.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(setup.device)
+            m = train_one_epoch(model, optimizer, scheduler, loader, setup, cfg, scaler, epoch, progress,
+                                history[-1]["map50"] if history else None)
+            m.update(evaluate(model, val_loader, setup, max_dets))
+            if lat is None:  # once per process: every epoch's metrics carry it, so stopped trials have it too
+                lat = latency_ms(model, val_set[0][0], setup)
+            m.update(epoch=float(epoch), peak_mem_mb=peak_mem_mb(setup.device), latency_ms=lat,
+                     params_total=float(total), params_trainable=float(trainable))
+            history.append(m)
+            if m["map50"] > best:
+                best, best_epoch = m["map50"], epoch
+                atomic_save(_model_file(model, cfg, train, setup), out / "model.pt")
+            atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
+                         "rng": _rng_state(), "config": C.to_dict(cfg), "history": history, "best": best,
+                         "best_epoch": best_epoch, "stats": _stats_dict(setup.stats),
+                         "image_scale": setup.image_scale, "class_names": list(train.class_names)}, ckpt_path)
+            with open(metrics_file, "a") as f:
+                f.write(json.dumps(m) + "\n")
+            log(f"epoch {epoch}/{cfg.epochs}  loss {m['loss']:.4f}  map50 {m['map50']:.4f}  "
+                f"map {m['map']:.4f}  iou/pred {m['iou_per_pred']:.3f}  iou/gt {m['iou_per_gt']:.3f}  "
+                f"{m['train_img_per_s']:.1f} img/s")
+            if on_epoch is not None:
+                on_epoch(dict(m), ckpt_path)
+            if cfg.patience is not None and epoch - best_epoch >= cfg.patience:
+                stopped_early = True
+                log(f"early stop: no better map50 for {cfg.patience} epochs (best {best:.4f} at epoch {best_epoch})")
+                break
+    except torch.cuda.OutOfMemoryError:
+        del model, optimizer
+        gc.collect()
+        torch.cuda.empty_cache()
+        raise OutOfMemoryError(f"CUDA out of memory with batch_size={cfg.batch_size}, min_size={cfg.min_size}, "
+                               f"max_size={cfg.max_size} ({cfg.backbone} {cfg.version}); lower batch_size or "
+                               f"min_size") from None
+
+    lat = latency_ms(model, val_set[0][0], setup)  # of the trained model (its detections cost NMS time)
+    best_m = next((h for h in history if h["epoch"] == best_epoch), history[-1] if history else {})
+    summary = {"best_epoch": best_epoch, "best": best_m, "epochs_run": len(history), "stopped_early": stopped_early,
+               "total_time_s": time.perf_counter() - t_start, "latency_ms": lat,
+               "params_total": total, "params_trainable": trainable, "device": str(setup.device),
+               "data_fingerprint": train.fingerprint(), "config": C.to_dict(cfg)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def _stats_dict(stats: DataStats) -> dict:
+    d = asdict(stats)
+    d["box_size_quantiles"] = list(d["box_size_quantiles"])
+    return d
+
+
+def _model_file(model, cfg: TrainConfig, train: DecodedDataset, setup: Setup) -> dict:
+    """What `model.pt` holds: weights, the configuration as data, and what rebuilding needs."""
+    return {"model": model.state_dict(), "config": C.to_dict(cfg), "class_names": list(train.class_names),
+            "stats": _stats_dict(setup.stats), "image_scale": setup.image_scale}

@@ -1,0 +1,44 @@
+"""Evaluate a trained model on a dataset and print the metrics as JSON.
+
+    python -m detector.evaluate --checkpoint runs/train/model.pt --data PATH [--images DIR] [--device cpu]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+from detector.data import DataError, DetectionDataset, collate, load_any, require_usable
+from detector.engine import Setup, evaluate, model_from_checkpoint
+from detector.model import detections_per_img
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m detector.evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True, help="model.pt or checkpoint.pt written by detector.train")
+    p.add_argument("--data", required=True, help="COCO JSON, folder with annotations.json, or VOC folder")
+    p.add_argument("--images", help="folder the image file names are relative to")
+    p.add_argument("--device", default=None)
+    p.add_argument("--batch-size", type=int, default=4)
+    a = p.parse_args(argv)
+    device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, cfg, class_names = model_from_checkpoint(a.checkpoint, device)
+    try:
+        ds = load_any(a.data, a.images, class_names=class_names or None)
+        require_usable(ds, a.data)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    loader = torch.utils.data.DataLoader(DetectionDataset(ds, cfg.in_channels), batch_size=a.batch_size,
+                                         collate_fn=collate)
+    setup = Setup.create(cfg, ds, device)
+    metrics = evaluate(model, loader, setup, model.roi_heads.detections_per_img)
+    metrics["images"] = len(ds)
+    print(json.dumps(metrics))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Shared fixtures: tiny real datasets and a torch hub cache holding generated weight files."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# Keep the embedded dataset's cache and any torch hub lookups inside the test session.
+os.environ.setdefault("SMALLOBJ_CACHE", str(Path(os.environ.get("PYTEST_TMP", "/tmp")) / "smallobj-test-cache"))
+torch.set_num_threads(2)
+
+# Small sizes that keep a CPU training step well under a second.
+TINY = dict(min_size=64, max_size=64, anchor_sizes=[8, 16, 32, 64, 128], box_batch_size_per_image=16,
+            rpn_batch_size_per_image=32, rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=100,
+            rpn_pre_nms_top_n_test=200, rpn_post_nms_top_n_test=100, num_workers=0, batch_size=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """A real COCO dataset written by the synthetic generator: 10 images of 64 px."""
+    from detector import synth
+
+    out = tmp_path_factory.mktemp("tiny")
+    return synth.write_dataset(out, n_images=10, size=64, seed=3)
+
+
+def write_fake_hub_file(hub_checkpoints: Path, wf, state: dict) -> Path:
+    """Save `state` under the exact file name torch hub uses for `wf` (a detector.weights.WeightFile)."""
+    hub_checkpoints.mkdir(parents=True, exist_ok=True)
+    path = hub_checkpoints / wf.path.name
+    torch.save(state, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def torch_home(tmp_path_factory):
+    """A TORCH_HOME whose hub cache holds a generated file for every pretrained weight this tool uses:
+    the real cache file names, the real state-dict keys and shapes, and conv1 kernels whose RGB
+    channels hold 1, 2 and 3 (so the adapted greyscale kernel must be exactly 2)."""
+    import torchvision
+    from torchvision.models.detection import fasterrcnn_resnet50_fpn, fasterrcnn_resnet50_fpn_v2
+
+    from detector import weights as W
+
+    home = tmp_path_factory.mktemp("torch_home")
+    old = os.environ.get("TORCH_HOME")
+    os.environ["TORCH_HOME"] = str(home)
+    ckpt_dir = home / "hub" / "checkpoints"
+    try:
+        for name, wenum in W.IMAGENET_WEIGHTS.items():
+            state = getattr(torchvision.models, name)(weights=None).state_dict()
+            state["conv1.weight"] = torch.cat([torch.full((64, 1, 7, 7), float(c)) for c in (1, 2, 3)], dim=1)
+            write_fake_hub_file(ckpt_dir, W.WeightFile(wenum), state)
+        for (backbone, version), wenum in W.COCO_WEIGHTS.items():
+            builder = fasterrcnn_resnet50_fpn if version == "v1" else fasterrcnn_resnet50_fpn_v2
+            state = builder(weights=None, weights_backbone=None).state_dict()
+            if version == "v1":  # the real v1 file has FrozenBatchNorm2d in the body: no num_batches_tracked
+                state = {k: v for k, v in state.items() if not (k.startswith("backbone.body") and
+                                                                k.endswith("num_batches_tracked"))}
+            state["backbone.body.conv1.weight"] = torch.cat(
+                [torch.full((64, 1, 7, 7), float(c)) for c in (1, 2, 3)], dim=1)
+            write_fake_hub_file(ckpt_dir, W.WeightFile(wenum), state)
+        yield home
+    finally:
+        if old is None:
+            os.environ.pop("TORCH_HOME", None)
+        else:
+            os.environ["TORCH_HOME"] = old
