@@ -292,8 +292,10 @@ def dump(cfg: TrainConfig, header: str = "", comments: bool = False) -> str:
     for name, value in to_dict(cfg).items():
         if comments:
             lines.append(f"# {FIELD_DOCS[name]}")
-        lines.append(yaml.safe_dump({name: value}, default_flow_style=True, sort_keys=False).strip()
-                     if isinstance(value, list) else yaml.safe_dump({name: value}, sort_keys=False).strip())
+        if isinstance(value, list):
+            lines.append(f"{name}: {yaml.safe_dump(value, default_flow_style=True).strip()}")
+        else:
+            lines.append(yaml.safe_dump({name: value}, sort_keys=False).strip())
     return "\n".join(lines) + "\n"
 
 
