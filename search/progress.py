@@ -1,0 +1,90 @@
+"""A compact terminal table instead of Ray's wall of text: per arm, trials running, finished,
+stopped and failed, the best metric so far, and the elapsed time."""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections import defaultdict
+
+from ray.tune import Callback
+
+
+class ArmTable(Callback):
+    """Prints the table when something changed, at most every `every_s` seconds (and at the end).
+
+    On a terminal the table is redrawn in place; in a log it is appended.
+    """
+
+    def __init__(self, metric: str, arms: list[str], every_s: float = 5.0, stream=None):
+        self.metric, self.arms, self.every_s = metric, arms, every_s
+        self.stream = stream or sys.stdout
+        self.t0 = time.monotonic()
+        self.status: dict[str, str] = {}
+        self.arm_of: dict[str, str] = {}
+        self.best: dict[str, float] = defaultdict(lambda: -math.inf)
+        self.max_epochs = None
+        self._last_print, self._dirty, self._lines = 0.0, True, 0
+
+    def _arm(self, trial) -> str:
+        return self.arm_of.setdefault(trial.trial_id, trial.config.get("arm", "?"))
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.status[trial.trial_id] = "running"
+        self._arm(trial)
+        self._dirty = True
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        v = result.get(self.metric)
+        if v is not None and math.isfinite(v):
+            arm = self._arm(trial)
+            if v > self.best[arm]:
+                self.best[arm], self._dirty = v, True
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        last = trial.last_result or {}
+        epochs = int(last.get("epoch", 0))
+        max_epochs = trial.config.get("cfg", {}).get("epochs", epochs)
+        if "fail_reason" in last:
+            self.status[trial.trial_id] = "failed"
+        else:
+            self.status[trial.trial_id] = "finished" if epochs >= max_epochs else "stopped"
+        self._arm(trial)
+        self._dirty = True
+        self.print(force=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.status[trial.trial_id] = "failed"
+        self._dirty = True
+
+    def on_step_end(self, iteration, trials, **info):
+        self.print()
+
+    def on_experiment_end(self, trials, **info):
+        self.print(force=True)
+
+    def render(self) -> list[str]:
+        counts: dict[str, dict[str, int]] = {a: defaultdict(int) for a in self.arms}
+        for tid, st in self.status.items():
+            counts.setdefault(self.arm_of.get(tid, "?"), defaultdict(int))[st] += 1
+        width = max([len(a) for a in counts] + [3])
+        lines = [f"{'arm':<{width}}  running  finished  stopped  failed  best {self.metric}",
+                 "-" * (width + 48)]
+        for arm, c in counts.items():
+            best = self.best.get(arm, -math.inf)
+            lines.append(f"{arm:<{width}}  {c['running']:>7}  {c['finished']:>8}  {c['stopped']:>7}  {c['failed']:>6}  "
+                         f"{'-' if best == -math.inf else f'{best:.4f}':>10}")
+        lines.append(f"elapsed {time.monotonic() - self.t0:6.0f} s")
+        return lines
+
+    def print(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and (not self._dirty or now - self._last_print < self.every_s):
+            return
+        lines = self.render()
+        tty = getattr(self.stream, "isatty", lambda: False)()
+        if tty and self._lines:
+            self.stream.write(f"\x1b[{self._lines}F\x1b[J")  # move up and clear: redraw in place
+        self.stream.write("\n".join(lines) + "\n")
+        self.stream.flush()
+        self._lines, self._last_print, self._dirty = len(lines), now, False

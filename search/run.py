@@ -1,0 +1,228 @@
+"""Run a search: Ray Tune schedules the trials, Optuna (TPE) proposes them, ASHA stops weak ones.
+
+    python -m search.run --space spaces/demo.yaml [--data PATH] [--storage DIR] [--name NAME]
+                         [--address auto] [--resume] [--dry-run]
+
+Everything the run produces lives in STORAGE/NAME: `trials/` (Ray's per-trial folders: params,
+per-epoch results, checkpoints), `optuna.journal` (the studies), `results.csv` and `trials.json`
+(one row per trial), `run.json` (space, data fingerprint, versions) and `run.log`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from detector import config as C
+from detector.data import DataError, load_splits
+from search.space import Space, SpaceError, dry_run_text, load_space
+
+log = logging.getLogger("search")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m search.run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--space", required=True, help="space YAML file (see spaces/README.md)")
+    p.add_argument("--data", help="COCO JSON / folder / VOC folder; overrides the space's `data`")
+    p.add_argument("--val-data", help="separate validation annotations; overrides the space's `val_data`")
+    p.add_argument("--images", help="folder the image file names are relative to")
+    p.add_argument("--storage", default="runs", help="folder (or s3://bucket/prefix on a cluster) holding runs")
+    p.add_argument("--name", help="run name (default: the space's name and the start time)")
+    p.add_argument("--address", help="Ray cluster address ('auto' joins the running cluster); default: local Ray")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all of this machine's)")
+    p.add_argument("--resume", action="store_true", help="continue the run STORAGE/NAME where it stopped")
+    p.add_argument("--dry-run", action="store_true", help="print arms, skipped combinations and budget; run nothing")
+    return p.parse_args(argv)
+
+
+def _versions() -> dict:
+    import optuna
+    import ray
+    import torch
+    import torchvision
+
+    return {"torch": torch.__version__, "torchvision": torchvision.__version__, "ray": ray.__version__,
+            "optuna": optuna.__version__}
+
+
+def _setup_logging(run_dir: Path) -> None:
+    handler = logging.FileHandler(run_dir / "run.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in ("search", "ray"):
+        lg = logging.getLogger(name)
+        lg.addHandler(handler)
+        lg.setLevel(logging.INFO)
+    logging.getLogger("ray").propagate = False
+
+
+def _init_ray(args, space: Space) -> None:
+    import ray
+
+    if args.address:
+        ray.init(address=args.address, logging_level=logging.WARNING, log_to_driver=False)
+    else:
+        ray.init(num_cpus=args.num_cpus, include_dashboard=False, logging_level=logging.WARNING,
+                 log_to_driver=False)
+
+
+def run_search(space: Space, run_dir: Path, data: tuple, resume: bool, stream=None):
+    """The search stage: one Tuner over every arm; returns the PerArmASHA scheduler used."""
+    from ray import tune
+
+    from search.progress import ArmTable
+    from search.scheduler import PerArmASHA
+    from search.searcher import ArmSearcher
+    from search.trainable import train_trial
+
+    trainable = tune.with_resources(tune.with_parameters(train_trial, data=data),
+                                    {"cpu": space.cpu, "gpu": space.gpu})
+    table = ArmTable(space.metric, [a.name for a in space.arms] if space.strategy == "per-architecture"
+                     else ["joint"] + [a.name for a in space.arms], stream=stream)
+    trials_dir = run_dir / "trials"
+    if resume:
+        tuner = tune.Tuner.restore(str(trials_dir), trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        searcher = ArmSearcher(space, run_dir / "optuna.journal")
+        scheduler = PerArmASHA(space)
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=space.total_trials(),
+                                        max_concurrent_trials=space.max_concurrent,
+                                        trial_dirname_creator=lambda t: f"{t.config['arm']}_{t.trial_id}"),
+            run_config=tune.RunConfig(
+                name="trials", storage_path=str(run_dir), verbose=0, callbacks=[table],
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=space.metric,
+                                                        checkpoint_score_order="max"),
+                failure_config=tune.FailureConfig(max_failures=2)),
+        )
+    tuner.fit()
+
+
+def run_confirm(space: Space, run_dir: Path, data: tuple, stream=None) -> None:
+    """Retrain each arm's top configurations for the full budget with several seeds."""
+    from ray import tune
+
+    from search.progress import ArmTable
+    from search.results import STATUS_FINISHED, STATUS_STOPPED, collect
+    from search.trainable import train_trial
+
+    records = [r for r in collect(run_dir, space.metric, space.max_epochs)
+               if r.stage == "search" and r.status in (STATUS_FINISHED, STATUS_STOPPED)]
+    configs = []
+    for arm in space.arms:
+        mine = sorted((r for r in records if r.arm == arm.name), key=lambda r: (r.status != STATUS_FINISHED, -r.best))
+        for rank, r in enumerate(mine[:space.confirm_top_k]):
+            for s in range(space.confirm_seeds):
+                cfg = C.from_dict({**r.config, "seed": space.seed * 1000 + s, "epochs": space.max_epochs})
+                configs.append({"arm": arm.name, "study": arm.name, "stage": "confirm", "source_trial": r.trial_id,
+                                "rank": rank, "cfg": C.to_dict(cfg), "params": r.params})
+    if not configs:
+        return
+    trainable = tune.with_resources(tune.with_parameters(train_trial, data=data), {"cpu": space.cpu, "gpu": space.gpu})
+    # One grid axis whose values are whole trial configs (see trainable.train_trial).
+    tune.Tuner(trainable, param_space={"trial": tune.grid_search(configs)},
+               tune_config=tune.TuneConfig(max_concurrent_trials=space.max_concurrent,
+                                           trial_dirname_creator=lambda t: f"{t.config['trial']['arm']}_{t.trial_id}"),
+               run_config=tune.RunConfig(name="confirm", storage_path=str(run_dir), verbose=0,
+                                         callbacks=[ArmTable(space.metric, [a.name for a in space.arms], stream=stream)],
+                                         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                                         failure_config=tune.FailureConfig(max_failures=2))).fit()
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        space = load_space(args.space)
+    except (SpaceError, C.ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(dry_run_text(space))
+        return 0
+    if str(args.storage).startswith(("s3://", "gs://")):
+        print("error: --storage on object storage is not supported yet by this version; use a shared folder",
+              file=sys.stderr)
+        return 2
+    name = args.name or f"{space.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    run_dir = Path(args.storage).resolve() / name
+    if args.resume:
+        if not (run_dir / "trials").is_dir() or not list((run_dir / "trials").glob("experiment_state-*.json")):
+            print(f"error: --resume: {run_dir} holds no experiment state (trials/experiment_state-*.json); "
+                  f"nothing to resume, and a new search will not be started over it", file=sys.stderr)
+            return 2
+    elif run_dir.exists():
+        print(f"error: {run_dir} already exists: pass --resume to continue it, or another --name", file=sys.stderr)
+        return 2
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _setup_logging(run_dir)
+    shutil.copy(args.space, run_dir / "space.yaml") if not args.resume else None
+
+    data_arg = args.data or space.data
+    try:
+        train, val = load_splits(data_arg, args.val_data or space.val_data, args.images or space.images,
+                                 C.from_dict(space.fixed).val_fraction if "val_fraction" in space.fixed else 0.2,
+                                 space.seed)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for kind, pr in train.report.as_dict().items():
+        print(f"data: {kind}: {pr['count']} ({pr['meaning']})")
+    fingerprint = f"{train.fingerprint()}-{val.fingerprint()}"
+    info = {"space": str(Path(args.space).resolve()), "name": name, "data": data_arg or "(embedded synthetic)",
+            "data_fingerprint": fingerprint, "metric": space.metric, "max_epochs": space.max_epochs,
+            "strategy": space.strategy, "arms": [a.name for a in space.arms], "versions": _versions(),
+            "train_images": len(train), "val_images": len(val)}
+    run_json = run_dir / "run.json"
+    if args.resume and run_json.exists():
+        old = json.loads(run_json.read_text())
+        if old.get("data_fingerprint") != fingerprint:
+            print(f"error: --resume: the data differs from the run's (fingerprint {old.get('data_fingerprint')} "
+                  f"vs {fingerprint})", file=sys.stderr)
+            return 2
+    run_json.write_text(json.dumps(info, indent=1))
+    print(f"run folder {run_dir}\n{len(space.arms)} arm(s), {space.total_trials()} trials, "
+          f"{len(train)} train / {len(val)} val images")
+    log.info("starting %s (resume=%s)", run_dir, args.resume)
+
+    import ray
+
+    from search.results import collect, write_results
+
+    _init_ray(args, space)
+    t0 = time.time()
+    try:
+        data = (train, val)
+        run_search(space, run_dir, data, args.resume)
+        if space.confirm_top_k:
+            run_confirm(space, run_dir, data)
+    finally:
+        records = collect(run_dir, space.metric, space.max_epochs)
+        write_results(run_dir, records)
+        ray.shutdown()
+    print(summary_text(records, space, time.time() - t0, run_dir))
+    return 0
+
+
+def summary_text(records, space: Space, elapsed: float, run_dir: Path) -> str:
+    import math
+
+    lines = [f"search finished in {elapsed:.0f} s; results in {run_dir / 'results.csv'}"]
+    for arm in space.arms:
+        mine = [r for r in records if r.arm == arm.name and r.stage == "search"]
+        best = max((r.best for r in mine if math.isfinite(r.best)), default=float("nan"))
+        n = {s: sum(r.status == s for r in mine) for s in ("finished", "stopped", "failed")}
+        lines.append(f"  {arm.name}: best {space.metric} {best:.4f}  ({n['finished']} finished, "
+                     f"{n['stopped']} stopped, {n['failed']} failed)")
+    lines.append(f"export the best configurations: python -m search.export {run_dir} --out {run_dir / 'export'}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""Optuna TPE studies behind Ray Tune's Searcher interface: one study per arm, honest about pruning.
+
+Ray's own `OptunaSearch` tells Optuna every trial that ended as COMPLETE with its last value, also
+the ones ASHA stopped at an early rung; TPE then learns that an epoch-2 score is a final one.
+Here, a trial that ended before `max_epochs` without an error reaches Optuna as PRUNED with its
+per-epoch intermediate values, a failed trial as FAIL, and only a trial that ran its full budget as
+COMPLETE (with the best value of its metric over its epochs).
+
+Studies live in an Optuna journal file (`optuna-dashboard RUN_DIR/optuna.journal` opens it).
+"""
+from __future__ import annotations
+
+import math
+import pickle
+from pathlib import Path
+
+import optuna
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+from ray.tune.search import Searcher
+
+from detector import config as C
+from search.space import Arm, Space
+
+JOINT = "joint"  # study name in the joint strategy
+
+
+def study_names(space: Space) -> list[str]:
+    return [a.name for a in space.arms] if space.strategy == "per-architecture" else [JOINT]
+
+
+def open_studies(space: Space, journal: Path) -> dict[str, optuna.Study]:
+    """The run's studies (created on first use, loaded on resume), each with its own seeded TPE."""
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    studies = {}
+    for i, name in enumerate(study_names(space)):
+        sampler = optuna.samplers.TPESampler(seed=space.seed + i, multivariate=True, group=True,
+                                             constant_liar=True, n_startup_trials=min(10, max(2, space.trials_per_arm // 3)))
+        studies[name] = optuna.create_study(study_name=name, storage=storage, direction="maximize",
+                                            sampler=sampler, load_if_exists=True)
+    return studies
+
+
+def _suggest(trial: optuna.Trial, space: Space) -> dict:
+    """Sample the space's parameters define-by-run, so conditional ones appear only when active."""
+    values: dict = {}
+    for p in space.params:
+        if not p.active(values):
+            continue
+        if p.type == "categorical":
+            if all(c is None or isinstance(c, (bool, int, float, str)) for c in p.choices):
+                values[p.name] = trial.suggest_categorical(p.name, list(p.choices))
+            else:  # lists (e.g. anchor sizes) are not Optuna choices: pick by their text
+                text = trial.suggest_categorical(p.name, [str(list(c)) for c in p.choices])
+                values[p.name] = list(p.choices[[str(list(c)) for c in p.choices].index(text)])
+        elif p.type == "int":
+            values[p.name] = trial.suggest_int(p.name, int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
+        else:
+            values[p.name] = trial.suggest_float(p.name, float(p.low), float(p.high), step=p.step, log=p.log)
+    return values
+
+
+class ArmSearcher(Searcher):
+    """Suggests trials arm by arm with equal budgets; each arm has its own Optuna study.
+
+    Trial configs carry `arm` (the study name), `cfg` (the full TrainConfig as a dict) and
+    `params` (the sampled values).
+    """
+
+    def __init__(self, space: Space, journal: Path):
+        super().__init__(metric=space.metric, mode="max")
+        self.space, self.journal = space, Path(journal)
+        self.started = {name: 0 for name in study_names(space)}
+        self.live: dict[str, tuple[str, int]] = {}  # Ray trial id -> (study name, Optuna trial id)
+        self._studies: dict[str, optuna.Study] | None = None
+
+    # The studies are reopened from the journal, never pickled with the searcher.
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_studies"} | {"_studies": None}
+
+    @property
+    def studies(self) -> dict[str, optuna.Study]:
+        if self._studies is None:
+            self._studies = open_studies(self.space, self.journal)
+        return self._studies
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True  # the metric is the space's; the searcher needs no param_space
+
+    def _next_study(self) -> str | None:
+        open_ = [n for n, k in self.started.items() if k < self.space.trials_per_arm]
+        return min(open_, key=lambda n: self.started[n]) if open_ else None  # round-robin: fewest started first
+
+    def suggest(self, trial_id: str):
+        name = self._next_study()
+        if name is None:
+            return Searcher.FINISHED
+        study = self.studies[name]
+        trial = study.ask()
+        if name == JOINT:
+            arm_names = [a.name for a in self.space.arms]
+            arm = self.space.arms[arm_names.index(trial.suggest_categorical("arm", arm_names))]
+        else:
+            arm = next(a for a in self.space.arms if a.name == name)
+        params = _suggest(trial, self.space)
+        try:
+            cfg = self.space.trial_config(arm, params)
+        except C.ConfigError as e:  # a combination the ranges allow but training does not
+            trial.set_user_attr("fail_reason", str(e))
+            study.tell(trial, state=TrialState.FAIL)
+            self.started[name] += 1
+            return self.suggest(trial_id)
+        trial.set_user_attr("ray_trial_id", trial_id)
+        trial.set_user_attr("arm", arm.name)
+        self.started[name] += 1
+        self.live[trial_id] = (name, trial._trial_id)
+        return {"arm": arm.name, "study": name, "cfg": C.to_dict(cfg), "params": params}
+
+    def _trial(self, trial_id: str) -> optuna.Trial | None:
+        if trial_id not in self.live:
+            return None
+        name, otid = self.live[trial_id]
+        return optuna.Trial(self.studies[name], otid)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        trial = self._trial(trial_id)
+        value = result.get(self.space.metric)
+        if trial is not None and value is not None and math.isfinite(value) and "epoch" in result:
+            trial.report(float(value), step=int(result["epoch"]))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        trial = self._trial(trial_id)
+        if trial is None:
+            return
+        name, _ = self.live.pop(trial_id)
+        study = self.studies[name]
+        reason = (result or {}).get("fail_reason")
+        if error or reason:
+            trial.set_user_attr("fail_reason", reason or "the trial raised an error (see Ray's error file)")
+            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            return
+        epochs = int((result or {}).get("epoch", 0))
+        frozen = study._storage.get_trial(trial._trial_id)
+        values = [v for v in frozen.intermediate_values.values() if math.isfinite(v)]
+        if epochs < self.space.max_epochs:
+            trial.set_user_attr("stopped_at_epoch", epochs)
+            study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
+        else:
+            study.tell(trial, max(values) if values else float("nan"), skip_if_finished=True)
+
+    # --- Ray's experiment checkpoint: counts and live trials; the studies are in the journal ----
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump({"started": self.started, "live": self.live}, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            state = pickle.load(f)
+        self.started, self.live = state["started"], state["live"]
+
+
+def make_searcher(space: Space, journal: Path) -> ArmSearcher:
+    return ArmSearcher(space, journal)
+
+
+__all__ = ["ArmSearcher", "Arm", "make_searcher", "open_studies", "study_names", "JOINT"]

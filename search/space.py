@@ -1,0 +1,340 @@
+"""The space file: what to search, read with `yaml.safe_load` and validated before anything starts.
+
+A space names architecture axes (the arms), hyperparameters searched inside each arm, fixed
+training fields, the budget and per-trial resources. Every key is documented in spaces/README.md.
+Errors name the file, the key, the value and the rule:
+
+    spaces/x.yaml: params.lr: `low <= high` must hold, got low=0.1 high=0.01
+
+This module imports neither Ray nor Optuna: a space can be checked anywhere.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from detector import config as C
+
+ARCH_AXES = ("backbone", "version", "weights", "trainable_layers")
+METRICS = ("map50", "map", "map75", "map_small", "iou_per_gt", "iou_per_pred")  # all maximised
+STRATEGIES = ("per-architecture", "joint")
+TOP_KEYS = ("name", "metric", "strategy", "data", "val_data", "images", "arms", "fixed", "params", "budget",
+            "resources", "confirm", "seed")
+BUDGET_KEYS = {"max_epochs": 10, "grace_period": 1, "reduction_factor": 3, "trials_per_arm": 8, "max_concurrent": None}
+PARAM_KEYS = {"float": ("type", "low", "high", "log", "step", "when"), "int": ("type", "low", "high", "log", "step", "when"),
+              "categorical": ("type", "choices", "when")}
+# Fields a space may not set: the budget owns `epochs`; ASHA, not patience, stops trials early.
+RESERVED = {"epochs": "set by budget.max_epochs", "patience": "early stopping in a search is ASHA's job"}
+
+
+class SpaceError(ValueError):
+    """A space file breaks a rule; the message names the file, the key, the value and the rule."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched hyperparameter. `when` = {earlier categorical param: allowed values}."""
+
+    name: str
+    type: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: tuple = ()
+    when: tuple = ()  # ((param, (values...)), ...)
+
+    def active(self, chosen: dict) -> bool:
+        return all(chosen.get(p) in values for p, values in self.when)
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One architecture: a value for every axis. `name` is what files and tables call it."""
+
+    backbone: str
+    version: str
+    weights: str
+    trainable_layers: Any
+
+    @property
+    def name(self) -> str:
+        w = self.weights if self.weights in C.WEIGHT_SOURCES else "ckpt"
+        return f"{self.backbone}-{self.version}-{w}-t{self.trainable_layers}"
+
+    def fields(self) -> dict:
+        return {k: getattr(self, k) for k in ARCH_AXES}
+
+
+@dataclass(frozen=True)
+class Space:
+    path: str
+    name: str
+    metric: str
+    strategy: str
+    data: str | None
+    val_data: str | None
+    images: str | None
+    arms: tuple
+    skipped: tuple              # ((axes dict, reason), ...)
+    fixed: dict
+    params: tuple
+    max_epochs: int
+    grace_period: int
+    reduction_factor: int
+    trials_per_arm: int
+    max_concurrent: int | None
+    cpu: float
+    gpu: float
+    confirm_top_k: int = 0
+    confirm_seeds: int = 0
+    seed: int = 0
+    raw: dict = field(default_factory=dict, compare=False)
+
+    def trial_config(self, arm: Arm, params: dict, seed: int | None = None) -> C.TrainConfig:
+        """The full training configuration of one trial (raises ConfigError on impossible values)."""
+        values = {**self.fixed, **arm.fields(), **params, "epochs": self.max_epochs}
+        if seed is not None:
+            values["seed"] = seed
+        return C.from_dict(values, source=f"{self.path} [arm {arm.name}]")
+
+    def total_trials(self) -> int:
+        return len(self.arms) * self.trials_per_arm if self.strategy == "per-architecture" else self.trials_per_arm
+
+    def asha_rungs(self) -> list[int]:
+        """Epochs at which ASHA compares trials: grace_period * reduction_factor**k < max_epochs."""
+        rungs, r = [], self.grace_period
+        while r < self.max_epochs:
+            rungs.append(r)
+            r *= self.reduction_factor
+        return rungs
+
+    def trial_epoch_estimate(self) -> tuple[int, int]:
+        """(lower, upper) bound on trial-epochs: every trial stopped at the first rung vs none stopped."""
+        n = self.total_trials()
+        first = self.asha_rungs()[0] if self.asha_rungs() else self.max_epochs
+        return n * first, n * self.max_epochs
+
+
+def _err(path, key, msg) -> SpaceError:
+    return SpaceError(f"{path}: {key}: {msg}")
+
+
+def _as_list(v) -> list:
+    return v if isinstance(v, list) else [v]
+
+
+def _parse_param(path, name: str, spec: Any, earlier: dict) -> Param:
+    key = f"params.{name}"
+    if not isinstance(spec, dict) or "type" not in spec:
+        raise _err(path, key, f"must be a mapping with a `type` of {list(PARAM_KEYS)}, got {spec!r}")
+    t = spec["type"]
+    if t not in PARAM_KEYS:
+        raise _err(path, f"{key}.type", f"must be one of {list(PARAM_KEYS)}, got {t!r}")
+    unknown = sorted(set(spec) - set(PARAM_KEYS[t]))
+    if unknown:
+        raise _err(path, key, f"unknown key(s) {unknown} for type {t}; allowed: {list(PARAM_KEYS[t])}")
+    when = []
+    for dep, values in (spec.get("when") or {}).items():
+        if dep not in earlier or earlier[dep].type != "categorical":
+            raise _err(path, f"{key}.when", f"must name a categorical parameter listed before {name!r}, got {dep!r}")
+        values = _as_list(values)
+        bad = [v for v in values if v not in earlier[dep].choices]
+        if bad:
+            raise _err(path, f"{key}.when.{dep}", f"values must be among {list(earlier[dep].choices)}, got {bad}")
+        when.append((dep, tuple(values)))
+    if t == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise _err(path, f"{key}.choices", f"must be a non-empty list, got {choices!r}")
+        return Param(name, t, choices=tuple(tuple(c) if isinstance(c, list) else c for c in choices), when=tuple(when))
+    low, high, log, step = spec.get("low"), spec.get("high"), spec.get("log", False), spec.get("step")
+    num = (int,) if t == "int" else (int, float)
+    for k, v in (("low", low), ("high", high)):
+        if not isinstance(v, num) or isinstance(v, bool) or not math.isfinite(v):
+            raise _err(path, f"{key}.{k}", f"must be {'an integer' if t == 'int' else 'a number'}, got {v!r}")
+    if not low <= high:
+        raise _err(path, key, f"`low <= high` must hold, got low={low} high={high}")
+    if not isinstance(log, bool):
+        raise _err(path, f"{key}.log", f"must be true or false, got {log!r}")
+    if log and low <= 0:
+        raise _err(path, key, f"`low > 0` must hold when log is true, got low={low}")
+    if step is not None:
+        if log:
+            raise _err(path, key, "`step` and `log: true` cannot be used together")
+        if not isinstance(step, num) or isinstance(step, bool) or step <= 0:
+            raise _err(path, f"{key}.step", f"must be a positive {'integer' if t == 'int' else 'number'}, got {step!r}")
+    return Param(name, t, low=low, high=high, log=log, step=step, when=tuple(when))
+
+
+def _enumerate_arms(path, axes: dict, fixed: dict) -> tuple[list[Arm], list[tuple[dict, str]]]:
+    """The product of the axes, split into possible arms and skipped combinations with reasons."""
+    values = [_as_list(axes.get(k, C.TrainConfig.__dataclass_fields__[k].default)) for k in ARCH_AXES]
+    arms, skipped = [], []
+    for combo in itertools.product(*values):
+        fields_ = dict(zip(ARCH_AXES, combo))
+        try:
+            C.from_dict({**fixed, **fields_})
+        except C.ConfigError as e:
+            skipped.append((fields_, str(e)))
+            continue
+        arms.append(Arm(**fields_))
+    if not arms:
+        raise _err(path, "arms", "no possible combination; every one was skipped: "
+                   + "; ".join(f"{a}: {r}" for a, r in skipped))
+    return arms, skipped
+
+
+def load_space(path: str | os.PathLike) -> Space:
+    """Read and validate a space file; raise SpaceError (or ConfigError for field values)."""
+    path = str(path)
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise SpaceError(f"{path}: no such space file") from None
+    except yaml.YAMLError as e:
+        raise SpaceError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise SpaceError(f"{path}: must be a mapping of {list(TOP_KEYS)}")
+    unknown = sorted(set(raw) - set(TOP_KEYS))
+    if unknown:
+        raise SpaceError(f"{path}: unknown key(s) {unknown}; allowed: {list(TOP_KEYS)}")
+
+    metric = raw.get("metric", "map50")
+    if metric not in METRICS:
+        raise _err(path, "metric", f"must be one of {list(METRICS)} (maximised), got {metric!r}")
+    strategy = raw.get("strategy", "per-architecture")
+    if strategy not in STRATEGIES:
+        raise _err(path, "strategy", f"must be one of {list(STRATEGIES)}, got {strategy!r}")
+
+    axes = raw.get("arms") or {}
+    if not isinstance(axes, dict):
+        raise _err(path, "arms", f"must be a mapping of {list(ARCH_AXES)} to lists of values")
+    bad = sorted(set(axes) - set(ARCH_AXES))
+    if bad:
+        raise _err(path, "arms", f"unknown axis/axes {bad}; allowed: {list(ARCH_AXES)}")
+
+    fixed = raw.get("fixed") or {}
+    if not isinstance(fixed, dict):
+        raise _err(path, "fixed", "must be a mapping of training fields to values")
+    params_raw = raw.get("params") or {}
+    if not isinstance(params_raw, dict):
+        raise _err(path, "params", "must be a mapping of training fields to parameter specs")
+    for section, keys in (("fixed", fixed), ("params", params_raw)):
+        for k in keys:
+            if k not in C.FIELD_NAMES:
+                raise _err(path, f"{section}.{k}", f"is not a training field; valid fields: {list(C.FIELD_NAMES)}")
+            if k in RESERVED:
+                raise _err(path, f"{section}.{k}", f"may not be set in a space: {RESERVED[k]}")
+            if k in ARCH_AXES:
+                raise _err(path, f"{section}.{k}", "is an architecture axis: list it under `arms`")
+    both = sorted(set(fixed) & set(params_raw))
+    if both:
+        raise _err(path, "params", f"{both} are both fixed and searched")
+    try:
+        C.from_dict(fixed, source=f"{path}: fixed")
+    except C.ConfigError as e:
+        # Freezing rules involve the arms; checked per arm below. Anything else is an error here.
+        if "trainable_layers" not in str(e):
+            raise SpaceError(str(e)) from None
+
+    params: dict[str, Param] = {}
+    for name, spec in params_raw.items():
+        params[name] = _parse_param(path, name, spec, params)
+
+    arms, skipped = _enumerate_arms(path, axes, fixed)
+
+    budget = {**BUDGET_KEYS, **(raw.get("budget") or {})}
+    bad = sorted(set(budget) - set(BUDGET_KEYS))
+    if bad:
+        raise _err(path, "budget", f"unknown key(s) {bad}; allowed: {list(BUDGET_KEYS)}")
+    for k in ("max_epochs", "grace_period", "trials_per_arm"):
+        if not isinstance(budget[k], int) or isinstance(budget[k], bool) or budget[k] < 1:
+            raise _err(path, f"budget.{k}", f"must be an integer >= 1, got {budget[k]!r}")
+    if not isinstance(budget["reduction_factor"], int) or budget["reduction_factor"] < 2:
+        raise _err(path, "budget.reduction_factor", f"must be an integer >= 2, got {budget['reduction_factor']!r}")
+    if budget["grace_period"] > budget["max_epochs"]:
+        raise _err(path, "budget.grace_period", f"`grace_period <= max_epochs` must hold, got "
+                   f"grace_period={budget['grace_period']} max_epochs={budget['max_epochs']}")
+    mc = budget["max_concurrent"]
+    if mc is not None and (not isinstance(mc, int) or mc < 1):
+        raise _err(path, "budget.max_concurrent", f"must be null or an integer >= 1, got {mc!r}")
+
+    res = {"cpu": 1, "gpu": 0, **(raw.get("resources") or {})}
+    bad = sorted(set(res) - {"cpu", "gpu"})
+    if bad:
+        raise _err(path, "resources", f"unknown key(s) {bad}; allowed: ['cpu', 'gpu']")
+    for k in ("cpu", "gpu"):
+        v = res[k]
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0 or (k == "cpu" and v == 0):
+            raise _err(path, f"resources.{k}", f"must be a number {'> 0' if k == 'cpu' else '>= 0'} "
+                       f"(fractions share a device), got {v!r}")
+
+    confirm = raw.get("confirm") or {}
+    if confirm:
+        for k in ("top_k", "seeds"):
+            v = confirm.get(k)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise _err(path, f"confirm.{k}", f"must be an integer >= 1, got {v!r}")
+        bad = sorted(set(confirm) - {"top_k", "seeds"})
+        if bad:
+            raise _err(path, "confirm", f"unknown key(s) {bad}; allowed: ['top_k', 'seeds']")
+    seed = raw.get("seed", 0)
+    if not isinstance(seed, int) or seed < 0:
+        raise _err(path, "seed", f"must be an integer >= 0, got {seed!r}")
+
+    space = Space(path=path, name=str(raw.get("name") or Path(path).stem), metric=metric, strategy=strategy,
+                  data=raw.get("data"), val_data=raw.get("val_data"), images=raw.get("images"),
+                  arms=tuple(arms), skipped=tuple(skipped), fixed=dict(fixed), params=tuple(params.values()),
+                  max_epochs=budget["max_epochs"], grace_period=budget["grace_period"],
+                  reduction_factor=budget["reduction_factor"], trials_per_arm=budget["trials_per_arm"],
+                  max_concurrent=mc, cpu=float(res["cpu"]), gpu=float(res["gpu"]),
+                  confirm_top_k=confirm.get("top_k", 0), confirm_seeds=confirm.get("seeds", 0), seed=seed, raw=raw)
+    _check_extremes(space)
+    return space
+
+
+def _check_extremes(space: Space) -> None:
+    """Build each arm's configuration at the low and high ends of every range and every choice, so a
+    value no trial could train with fails now, not forty minutes into a cluster run."""
+    for arm in space.arms:
+        for pick in ("low", "high"):
+            values: dict = {}
+            for p in space.params:
+                if not p.active(values):
+                    continue
+                if p.type == "categorical":
+                    values[p.name] = p.choices[0] if pick == "low" else p.choices[-1]
+                else:
+                    values[p.name] = getattr(p, pick)
+            try:
+                space.trial_config(arm, {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()})
+            except C.ConfigError as e:
+                raise SpaceError(f"{e} (with the {pick} end of every parameter)") from None
+
+
+def dry_run_text(space: Space) -> str:
+    """What --dry-run prints: arms, skipped combinations with reasons, budget, trial-epoch estimate."""
+    lo, hi = space.trial_epoch_estimate()
+    lines = [f"space {space.path}: strategy {space.strategy}, metric {space.metric} (maximised)",
+             f"arms ({len(space.arms)}):"]
+    lines += [f"  {a.name}" for a in space.arms]
+    lines.append(f"skipped combinations ({len(space.skipped)}):")
+    lines += [f"  {a}: {r.split(': ', 1)[-1]}" for a, r in space.skipped] or ["  (none)"]
+    per = "per arm" if space.strategy == "per-architecture" else "in all"
+    lines += [f"budget: {space.trials_per_arm} trials {per}, up to {space.max_epochs} epochs each; ASHA rungs at "
+              f"epochs {space.asha_rungs() or '(none)'} (reduction factor {space.reduction_factor})",
+              f"trials: {space.total_trials()}, trial-epochs between {lo} (all stopped at the first rung) and {hi}",
+              f"resources per trial: cpu {space.cpu:g}, gpu {space.gpu:g}; at most "
+              f"{space.max_concurrent or 'as many as fit'} at once",
+              "searched: " + (", ".join(p.name for p in space.params) or "(nothing)")]
+    if space.confirm_top_k:
+        lines.append(f"confirmation: top {space.confirm_top_k} per arm x {space.confirm_seeds} seeds, "
+                     f"{space.max_epochs} epochs")
+    return "\n".join(lines)
