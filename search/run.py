@@ -97,7 +97,7 @@ def run_search(space: Space, run_dir: Path, data: tuple, resume: bool, stream=No
                                         trial_dirname_creator=lambda t: f"{t.config['arm']}_{t.trial_id}"),
             run_config=tune.RunConfig(
                 name="trials", storage_path=str(run_dir), verbose=0, callbacks=[table],
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=space.metric,
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=space.metric,
                                                         checkpoint_score_order="max"),
                 failure_config=tune.FailureConfig(max_failures=2)),
         )

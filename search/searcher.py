@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import warnings
 from pathlib import Path
 
 import optuna
@@ -24,6 +25,8 @@ from detector import config as C
 from search.space import Arm, Space
 
 JOINT = "joint"  # study name in the joint strategy
+# multivariate/group TPE is marked experimental; it is what conditional spaces need.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 def study_names(space: Space) -> list[str]:
@@ -125,9 +128,15 @@ class ArmSearcher(Searcher):
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         trial = self._trial(trial_id)
-        value = result.get(self.space.metric)
-        if trial is not None and value is not None and math.isfinite(value) and "epoch" in result:
-            trial.report(float(value), step=int(result["epoch"]))
+        if trial is not None:
+            self._report(trial, result)
+
+    def _report(self, trial: optuna.Trial, result: dict | None) -> None:
+        value = (result or {}).get(self.space.metric)
+        if value is not None and math.isfinite(value) and "epoch" in result:
+            with warnings.catch_warnings():  # a step reported twice is ignored by Optuna; no need to warn
+                warnings.simplefilter("ignore")
+                trial.report(float(value), step=int(result["epoch"]))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         trial = self._trial(trial_id)
@@ -140,6 +149,9 @@ class ArmSearcher(Searcher):
             trial.set_user_attr("fail_reason", reason or "the trial raised an error (see Ray's error file)")
             study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
             return
+        # Ray does not pass the result that triggered a stop (ASHA's, or the last epoch's) to
+        # on_trial_result, only here: record it as the trial's last intermediate value first.
+        self._report(trial, result)
         epochs = int((result or {}).get("epoch", 0))
         frozen = study._storage.get_trial(trial._trial_id)
         values = [v for v in frozen.intermediate_values.values() if math.isfinite(v)]
