@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(PY) -m search.run --space spaces/demo.yaml
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -p no:cacheprovider tests
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -18,7 +18,7 @@ class ArmTable(Callback):
 
     def __init__(self, metric: str, arms: list[str], every_s: float = 5.0, stream=None):
         self.metric, self.arms, self.every_s = metric, arms, every_s
-        self.stream = stream or sys.stdout
+        self._stream = stream  # None: sys.stdout at print time (a stream object cannot be pickled with the tuner)
         self.t0 = time.monotonic()
         self.status: dict[str, str] = {}
         self.arm_of: dict[str, str] = {}
@@ -82,9 +82,10 @@ class ArmTable(Callback):
         if not force and (not self._dirty or now - self._last_print < self.every_s):
             return
         lines = self.render()
-        tty = getattr(self.stream, "isatty", lambda: False)()
+        stream = self._stream or sys.stdout
+        tty = getattr(stream, "isatty", lambda: False)()
         if tty and self._lines:
-            self.stream.write(f"\x1b[{self._lines}F\x1b[J")  # move up and clear: redraw in place
-        self.stream.write("\n".join(lines) + "\n")
-        self.stream.flush()
+            stream.write(f"\x1b[{self._lines}F\x1b[J")  # move up and clear: redraw in place
+        stream.write("\n".join(lines) + "\n")
+        stream.flush()
         self._lines, self._last_print, self._dirty = len(lines), now, False

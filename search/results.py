@@ -112,7 +112,7 @@ def write_results(run_dir: Path, records: list[TrialRecord]) -> Path:
     tmp = path.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["trial_id", "arm", "stage", "status", "epochs", "best", "best_epoch", "last", "reason",
+        w.writerow(["trial_id", "arm", "stage", "status", "epochs_run", "best", "best_epoch", "last", "reason",
                     *C.FIELD_NAMES])
         for r in records:
             w.writerow([r.trial_id, r.arm, r.stage, r.status_text, r.epochs, r.best, r.best_epoch, r.last,

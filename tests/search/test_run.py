@@ -1,0 +1,159 @@
+"""Real searches on a local Ray (num_cpus=2) with real Optuna: tiny spaces on tiny images."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+
+import optuna
+import pytest
+import ray
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+from detector import config as C
+from search import export, run
+from search.space import load_space
+
+TINY_FIXED = """
+fixed:
+  min_size: 64
+  max_size: 64
+  anchor_sizes: [8, 16, 32, 64, 128]
+  box_batch_size_per_image: 16
+  rpn_batch_size_per_image: 32
+  rpn_pre_nms_top_n_train: 200
+  rpn_post_nms_top_n_train: 100
+  rpn_pre_nms_top_n_test: 200
+  rpn_post_nms_top_n_test: 100
+  batch_size: 2
+  num_workers: 0
+  warmup_epochs: 0.5
+"""
+
+
+def _space(tmp_path, data, body: str, name="s.yaml"):
+    p = tmp_path / name
+    p.write_text(f"data: {data}\n{TINY_FIXED}\n{body}")
+    return p
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_ray_left_behind():
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def searched(tiny_data, tmp_path_factory):
+    """One per-architecture search: two arms, three trials each, ASHA rungs at epochs 1 and 2."""
+    tmp = tmp_path_factory.mktemp("search")
+    space = _space(tmp, tiny_data, """
+arms: {backbone: [resnet18], version: [v1, v2], weights: [none]}
+params:
+  lr: {type: float, low: 0.002, high: 0.03, log: true}
+  optimizer: {type: categorical, choices: [sgd, adamw]}
+  momentum: {type: float, low: 0.8, high: 0.95, when: {optimizer: sgd}}
+budget: {max_epochs: 3, grace_period: 1, reduction_factor: 2, trials_per_arm: 3, max_concurrent: 2}
+resources: {cpu: 1}
+""")
+    rc = run.main(["--space", str(space), "--storage", str(tmp / "runs"), "--name", "r", "--num-cpus", "2"])
+    assert rc == 0
+    return load_space(space), tmp / "runs" / "r"
+
+
+def _rows(run_dir):
+    with open(run_dir / "results.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_search_finishes_with_every_trial_accounted_for(searched):
+    space, run_dir = searched
+    rows = _rows(run_dir)
+    assert len(rows) == 6 and len({r["trial_id"] for r in rows}) == 6
+    assert {r["arm"] for r in rows} == {"resnet18-v1-none-t5", "resnet18-v2-none-t5"}
+    for r in rows:
+        assert r["status"] == "finished" or r["status"].startswith("stopped at epoch"), r
+        assert r["status"] != "finished" or r["epochs_run"] == "3"
+        assert r["status"] == "finished" or r["status"] == f"stopped at epoch {r['epochs_run']}"
+        assert r["backbone"] == "resnet18" and r["epochs"] == "3" and r["epochs_run"] in ("1", "2", "3")
+        assert 0.0 <= float(r["best"]) <= 1.0
+    # Per-epoch metrics are continuous for every trial.
+    for t in json.loads((run_dir / "trials.json").read_text()):
+        hist = [json.loads(x) for x in (open(t["path"] + "/result.json")).read().splitlines()]
+        assert [h["epoch"] for h in hist] == [float(e) for e in range(1, t["epochs"] + 1)]
+
+
+def test_each_arm_has_its_own_study_and_pruned_trials_are_pruned(searched):
+    space, run_dir = searched
+    storage = JournalStorage(JournalFileBackend(str(run_dir / "optuna.journal")))
+    rows = {r["trial_id"]: r for r in _rows(run_dir)}
+    names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
+    assert names == {"resnet18-v1-none-t5", "resnet18-v2-none-t5"}
+    for name in names:
+        study = optuna.load_study(study_name=name, storage=storage)
+        assert len(study.trials) == 3
+        for t in study.trials:
+            row = rows[t.user_attrs["ray_trial_id"]]
+            assert row["arm"] == name == t.user_attrs["arm"]  # never a trial of another arm
+            epochs = int(row["epochs_run"])
+            assert sorted(t.intermediate_values) == list(range(1, epochs + 1))
+            if row["status"] == "finished":
+                assert t.state == TrialState.COMPLETE and t.value == pytest.approx(float(row["best"]))
+            else:  # stopped by ASHA before the budget: PRUNED, never COMPLETE with an early score
+                assert t.state == TrialState.PRUNED and epochs < 3
+            if "momentum" in t.params:
+                assert t.params["optimizer"] == "sgd"
+
+
+def test_export_round_trip_trains(searched, tmp_path):
+    space, run_dir = searched
+    paths = export.export(run_dir, tmp_path / "exp")
+    assert {p.name for p in paths} == {"best.yaml", "resnet18-v1-none-t5.yaml", "resnet18-v2-none-t5.yaml"}
+    rows = _rows(run_dir)
+    best_row = max((r for r in rows if r["status"] == "finished"), key=lambda r: float(r["best"]))
+    cfg = C.load(tmp_path / "exp" / "best.yaml")
+    assert cfg.epochs == 3 and cfg.lr == pytest.approx(float(best_row["lr"]))
+    text = (tmp_path / "exp" / "best.yaml").read_text()
+    assert f"trial_id: {best_row['trial_id']}" in text and "data_fingerprint:" in text
+    out = subprocess.run([sys.executable, "-m", "detector.train", "--config", str(tmp_path / "exp" / "best.yaml"),
+                          "--data", str(json.loads((run_dir / "run.json").read_text())["data"]),
+                          "--epochs", "1", "--out", str(tmp_path / "retrain"), "--quiet"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.splitlines()[-1])["epochs_run"] == 1
+
+
+def test_nonfinite_trial_fails_at_once_with_its_reason(tiny_data, tmp_path):
+    space = _space(tmp_path, tiny_data, """
+arms: {backbone: [resnet18]}
+params:
+  lr: {type: float, low: 1.0e+6, high: 2.0e+6}
+budget: {max_epochs: 2, grace_period: 1, reduction_factor: 2, trials_per_arm: 1}
+""")
+    text = space.read_text().replace("  warmup_epochs: 0.5", "  warmup_epochs: 0.0\n  clip_grad_norm: null")
+    space.write_text(text)
+    rc = run.main(["--space", str(space), "--storage", str(tmp_path / "runs"), "--name", "nan", "--num-cpus", "2"])
+    assert rc == 0
+    rows = _rows(tmp_path / "runs" / "nan")
+    assert len(rows) == 1 and rows[0]["status"].startswith("failed: NonFiniteLossError: non-finite loss")
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "runs" / "nan" / "optuna.journal")))
+    (t,) = optuna.load_study(study_name="resnet18-v1-none-t5", storage=storage).trials
+    assert t.state == TrialState.FAIL and "NonFiniteLossError" in t.user_attrs["fail_reason"]
+    # Failed at once: one report (the failure), no retry from a checkpoint, no error file.
+    trial_dir = next((tmp_path / "runs" / "nan" / "trials").glob("resnet18*"))
+    assert len((trial_dir / "result.json").read_text().splitlines()) == 1
+    assert not (trial_dir / "error.txt").exists()
+
+
+def test_refuses_to_start_over_an_existing_run_and_to_resume_nothing(searched, tmp_path):
+    space, run_dir = searched
+    out = subprocess.run([sys.executable, "-m", "search.run", "--space", space.path, "--storage",
+                          str(run_dir.parent), "--name", run_dir.name], capture_output=True, text=True)
+    assert out.returncode == 2 and "already exists: pass --resume" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "search.run", "--space", space.path, "--storage", str(tmp_path),
+                          "--name", "nothing", "--resume"], capture_output=True, text=True)
+    assert out.returncode == 2 and "holds no experiment state" in out.stderr

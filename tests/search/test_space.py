@@ -1,0 +1,91 @@
+"""Space files: every shipped one parses; bad ones are rejected naming file, key, value and rule."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from search.space import SpaceError, dry_run_text, load_space
+
+SPACES = sorted(Path(__file__).resolve().parents[2].joinpath("spaces").glob("*.yaml"))
+
+BASE = """
+arms: {backbone: [resnet18], version: [v1], weights: [none]}
+params:
+  lr: {type: float, low: 0.001, high: 0.1, log: true}
+budget: {max_epochs: 4, grace_period: 1, reduction_factor: 2, trials_per_arm: 2}
+"""
+
+
+def _write(tmp_path, text, name="x.yaml") -> str:
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+@pytest.mark.parametrize("path", SPACES, ids=lambda p: p.name)
+def test_every_shipped_space_parses(path):
+    space = load_space(path)
+    assert space.arms and space.total_trials() >= len(space.arms)
+    assert "arms (" in dry_run_text(space)
+
+
+def test_shipped_spaces_exist():
+    names = {p.name for p in SPACES}
+    assert {"demo.yaml", "full.yaml", "pretrained.yaml", "freezing.yaml", "depth.yaml", "versions.yaml"} <= names
+
+
+def test_arms_are_the_product_minus_impossible_combinations(tmp_path):
+    path = _write(tmp_path, BASE.replace(
+        "arms: {backbone: [resnet18], version: [v1], weights: [none]}",
+        "arms: {backbone: [resnet18, resnet50], version: [v1, v2], weights: [none, coco], trainable_layers: [3, 5]}"))
+    s = load_space(path)
+    names = {a.name for a in s.arms}
+    assert names == {"resnet18-v1-none-t5", "resnet18-v2-none-t5", "resnet50-v1-none-t5", "resnet50-v2-none-t5",
+                     "resnet50-v1-coco-t3", "resnet50-v2-coco-t3", "resnet50-v1-coco-t5", "resnet50-v2-coco-t5"}
+    text = dry_run_text(s)
+    assert "skipped combinations (8):" in text
+    assert "COCO weights exist only for backbone resnet50" in text
+    assert "freezing means nothing without pretrained weights" in text
+
+
+@pytest.mark.parametrize("edit,message", [
+    (("low: 0.001, high: 0.1", "low: 0.1, high: 0.01"), "x.yaml: params.lr: `low <= high` must hold, got low=0.1 high=0.01"),
+    (("budget:", "colour: red\nbudget:"), "x.yaml: unknown key(s) ['colour']"),
+    (("lr: {", "learning_rate: {"), "x.yaml: params.learning_rate: is not a training field"),
+    (("type: float", "type: uniform"), "x.yaml: params.lr.type: must be one of ['float', 'int', 'categorical'], got 'uniform'"),
+    (("log: true", "log: true, step: 0.01"), "x.yaml: params.lr: `step` and `log: true` cannot be used together"),
+    (("low: 0.001", "low: 0.0"), "x.yaml: params.lr: `low > 0` must hold when log is true, got low=0.0"),
+    (("reduction_factor: 2", "reduction_factor: 1"), "x.yaml: budget.reduction_factor: must be an integer >= 2, got 1"),
+    (("grace_period: 1", "grace_period: 9"), "x.yaml: budget.grace_period: `grace_period <= max_epochs` must hold"),
+    (("weights: [none]", "weights: [none], depth: [3]"), "x.yaml: arms: unknown axis/axes ['depth']"),
+    (("budget:", "fixed: {epochs: 3}\nbudget:"), "x.yaml: fixed.epochs: may not be set in a space: set by budget.max_epochs"),
+    (("budget:", "fixed: {optimizer: adam}\nbudget:"), "optimizer: must be one of ['sgd', 'adamw'], got 'adam'"),
+    (("budget:", "metric: accuracy\nbudget:"), "x.yaml: metric: must be one of ['map50'"),
+    (("budget:", "resources: {cpu: 0}\nbudget:"), "x.yaml: resources.cpu: must be a number > 0"),
+])
+def test_bad_spaces_are_rejected_with_the_rule(tmp_path, edit, message):
+    old, new = edit
+    assert old in BASE
+    with pytest.raises(SpaceError) as e:
+        load_space(_write(tmp_path, BASE.replace(old, new, 1)))
+    assert message in str(e.value)
+
+
+def test_conditional_parameters_must_follow_their_condition(tmp_path):
+    ok = BASE.replace("params:\n", "params:\n  optimizer: {type: categorical, choices: [sgd, adamw]}\n"
+                                   "  momentum: {type: float, low: 0.8, high: 0.99, when: {optimizer: sgd}}\n")
+    s = load_space(_write(tmp_path, ok))
+    momentum = next(p for p in s.params if p.name == "momentum")
+    assert momentum.active({"optimizer": "sgd"}) and not momentum.active({"optimizer": "adamw"})
+    bad = BASE.replace("params:\n", "params:\n  momentum: {type: float, low: 0.8, high: 0.99, when: {optimizer: sgd}}\n")
+    with pytest.raises(SpaceError, match="params.momentum.when: must name a categorical parameter listed before"):
+        load_space(_write(tmp_path, bad))
+
+
+def test_values_no_trial_could_train_with_fail_at_load(tmp_path):
+    # nesterov needs sgd: a space fixing adamw and searching nesterov fails before anything runs.
+    bad = BASE.replace("params:\n", "params:\n  nesterov: {type: categorical, choices: [false, true]}\n").replace(
+        "budget:", "fixed: {optimizer: adamw}\nbudget:")
+    with pytest.raises(SpaceError, match="nesterov: needs optimizer 'sgd'"):
+        load_space(_write(tmp_path, bad))
