@@ -157,3 +157,33 @@ def test_refuses_to_start_over_an_existing_run_and_to_resume_nothing(searched, t
     out = subprocess.run([sys.executable, "-m", "search.run", "--space", space.path, "--storage", str(tmp_path),
                           "--name", "nothing", "--resume"], capture_output=True, text=True)
     assert out.returncode == 2 and "holds no experiment state" in out.stderr
+
+
+def test_joint_strategy_and_confirmation_stage(tiny_data, tmp_path):
+    """Joint: one study whose `arm` is a categorical parameter, one ASHA. Confirmation: the best
+    configuration of each arm retrained with two seeds for the full budget."""
+    space = _space(tmp_path, tiny_data, """
+strategy: joint
+arms: {backbone: [resnet18], version: [v1, v2]}
+params:
+  lr: {type: float, low: 0.005, high: 0.02, log: true}
+budget: {max_epochs: 1, grace_period: 1, reduction_factor: 2, trials_per_arm: 3}
+confirm: {top_k: 1, seeds: 2}
+""")
+    rc = run.main(["--space", str(space), "--storage", str(tmp_path / "runs"), "--name", "j", "--num-cpus", "2"])
+    assert rc == 0
+    run_dir = tmp_path / "runs" / "j"
+    storage = JournalStorage(JournalFileBackend(str(run_dir / "optuna.journal")))
+    assert [s.study_name for s in optuna.get_all_study_summaries(storage)] == ["joint"]
+    (study,) = [optuna.load_study(study_name="joint", storage=storage)]
+    assert len(study.trials) == 3
+    assert {t.params["arm"] for t in study.trials} <= {"resnet18-v1-none-t5", "resnet18-v2-none-t5"}
+    rows = _rows(run_dir)
+    search_rows = [r for r in rows if r["stage"] == "search"]
+    confirm_rows = [r for r in rows if r["stage"] == "confirm"]
+    assert len(search_rows) == 3
+    arms_searched = {r["arm"] for r in search_rows}
+    assert len(confirm_rows) == 2 * len(arms_searched)  # top 1 of every arm that ran, x 2 seeds
+    assert sorted({r["seed"] for r in confirm_rows}) == ["0", "1"]
+    for r in confirm_rows:
+        assert r["status"] == "finished" and r["epochs_run"] == "1"
