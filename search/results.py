@@ -87,7 +87,7 @@ def read_trial(trial_dir: Path, metric: str, max_epochs: int, finished_ids: set 
     else:
         status = STATUS_STOPPED
     return TrialRecord(trial_id=trial_id, arm=cfgd["arm"], study=cfgd.get("study", cfgd["arm"]),
-                       stage=cfgd.get("stage", "search"), status=status, epochs=epochs, best=best,
+                       stage="confirm" if trial_dir.parent.name == "confirm" else "search", status=status, epochs=epochs, best=best,
                        last=hist[-1].get(metric, math.nan) if hist else math.nan, best_epoch=best_epoch,
                        reason=reason, path=str(trial_dir), config=cfgd["cfg"], params=cfgd.get("params", {}),
                        history=hist)
