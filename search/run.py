@@ -89,7 +89,7 @@ def run_search(space: Space, run_dir: Path, data: tuple, resume: bool, stream=No
         tuner = tune.Tuner.restore(str(trials_dir), trainable, resume_unfinished=True, resume_errored=True)
     else:
         searcher = ArmSearcher(space, run_dir / "optuna.journal")
-        scheduler = PerArmASHA(space)
+        scheduler = PerArmASHA(space, run_dir)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=space.total_trials(),
@@ -148,6 +148,9 @@ def main(argv=None) -> int:
     if str(args.storage).startswith(("s3://", "gs://")):
         print("error: --storage on object storage is not supported yet by this version; use a shared folder",
               file=sys.stderr)
+        return 2
+    if args.resume and not args.name:
+        print("error: --resume needs --name: the run to continue (STORAGE/NAME)", file=sys.stderr)
         return 2
     name = args.name or f"{space.name}-{datetime.now():%Y%m%d-%H%M%S}"
     run_dir = Path(args.storage).resolve() / name

@@ -76,6 +76,7 @@ class ArmSearcher(Searcher):
         self.space, self.journal = space, Path(journal)
         self.started = {name: 0 for name in study_names(space)}
         self.live: dict[str, tuple[str, int]] = {}  # Ray trial id -> (study name, Optuna trial id)
+        self.orphans: dict[str, list[int]] = {}     # study -> Optuna trial ids to hand out again
         self._studies: dict[str, optuna.Study] | None = None
 
     # The studies are reopened from the journal, never pickled with the searcher.
@@ -100,13 +101,16 @@ class ArmSearcher(Searcher):
         if name is None:
             return Searcher.FINISHED
         study = self.studies[name]
-        trial = study.ask()
+        orphan = self.orphans.get(name, [])
+        # A trial asked for just before a driver crash, which Ray never recorded, is handed out again
+        # rather than left RUNNING in the study forever.
+        trial = optuna.Trial(study, orphan.pop(0)) if orphan else study.ask()
         if name == JOINT:
             arm_names = [a.name for a in self.space.arms]
             arm = self.space.arms[arm_names.index(trial.suggest_categorical("arm", arm_names))]
         else:
             arm = next(a for a in self.space.arms if a.name == name)
-        params = _suggest(trial, self.space)
+        params = _suggest(trial, self.space)  # for a re-issued trial, Optuna returns the values it holds
         try:
             cfg = self.space.trial_config(arm, params)
         except C.ConfigError as e:  # a combination the ranges allow but training does not
@@ -170,6 +174,12 @@ class ArmSearcher(Searcher):
         with open(checkpoint_path, "rb") as f:
             state = pickle.load(f)
         self.started, self.live = state["started"], state["live"]
+        # Optuna trials still RUNNING that no restored Ray trial owns were asked for after Ray's last
+        # experiment checkpoint; they are not counted in `started`, so they are reused first.
+        owned = set(self.live.values())
+        self.orphans = {name: [t._trial_id for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                               if (name, t._trial_id) not in owned]
+                        for name, study in self.studies.items()}
 
 
 def make_searcher(space: Space, journal: Path) -> ArmSearcher:

@@ -187,3 +187,51 @@ confirm: {top_k: 1, seeds: 2}
     assert sorted({r["seed"] for r in confirm_rows}) == ["0", "1"]
     for r in confirm_rows:
         assert r["status"] == "finished" and r["epochs_run"] == "1"
+
+
+def test_driver_killed_then_resumed_loses_and_duplicates_nothing(tiny_data, tmp_path):
+    """SIGKILL the driver mid-search, then --resume: every trial once, epochs continuous, the
+    searchers' budgets kept, and the Optuna studies agreeing with Ray's trials."""
+    import os
+    import signal
+    import time
+
+    space = _space(tmp_path, tiny_data, """
+arms: {backbone: [resnet18], version: [v1, v2]}
+params:
+  lr: {type: float, low: 0.002, high: 0.03, log: true}
+budget: {max_epochs: 3, grace_period: 1, reduction_factor: 2, trials_per_arm: 3, max_concurrent: 2}
+""")
+    args = ["--space", str(space), "--storage", str(tmp_path / "runs"), "--name", "k", "--num-cpus", "2"]
+    proc = subprocess.Popen([sys.executable, "-m", "search.run", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    trials = tmp_path / "runs" / "k" / "trials"
+    deadline = time.time() + 240
+    while time.time() < deadline:  # kill once some epochs are stored and trials are still to come
+        reported = sum(len(p.read_text().splitlines()) for p in trials.glob("*/result.json"))
+        if reported >= 3:
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, "the search ended before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    proc.wait()
+    time.sleep(2)
+    assert not (tmp_path / "runs" / "k" / "results.csv").exists()
+
+    assert run.main(args + ["--resume"]) == 0
+    rows = _rows(tmp_path / "runs" / "k")
+    assert len(rows) == 6 and len({r["trial_id"] for r in rows}) == 6
+    for r in rows:
+        assert r["status"] == "finished" or r["status"] == f"stopped at epoch {r['epochs_run']}", r
+    for t in json.loads((tmp_path / "runs" / "k" / "trials.json").read_text()):
+        epochs = [int(json.loads(x)["epoch"]) for x in open(t["path"] + "/result.json").read().splitlines()
+                  if "epoch" in json.loads(x)]
+        assert sorted(set(epochs)) == list(range(1, t["epochs"] + 1)), t["trial_id"]  # continuous, no gap
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "runs" / "k" / "optuna.journal")))
+    by_id = {r["trial_id"]: r for r in rows}
+    for name in ("resnet18-v1-none-t5", "resnet18-v2-none-t5"):
+        study = optuna.load_study(study_name=name, storage=storage)
+        assert len(study.trials) == 3
+        for t in study.trials:
+            row = by_id[t.user_attrs["ray_trial_id"]]
+            assert t.state == (TrialState.COMPLETE if row["status"] == "finished" else TrialState.PRUNED), row

@@ -35,3 +35,41 @@ def test_trials_are_compared_only_within_their_arm(tmp_path):
     assert decisions["f0"] == TrialScheduler.CONTINUE and decisions["f1"] == TrialScheduler.CONTINUE
     rungs = sched.rung_records()
     assert rungs[slow][1] == {"s0": 0.10, "s1": 0.05} and set(rungs[fast][1]) == {"f0", "f1", "f2"}
+
+
+def test_rungs_are_rebuilt_from_stored_results_after_a_restore(tmp_path):
+    """Ray saves no scheduler state; the unpickled scheduler (what Tuner.restore gives back) rebuilds
+    its rungs from the run folder and then decides exactly as the uninterrupted one does."""
+    import json
+    import pickle
+
+    p = tmp_path / "s.yaml"
+    p.write_text("arms: {backbone: [resnet18], version: [v1, v2]}\n"
+                 "budget: {max_epochs: 8, grace_period: 1, reduction_factor: 2, trials_per_arm: 4}\n")
+    space = load_space(p)
+    run_dir = tmp_path / "run"
+    live = PerArmASHA(space, run_dir)
+    blank = pickle.dumps(live)  # as Tuner pickles it, before any result
+    study = "resnet18-v1-none-t5"
+    histories = {"a": [0.1, 0.3, 0.35, 0.5], "b": [0.2, 0.25], "c": [0.05]}
+    for tid, values in histories.items():
+        t = _trial(study, tid)
+        live.on_trial_add(None, t)
+        d = run_dir / "trials" / f"{study}_{tid}"
+        d.mkdir(parents=True)
+        (d / "params.json").write_text(json.dumps({"arm": study, "study": study}))
+        lines = []
+        for e, v in enumerate(values, start=1):
+            live.on_trial_result(None, t, {"epoch": e, "map50": v})
+            lines.append(json.dumps({"trial_id": tid, "epoch": float(e), "map50": v}))
+        (d / "result.json").write_text("\n".join(lines) + "\n")
+    restored = pickle.loads(blank)
+    newcomer = _trial(study, "d")
+    restored.on_trial_add(None, newcomer)  # the first call after the restore rebuilds the rungs
+    assert restored.rung_records()[study] == live.rung_records()[study]
+    assert restored.rung_records()[study][2] == {"a": 0.3, "b": 0.25}
+    twin = _trial(study, "d")
+    live.on_trial_add(None, twin)
+    for e, v in enumerate([0.15, 0.26], start=1):
+        assert (restored.on_trial_result(None, newcomer, {"epoch": e, "map50": v})
+                == live.on_trial_result(None, twin, {"epoch": e, "map50": v}))
