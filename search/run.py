@@ -35,6 +35,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--storage", default="runs", help="folder (or s3://bucket/prefix on a cluster) holding runs")
     p.add_argument("--name", help="run name (default: the space's name and the start time)")
     p.add_argument("--address", help="Ray cluster address ('auto' joins the running cluster); default: local Ray")
+    p.add_argument("--shared-storage", action="store_true",
+                   help="with --address: --storage is a folder every node mounts at the same path (NFS, EFS)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all of this machine's)")
     p.add_argument("--resume", action="store_true", help="continue the run STORAGE/NAME where it stopped")
     p.add_argument("--dry-run", action="store_true", help="print arms, skipped combinations and budget; run nothing")
@@ -146,11 +148,17 @@ def main(argv=None) -> int:
         print(dry_run_text(space))
         return 0
     if str(args.storage).startswith(("s3://", "gs://")):
-        print("error: --storage on object storage is not supported yet by this version; use a shared folder",
-              file=sys.stderr)
+        print("error: --storage on object storage (s3://, gs://) is not supported yet; use a folder every node "
+              "mounts (--shared-storage)", file=sys.stderr)
         return 2
     if args.resume and not args.name:
         print("error: --resume needs --name: the run to continue (STORAGE/NAME)", file=sys.stderr)
+        return 2
+    if args.address and not args.shared_storage:
+        # Trials on other nodes write their checkpoints and results into --storage: a path that only
+        # this machine has would lose them (and break resumes). Refused before anything starts.
+        print(f"error: --storage {args.storage}: on a cluster (--address) the run folder must be shared by "
+              f"every node; mount it at the same path on all nodes and pass --shared-storage", file=sys.stderr)
         return 2
     name = args.name or f"{space.name}-{datetime.now():%Y%m%d-%H%M%S}"
     run_dir = Path(args.storage).resolve() / name
