@@ -175,3 +175,15 @@ def test_summary_for_every_combination_offline():
         s = summary(C.TrainConfig(backbone=backbone, version=version, weights=weights, trainable_layers=tl))
         assert s["params_total"] > 0
         assert (s["weight_files"] == []) == (weights == "none")
+
+
+def test_weights_list_names_every_file_a_space_can_use(tmp_path):
+    space = __import__("pathlib").Path(__file__).resolve().parents[2] / "spaces" / "full.yaml"
+    out = subprocess.run([sys.executable, "-m", "detector.weights", "list", "--space", str(space)],
+                         capture_output=True, text=True, env={"TORCH_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+                         check=True)
+    lines = out.stdout.splitlines()
+    assert len(lines) == 6 and all(line.startswith("missing") for line in lines)
+    for name in ("resnet18-f37072fd.pth", "resnet101-63fe2227.pth", "fasterrcnn_resnet50_fpn_coco-258fb6c6.pth",
+                 "fasterrcnn_resnet50_fpn_v2_coco-dd69338a.pth"):
+        assert any(str(tmp_path / "hub" / "checkpoints" / name) in line for line in lines), name

@@ -235,3 +235,18 @@ budget: {max_epochs: 3, grace_period: 1, reduction_factor: 2, trials_per_arm: 3,
         for t in study.trials:
             row = by_id[t.user_attrs["ray_trial_id"]]
             assert t.state == (TrialState.COMPLETE if row["status"] == "finished" else TrialState.PRUNED), row
+
+
+def test_report_from_a_real_search(searched, tmp_path):
+    from search import report
+
+    space, run_dir = searched
+    res = report.write_report(run_dir, tmp_path / "report")
+    rows = _rows(run_dir)
+    best = max((r for r in rows if r["stage"] == "search"), key=lambda r: float(r["best"]))
+    assert f"Best arm: **{best['arm']}**, map50 {float(best['best']):.4f}" in res["conclusion"]
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "6 trials:" in text and "## Early stopping" in text
+    for name in res["figures"]:
+        assert (tmp_path / "report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(res["figures"]) >= 6
