@@ -7,6 +7,7 @@ flat dict of float metrics to a callback after every epoch. Nothing here knows w
 from __future__ import annotations
 
 import gc
+import json
 import math
 import os
 import random
@@ -292,8 +293,6 @@ def fit(cfg: TrainConfig, train: DecodedDataset, val: DecodedDataset, out_dir: s
     With `resume`, training continues after the epoch stored in `out_dir/checkpoint.pt`.
     Returns the summary dict. Raises NonFiniteLossError, OutOfMemoryError.
     """
-    import json
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     log = log or (lambda s: None)
@@ -337,6 +336,7 @@ def fit(cfg: TrainConfig, train: DecodedDataset, val: DecodedDataset, out_dir: s
     total, trainable = count_params(model)
     stopped_early = False
     lat: float | None = None
+    out_of_memory = False
     t_start = time.perf_counter()
     try:
         for epoch in range(start, cfg.epochs + 1):
@@ -378,12 +378,16 @@ def fit(cfg: TrainConfig, train: DecodedDataset, val: DecodedDataset, out_dir: s
                 log(f"early stop: no better map50 for {cfg.patience} epochs (best {best:.4f} at epoch {best_epoch})")
                 break
     except torch.cuda.OutOfMemoryError:
-        del model, optimizer
+        out_of_memory = True
+    if out_of_memory:
+        # Outside the except block, the traceback (and the activations its frames hold) is gone, so
+        # dropping the model and optimizer really returns their memory to the GPU.
+        del model, optimizer, scheduler, scaler
         gc.collect()
         torch.cuda.empty_cache()
         raise OutOfMemoryError(f"CUDA out of memory with batch_size={cfg.batch_size}, min_size={cfg.min_size}, "
                                f"max_size={cfg.max_size} ({cfg.backbone} {cfg.version}); lower batch_size or "
-                               f"min_size") from None
+                               f"min_size")
 
     lat = latency_ms(model, val_set[0][0], setup)  # of the trained model (its detections cost NMS time)
     best_m = next((h for h in history if h["epoch"] == best_epoch), history[-1] if history else {})

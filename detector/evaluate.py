@@ -12,7 +12,6 @@ import torch
 
 from detector.data import DataError, DetectionDataset, collate, load_any, require_usable
 from detector.engine import Setup, evaluate, model_from_checkpoint
-from detector.model import detections_per_img
 
 
 def main(argv=None) -> int:

@@ -31,10 +31,9 @@ def _load_run(run_dir: Path) -> tuple[dict, list[TrialRecord]]:
 
 
 def ranked(records: list[TrialRecord]) -> list[TrialRecord]:
-    """Trials that trained, best first: full-budget trials before stopped ones, then by best metric.
-
-    A confirmed configuration ranks by the mean over its seeds."""
-    ok = [r for r in records if r.status != STATUS_FAILED and math.isfinite(r.best)]
+    """Search trials that trained, best first: full-budget trials before stopped ones, then by best
+    metric. (Confirmation-stage reruns only repeat these configurations with other seeds.)"""
+    ok = [r for r in records if r.stage == "search" and r.status != STATUS_FAILED and math.isfinite(r.best)]
     return sorted(ok, key=lambda r: (r.epochs < r.config["epochs"], -r.best))
 
 

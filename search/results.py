@@ -62,8 +62,8 @@ def read_trial(trial_dir: Path, metric: str, max_epochs: int, finished_ids: set 
         return None
     cfgd = json.loads(params_file.read_text())
     cfgd = cfgd.get("trial", cfgd)  # confirmation-stage trials hold their config under "trial"
-    hist = [h for h in _read_history(trial_dir) if "fail_reason" not in h]
     raw = _read_history(trial_dir)
+    hist = [h for h in raw if "fail_reason" not in h]
     # Keep the last report of each epoch (a retried or resumed trial may report an epoch twice).
     by_epoch = {int(h["epoch"]): h for h in hist if "epoch" in h}
     hist = [by_epoch[e] for e in sorted(by_epoch)]

@@ -84,8 +84,7 @@ def run_search(space: Space, run_dir: Path, data: tuple, resume: bool, stream=No
 
     trainable = tune.with_resources(tune.with_parameters(train_trial, data=data),
                                     {"cpu": space.cpu, "gpu": space.gpu})
-    table = ArmTable(space.metric, [a.name for a in space.arms] if space.strategy == "per-architecture"
-                     else ["joint"] + [a.name for a in space.arms], stream=stream)
+    table = ArmTable(space.metric, [a.name for a in space.arms], stream=stream)
     trials_dir = run_dir / "trials"
     if resume:
         tuner = tune.Tuner.restore(str(trials_dir), trainable, resume_unfinished=True, resume_errored=True)
@@ -172,13 +171,13 @@ def main(argv=None) -> int:
         return 2
     run_dir.mkdir(parents=True, exist_ok=True)
     _setup_logging(run_dir)
-    shutil.copy(args.space, run_dir / "space.yaml") if not args.resume else None
+    if not args.resume:
+        shutil.copy(args.space, run_dir / "space.yaml")
 
     data_arg = args.data or space.data
     try:
         train, val = load_splits(data_arg, args.val_data or space.val_data, args.images or space.images,
-                                 C.from_dict(space.fixed).val_fraction if "val_fraction" in space.fixed else 0.2,
-                                 space.seed)
+                                 space.fixed.get("val_fraction", C.TrainConfig().val_fraction), space.seed)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

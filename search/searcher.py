@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from detector import config as C
-from search.space import Arm, Space
+from search.space import Space
 
 JOINT = "joint"  # study name in the joint strategy
 # multivariate/group TPE is marked experimental; it is what conditional spaces need.
@@ -181,9 +181,3 @@ class ArmSearcher(Searcher):
                                if (name, t._trial_id) not in owned]
                         for name, study in self.studies.items()}
 
-
-def make_searcher(space: Space, journal: Path) -> ArmSearcher:
-    return ArmSearcher(space, journal)
-
-
-__all__ = ["ArmSearcher", "Arm", "make_searcher", "open_studies", "study_names", "JOINT"]
