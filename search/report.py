@@ -257,12 +257,9 @@ def _fmt(v, spec=".4f") -> str:
 def write_report(run_dir: Path, out: Path) -> dict:
     info = json.loads((run_dir / "run.json").read_text())
     metric, max_epochs = info["metric"], info["max_epochs"]
+    # results.csv is written when the search command ends (also after an error or Ctrl-C).
     state_done = (run_dir / "results.csv").exists()
-    records = collect(run_dir, metric, max_epochs, finished_ids=None if state_done else set())
-    if not state_done:  # still running: trials without a terminal result are running, not stopped
-        for r in records:
-            if r.status == STATUS_STOPPED:
-                r.status = STATUS_RUNNING
+    records = collect(run_dir, metric, max_epochs)
     arms = list(dict.fromkeys(info.get("arms", [])) | dict.fromkeys(r.arm for r in records))
     colours = _colours(arms)
     rows = arm_rows(records, metric)

@@ -56,7 +56,22 @@ def _read_history(trial_dir: Path) -> list[dict]:
     return out
 
 
-def read_trial(trial_dir: Path, metric: str, max_epochs: int, finished_ids: set | None = None) -> TrialRecord | None:
+def ray_statuses(stage_dir: Path) -> dict[str, str]:
+    """{trial id: Ray's status (PENDING, RUNNING, PAUSED, TERMINATED, ERROR)} from the newest readable
+    experiment state of a Tuner folder; empty when there is none."""
+    for f in sorted(stage_dir.glob("experiment_state-*.json"), reverse=True):
+        try:
+            state = json.loads(f.read_text())
+            return {t["trial_id"]: t["status"] for t in (json.loads(td[0]) for td in state["trial_data"])}
+        except (json.JSONDecodeError, KeyError, TypeError, IndexError):
+            continue
+    return {}
+
+
+def read_trial(trial_dir: Path, metric: str, max_epochs: int, ray_status: str | None = None) -> TrialRecord | None:
+    """One trial's record. `ray_status` (from the experiment state) tells a running trial from a
+    stopped one and a retried-then-finished trial from a failed one; without it, a trial that left
+    an error file and did not finish counts as failed."""
     params_file = trial_dir / "params.json"
     if not params_file.exists():
         return None
@@ -76,13 +91,13 @@ def read_trial(trial_dir: Path, metric: str, max_epochs: int, finished_ids: set 
     error_file = trial_dir / "error.txt"
     if fail:
         status, reason = STATUS_FAILED, fail
-    elif error_file.exists():
+    elif ray_status == "ERROR" or (ray_status is None and error_file.exists() and epochs < max_epochs):
         status = STATUS_FAILED
-        lines = [ln for ln in error_file.read_text().splitlines() if ln.strip()]
+        lines = [ln for ln in error_file.read_text().splitlines() if ln.strip()] if error_file.exists() else []
         reason = lines[-1][:300] if lines else "error"
     elif epochs >= max_epochs:
         status = STATUS_FINISHED
-    elif finished_ids is not None and trial_id not in finished_ids:
+    elif ray_status in ("PENDING", "RUNNING", "PAUSED"):
         status = STATUS_RUNNING
     else:
         status = STATUS_STOPPED
@@ -93,14 +108,15 @@ def read_trial(trial_dir: Path, metric: str, max_epochs: int, finished_ids: set 
                        history=hist)
 
 
-def collect(run_dir: Path, metric: str, max_epochs: int, finished_ids: set | None = None) -> list[TrialRecord]:
+def collect(run_dir: Path, metric: str, max_epochs: int) -> list[TrialRecord]:
     """Every trial under the run folder (search and confirmation stages), in folder order."""
     out = []
     for stage_dir in (run_dir / "trials", run_dir / "confirm"):
         if not stage_dir.is_dir():
             continue
+        statuses = ray_statuses(stage_dir)
         for d in sorted(p for p in stage_dir.iterdir() if p.is_dir()):
-            rec = read_trial(d, metric, max_epochs, finished_ids)
+            rec = read_trial(d, metric, max_epochs, statuses.get(d.name.rsplit("_", 1)[-1]))
             if rec is not None:
                 out.append(rec)
     return out

@@ -136,6 +136,23 @@ def run_confirm(space: Space, run_dir: Path, data: tuple, stream=None) -> None:
                                          failure_config=tune.FailureConfig(max_failures=2))).fit()
 
 
+def experiment_state_problem(run_dir: Path) -> str | None:
+    """Why Ray could not resume from `run_dir`, or None. Checked before anything is touched."""
+    states = sorted((run_dir / "trials").glob("experiment_state-*.json")) if (run_dir / "trials").is_dir() else []
+    if not states:
+        return f"{run_dir} holds no experiment state (trials/experiment_state-*.json): nothing to resume"
+    for f in states:
+        try:
+            state = json.loads(f.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            return f"{f} is truncated or corrupt ({e})"
+        if not isinstance(state, dict) or "trial_data" not in state:
+            return f"{f} is not a Ray Tune experiment state (no trial_data)"
+    if not (run_dir / "trials" / "tuner.pkl").exists():
+        return f"{run_dir / 'trials' / 'tuner.pkl'} is missing"
+    return None
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
@@ -162,9 +179,10 @@ def main(argv=None) -> int:
     name = args.name or f"{space.name}-{datetime.now():%Y%m%d-%H%M%S}"
     run_dir = Path(args.storage).resolve() / name
     if args.resume:
-        if not (run_dir / "trials").is_dir() or not list((run_dir / "trials").glob("experiment_state-*.json")):
-            print(f"error: --resume: {run_dir} holds no experiment state (trials/experiment_state-*.json); "
-                  f"nothing to resume, and a new search will not be started over it", file=sys.stderr)
+        problem = experiment_state_problem(run_dir)
+        if problem:
+            print(f"error: --resume: {problem}; the run folder is left as it is, and a new search will not be "
+                  f"started over it", file=sys.stderr)
             return 2
     elif run_dir.exists():
         print(f"error: {run_dir} already exists: pass --resume to continue it, or another --name", file=sys.stderr)

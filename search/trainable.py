@@ -19,6 +19,13 @@ from detector import config as C
 from detector.engine import NonFiniteLossError, OutOfMemoryError, fit
 
 CKPT_NAME = "checkpoint.pt"
+# Fault injection for the tests of retries: with this set to k, every trial raises once, right after
+# reporting epoch k (a marker file in its trial folder remembers that it did).
+FAIL_ONCE_ENV = "SMALLOBJ_FAIL_ONCE_AFTER_EPOCH"
+
+
+class InjectedFault(RuntimeError):
+    """Raised by the fault-injection switch; never raised in normal runs."""
 
 
 def train_trial(config: dict, data=None) -> None:
@@ -40,6 +47,11 @@ def train_trial(config: dict, data=None) -> None:
             with tempfile.TemporaryDirectory(prefix="smallobj-ckpt-") as d:
                 os.link(ckpt_path, Path(d) / CKPT_NAME)  # same filesystem: no copy until Ray persists it
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+            fail_at = os.environ.get(FAIL_ONCE_ENV)
+            marker = Path(tune.get_context().get_trial_dir()) / ".fault-injected"
+            if fail_at and last_epoch == int(fail_at) and not marker.exists():
+                marker.touch()
+                raise InjectedFault(f"{FAIL_ONCE_ENV}={fail_at}: injected failure after epoch {last_epoch}")
 
         fit(cfg, train, val, work, on_epoch=on_epoch, resume=restored is not None)
     except (NonFiniteLossError, OutOfMemoryError) as e:

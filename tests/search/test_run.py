@@ -249,3 +249,42 @@ def test_report_from_a_real_search(searched, tmp_path):
     for name in res["figures"]:
         assert (tmp_path / "report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(res["figures"]) >= 6
+
+
+def test_a_trial_that_raises_is_retried_from_its_checkpoint(tiny_data, tmp_path, monkeypatch):
+    """A transient error (injected once after epoch 1) is retried by Ray from the epoch-1 checkpoint:
+    the trial finishes, its epochs continue at 2 rather than starting over, and Optuna sees COMPLETE."""
+    from search.trainable import FAIL_ONCE_ENV
+
+    monkeypatch.setenv(FAIL_ONCE_ENV, "1")  # inherited by the local Ray's workers
+    space = _space(tmp_path, tiny_data, """
+arms: {backbone: [resnet18]}
+params:
+  lr: {type: float, low: 0.005, high: 0.01}
+budget: {max_epochs: 3, grace_period: 1, reduction_factor: 2, trials_per_arm: 1}
+""")
+    assert run.main(["--space", str(space), "--storage", str(tmp_path / "runs"), "--name", "f", "--num-cpus", "2"]) == 0
+    (row,) = _rows(tmp_path / "runs" / "f")
+    assert row["status"] == "finished" and row["epochs_run"] == "3"
+    trial_dir = next((tmp_path / "runs" / "f" / "trials").glob("resnet18*"))
+    assert (trial_dir / ".fault-injected").exists() and (trial_dir / "error.txt").exists()
+    epochs = [json.loads(x)["epoch"] for x in (trial_dir / "result.json").read_text().splitlines()]
+    assert epochs == [1.0, 2.0, 3.0]  # resumed at epoch 2 from the checkpoint, not retrained from epoch 1
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "runs" / "f" / "optuna.journal")))
+    (t,) = optuna.load_study(study_name="resnet18-v1-none-t5", storage=storage).trials
+    assert t.state == TrialState.COMPLETE and sorted(t.intermediate_values) == [1, 2, 3]
+
+
+def test_resume_refuses_a_truncated_experiment_state(searched, tmp_path):
+    import shutil
+
+    space, run_dir = searched
+    copy = tmp_path / "r"
+    shutil.copytree(run_dir, copy)
+    state = next((copy / "trials").glob("experiment_state-*.json"))
+    state.write_text(state.read_text()[:200])
+    before = sorted((p, p.stat().st_size) for p in copy.rglob("*"))
+    out = subprocess.run([sys.executable, "-m", "search.run", "--space", space.path, "--storage", str(tmp_path),
+                          "--name", "r", "--resume"], capture_output=True, text=True)
+    assert out.returncode == 2 and "is truncated or corrupt" in out.stderr and state.name in out.stderr
+    assert sorted((p, p.stat().st_size) for p in copy.rglob("*")) == before  # nothing touched
