@@ -95,6 +95,9 @@ def run_search(space: Space, run_dir: Path, data: tuple, resume: bool, stream=No
             trainable,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=space.total_trials(),
                                         max_concurrent_trials=space.max_concurrent,
+                                        # A new trial reuses a finished trial's worker process (torch and
+                                        # the dataset already loaded) instead of starting one.
+                                        reuse_actors=True,
                                         trial_dirname_creator=lambda t: f"{t.config['arm']}_{t.trial_id}"),
             run_config=tune.RunConfig(
                 name="trials", storage_path=str(run_dir), verbose=0, callbacks=[table],
