@@ -197,8 +197,12 @@ def _assemble(records: list, class_names: list, report: Report) -> DecodedDatase
             b, lab = np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
         if len(b) == 0:
             report.add("no_objects", where)
-        images.append(img), ranges.append(rng), boxes.append(b), labels.append(lab)
-        names.append(str(path)), ids.append(image_id)
+        images.append(img)
+        ranges.append(rng)
+        boxes.append(b)
+        labels.append(lab)
+        names.append(str(path))
+        ids.append(image_id)
     return DecodedDataset(images, ranges, boxes, labels, names, class_names, ids, report)
 
 
