@@ -80,6 +80,7 @@ class DecodedDataset:
     class_names: list
     image_ids: list
     report: Report = field(default_factory=Report)
+    _fingerprint: str | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -97,13 +98,17 @@ class DecodedDataset:
                          max_objects=max((len(b) for b in self.boxes), default=0), box_size_quantiles=q)
 
     def fingerprint(self) -> str:
-        """Hash of pixels and boxes: identifies the data a result was obtained on."""
+        """Hash of pixels and boxes: identifies the data a result was obtained on. Computed once and
+        kept, so a dataset fingerprinted before it is shared carries the value to every trial."""
+        if self._fingerprint is not None:
+            return self._fingerprint
         h = hashlib.sha256()
         for img, b, lab in zip(self.images, self.boxes, self.labels):
             h.update(img.tobytes())
             h.update(np.ascontiguousarray(b).tobytes())
             h.update(np.ascontiguousarray(lab).tobytes())
-        return h.hexdigest()[:16]
+        self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
 
     def summary(self) -> dict:
         """The numbers the check prints: objects per image, box sizes, small-object counts."""

@@ -263,8 +263,7 @@ def write_report(run_dir: Path, out: Path) -> dict:
     arms = list(dict.fromkeys(info.get("arms", [])) | dict.fromkeys(r.arm for r in records))
     colours = _colours(arms)
     rows = arm_rows(records, metric)
-    space_text = (run_dir / "space.yaml").read_text() if (run_dir / "space.yaml").exists() else ""
-    rungs = _rungs(space_text, max_epochs)
+    rungs = _rungs(run_dir / "space.yaml")
 
     tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=out.parent if out.parent.exists() else None))
     figures = []
@@ -341,16 +340,14 @@ def write_report(run_dir: Path, out: Path) -> dict:
     return {"rows": rows, "records": records, "figures": figures, "status": status, "conclusion": conclusion(rows, metric)}
 
 
-def _rungs(space_text: str, max_epochs: int) -> list[int]:
-    import yaml
+def _rungs(space_file: Path) -> list[int]:
+    """The run's ASHA rungs, from the copy of its space file; none if it is missing or unreadable."""
+    from search.space import SpaceError, load_space
 
-    budget = (yaml.safe_load(space_text) or {}).get("budget", {}) if space_text else {}
-    g, rf = budget.get("grace_period", 1), budget.get("reduction_factor", 3)
-    rungs, r = [], g
-    while r < max_epochs:
-        rungs.append(r)
-        r *= rf
-    return rungs
+    try:
+        return load_space(space_file).asha_rungs()
+    except (SpaceError, ValueError):
+        return []
 
 
 def main(argv=None) -> int:
