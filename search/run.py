@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -190,18 +191,17 @@ def main(argv=None) -> int:
     elif run_dir.exists():
         print(f"error: {run_dir} already exists: pass --resume to continue it, or another --name", file=sys.stderr)
         return 2
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _setup_logging(run_dir)
-    if not args.resume:
-        shutil.copy(args.space, run_dir / "space.yaml")
-
     data_arg = args.data or space.data
-    try:
+    try:  # before the run folder exists: bad data leaves nothing behind
         train, val = load_splits(data_arg, args.val_data or space.val_data, args.images or space.images,
                                  space.fixed.get("val_fraction", C.TrainConfig().val_fraction), space.seed)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _setup_logging(run_dir)
+    if not args.resume:
+        shutil.copy(args.space, run_dir / "space.yaml")
     for kind, pr in train.report.as_dict().items():
         print(f"data: {kind}: {pr['count']} ({pr['meaning']})")
     fingerprint = f"{train.fingerprint()}-{val.fingerprint()}"
@@ -241,8 +241,6 @@ def main(argv=None) -> int:
 
 
 def summary_text(records, space: Space, elapsed: float, run_dir: Path) -> str:
-    import math
-
     lines = [f"search finished in {elapsed:.0f} s; results in {run_dir / 'results.csv'}"]
     for arm in space.arms:
         mine = [r for r in records if r.arm == arm.name and r.stage == "search"]

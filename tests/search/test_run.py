@@ -288,3 +288,12 @@ def test_resume_refuses_a_truncated_experiment_state(searched, tmp_path):
                           "--name", "r", "--resume"], capture_output=True, text=True)
     assert out.returncode == 2 and "is truncated or corrupt" in out.stderr and state.name in out.stderr
     assert sorted((p, p.stat().st_size) for p in copy.rglob("*")) == before  # nothing touched
+
+
+def test_unusable_data_is_refused_before_the_run_folder_exists(tmp_path):
+    (tmp_path / "empty.json").write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
+    space = _space(tmp_path, tmp_path / "empty.json", "arms: {backbone: [resnet18]}\n")
+    out = subprocess.run([sys.executable, "-m", "search.run", "--space", str(space), "--storage",
+                          str(tmp_path / "runs"), "--name", "x"], capture_output=True, text=True)
+    assert out.returncode == 2 and "no readable image" in out.stderr
+    assert not (tmp_path / "runs").exists()
