@@ -23,7 +23,6 @@ class ArmTable(Callback):
         self.status: dict[str, str] = {}
         self.arm_of: dict[str, str] = {}
         self.best: dict[str, float] = defaultdict(lambda: -math.inf)
-        self.max_epochs = None
         self._last_print, self._dirty, self._lines = 0.0, True, 0
 
     def _arm(self, trial) -> str:

@@ -286,7 +286,8 @@ def write_report(run_dir: Path, out: Path) -> dict:
            f"{len(records)} trials: {sum(r.status == STATUS_FINISHED for r in records)} finished, "
            f"{sum(r.status == STATUS_STOPPED for r in records)} stopped by ASHA, "
            f"{sum(r.status == STATUS_FAILED for r in records)} failed, {n_running} running.", ""]
-    md += ["## Conclusion", "", conclusion(rows, metric), ""]
+    summary_line = conclusion(rows, metric)
+    md += ["## Conclusion", "", summary_line, ""]
     md += ["## Arms compared", "",
            f"| arm | best {metric} | mean ± sd over seeds | map | map_small | epochs to 95% | s/epoch | train img/s | "
            "inference ms | params total (M) | trainable (M) | peak mem (MB) | trials run / stopped / failed |",
@@ -337,7 +338,7 @@ def write_report(run_dir: Path, out: Path) -> dict:
         shutil.rmtree(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(str(tmp), str(out))
-    return {"rows": rows, "records": records, "figures": figures, "status": status, "conclusion": conclusion(rows, metric)}
+    return {"rows": rows, "records": records, "figures": figures, "status": status, "conclusion": summary_line}
 
 
 def _rungs(space_file: Path) -> list[int]:
