@@ -116,7 +116,13 @@ def collect(run_dir: Path, metric: str, max_epochs: int) -> list[TrialRecord]:
             continue
         statuses = ray_statuses(stage_dir)
         for d in sorted(p for p in stage_dir.iterdir() if p.is_dir()):
-            rec = read_trial(d, metric, max_epochs, statuses.get(d.name.rsplit("_", 1)[-1]))
+            trial_id = d.name.rsplit("_", 1)[-1]
+            if statuses and trial_id not in statuses:
+                # Started after Ray's last experiment checkpoint by a driver that then died: Ray never
+                # knew it and its Optuna trial went to another trial on resume (search.searcher),
+                # which redid its work. (In a run still going, a trial newer than the last checkpoint.)
+                continue
+            rec = read_trial(d, metric, max_epochs, statuses.get(trial_id))
             if rec is not None:
                 out.append(rec)
     return out

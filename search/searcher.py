@@ -10,8 +10,9 @@ Studies live in an Optuna journal file (`optuna-dashboard RUN_DIR/optuna.journal
 """
 from __future__ import annotations
 
+import json
 import math
-import pickle
+import shutil
 import warnings
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from ray.tune.search import Searcher
 
 from detector import config as C
 from search.space import Space
+from search.storage import relocated
 
 JOINT = "joint"  # study name in the joint strategy
 # multivariate/group TPE is marked experimental; it is what conditional spaces need.
@@ -34,11 +36,17 @@ def study_names(space: Space) -> list[str]:
 
 
 def open_studies(space: Space, journal: Path) -> dict[str, optuna.Study]:
-    """The run's studies (created on first use, loaded on resume), each with its own seeded TPE."""
+    """The run's studies (created on first use, loaded on resume), each with its own seeded TPE.
+
+    A sampler's random state is not saved: reseeded as on the first start, a resumed study would
+    propose its first configurations again. The seed therefore also counts the trials the study
+    already holds, which keeps a run reproducible and a resumed one from repeating itself."""
     storage = JournalStorage(JournalFileBackend(str(journal)))
+    held = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     studies = {}
     for i, name in enumerate(study_names(space)):
-        sampler = optuna.samplers.TPESampler(seed=space.seed + i, multivariate=True, group=True,
+        seed = space.seed + i + 10007 * held.get(name, 0)
+        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
                                              constant_liar=True, n_startup_trials=min(10, max(2, space.trials_per_arm // 3)))
         studies[name] = optuna.create_study(study_name=name, storage=storage, direction="maximize",
                                             sampler=sampler, load_if_exists=True)
@@ -71,9 +79,10 @@ class ArmSearcher(Searcher):
     `params` (the sampled values).
     """
 
-    def __init__(self, space: Space, journal: Path):
+    def __init__(self, space: Space, journal: Path, snapshot_journal: bool = False):
         super().__init__(metric=space.metric, mode="max")
         self.space, self.journal = space, Path(journal)
+        self.snapshot_journal = snapshot_journal  # copy the journal into each experiment checkpoint
         self.started = {name: 0 for name in study_names(space)}
         self.live: dict[str, tuple[str, int]] = {}  # Ray trial id -> (study name, Optuna trial id)
         self.orphans: dict[str, list[int]] = {}     # study -> Optuna trial ids to hand out again
@@ -82,6 +91,10 @@ class ArmSearcher(Searcher):
     # The studies are reopened from the journal, never pickled with the searcher.
     def __getstate__(self):
         return {k: v for k, v in self.__dict__.items() if k != "_studies"} | {"_studies": None}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.journal = relocated(self.journal.parent) / self.journal.name
 
     @property
     def studies(self) -> dict[str, optuna.Study]:
@@ -167,13 +180,22 @@ class ArmSearcher(Searcher):
 
     # --- Ray's experiment checkpoint: counts and live trials; the studies are in the journal ----
     def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump({"started": self.started, "live": self.live}, f)
+        # JSON, not pickle, although Ray names the file .pkl: a run's state is read back from
+        # storage on resume, and reading it must not run code.
+        with open(checkpoint_path, "w") as f:
+            json.dump({"started": self.started, "live": self.live}, f)
+        if self.snapshot_journal and self.journal.exists():
+            # Beside the searcher state in Ray's experiment folder, which Ray uploads to object
+            # storage with it: the studies as they were when this state was saved.
+            snap = Path(checkpoint_path).parent / self.journal.name
+            shutil.copy(self.journal, snap.with_suffix(".tmp"))
+            snap.with_suffix(".tmp").replace(snap)
 
     def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            state = pickle.load(f)
-        self.started, self.live = state["started"], state["live"]
+        with open(checkpoint_path) as f:
+            state = json.load(f)
+        self.started = {k: int(v) for k, v in state["started"].items()}
+        self.live = {k: (name, int(otid)) for k, (name, otid) in state["live"].items()}
         # Optuna trials still RUNNING that no restored Ray trial owns were asked for after Ray's last
         # experiment checkpoint; they are not counted in `started`, so they are reused first.
         owned = set(self.live.values())

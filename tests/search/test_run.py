@@ -1,7 +1,6 @@
 """Real searches on a local Ray (num_cpus=2) with real Optuna: tiny spaces on tiny images."""
 from __future__ import annotations
 
-import csv
 import json
 import subprocess
 import sys
@@ -17,27 +16,8 @@ from detector import config as C
 from search import export, run
 from search.space import load_space
 
-TINY_FIXED = """
-fixed:
-  min_size: 64
-  max_size: 64
-  anchor_sizes: [8, 16, 32, 64, 128]
-  box_batch_size_per_image: 16
-  rpn_batch_size_per_image: 32
-  rpn_pre_nms_top_n_train: 200
-  rpn_post_nms_top_n_train: 100
-  rpn_pre_nms_top_n_test: 200
-  rpn_post_nms_top_n_test: 100
-  batch_size: 2
-  num_workers: 0
-  warmup_epochs: 0.5
-"""
-
-
-def _space(tmp_path, data, body: str, name="s.yaml"):
-    p = tmp_path / name
-    p.write_text(f"data: {data}\n{TINY_FIXED}\n{body}")
-    return p
+from searchutil import (assert_every_trial_once, reported_epochs, result_rows as _rows, wait_until,
+                        write_space as _space)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -62,11 +42,6 @@ resources: {cpu: 1}
     rc = run.main(["--space", str(space), "--storage", str(tmp / "runs"), "--name", "r", "--num-cpus", "2"])
     assert rc == 0
     return load_space(space), tmp / "runs" / "r"
-
-
-def _rows(run_dir):
-    with open(run_dir / "results.csv") as f:
-        return list(csv.DictReader(f))
 
 
 def test_search_finishes_with_every_trial_accounted_for(searched):
@@ -205,35 +180,15 @@ budget: {max_epochs: 3, grace_period: 1, reduction_factor: 2, trials_per_arm: 3,
     proc = subprocess.Popen([sys.executable, "-m", "search.run", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     trials = tmp_path / "runs" / "k" / "trials"
-    deadline = time.time() + 240
-    while time.time() < deadline:  # kill once some epochs are stored and trials are still to come
-        reported = sum(len(p.read_text().splitlines()) for p in trials.glob("*/result.json"))
-        if reported >= 3:
-            break
-        time.sleep(0.5)
-    assert proc.poll() is None, "the search ended before it could be interrupted"
+    # Kill once some epochs are stored and trials are still to come.
+    wait_until(lambda: sum(map(len, reported_epochs(trials).values())) >= 3, 240, "3 epochs were reported", proc)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
     proc.wait()
     time.sleep(2)
     assert not (tmp_path / "runs" / "k" / "results.csv").exists()
 
     assert run.main(args + ["--resume"]) == 0
-    rows = _rows(tmp_path / "runs" / "k")
-    assert len(rows) == 6 and len({r["trial_id"] for r in rows}) == 6
-    for r in rows:
-        assert r["status"] == "finished" or r["status"] == f"stopped at epoch {r['epochs_run']}", r
-    for t in json.loads((tmp_path / "runs" / "k" / "trials.json").read_text()):
-        epochs = [int(json.loads(x)["epoch"]) for x in open(t["path"] + "/result.json").read().splitlines()
-                  if "epoch" in json.loads(x)]
-        assert sorted(set(epochs)) == list(range(1, t["epochs"] + 1)), t["trial_id"]  # continuous, no gap
-    storage = JournalStorage(JournalFileBackend(str(tmp_path / "runs" / "k" / "optuna.journal")))
-    by_id = {r["trial_id"]: r for r in rows}
-    for name in ("resnet18-v1-none-t5", "resnet18-v2-none-t5"):
-        study = optuna.load_study(study_name=name, storage=storage)
-        assert len(study.trials) == 3
-        for t in study.trials:
-            row = by_id[t.user_attrs["ray_trial_id"]]
-            assert t.state == (TrialState.COMPLETE if row["status"] == "finished" else TrialState.PRUNED), row
+    assert_every_trial_once(tmp_path / "runs" / "k", n_trials=6, max_epochs=3, repeats=True)
 
 
 def test_report_from_a_real_search(searched, tmp_path):

@@ -1,0 +1,142 @@
+"""Helpers shared by the search tests: tiny space files and the rows of a run's results.csv.
+
+Imported by name (`from searchutil import ...`): pytest puts this folder on sys.path."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]  # the repository
+
+# Fixed training fields that keep a CPU trial to a few seconds (see tests/conftest.py's TINY).
+TINY_FIXED = """
+fixed:
+  min_size: 64
+  max_size: 64
+  anchor_sizes: [8, 16, 32, 64, 128]
+  box_batch_size_per_image: 16
+  rpn_batch_size_per_image: 32
+  rpn_pre_nms_top_n_train: 200
+  rpn_post_nms_top_n_train: 100
+  rpn_pre_nms_top_n_test: 200
+  rpn_post_nms_top_n_test: 100
+  batch_size: 2
+  num_workers: 0
+  warmup_epochs: 0.5
+"""
+
+
+def write_space(folder: Path, data, body: str, name: str = "s.yaml") -> Path:
+    """A space file on `data` with the tiny fixed fields and `body` (arms, params, budget...)."""
+    p = folder / name
+    p.write_text(f"data: {data}\n{TINY_FIXED}\n{body}")
+    return p
+
+
+def result_rows(run_dir: Path) -> list[dict]:
+    with open(run_dir / "results.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def assert_every_trial_once(run_dir: Path, n_trials: int, max_epochs: int, repeats: bool = False) -> list[dict]:
+    """Nothing lost, nothing doubled: `n_trials` distinct trials, each finished or stopped by ASHA,
+    each with epochs 1..N reported without gap (and without repeat unless `repeats`: after the driver
+    is killed, an epoch reported after its last snapshot of the experiment is trained again), and every arm's Optuna study holding exactly
+    its arm's trials in the state that matches Ray's (finished = COMPLETE, stopped = PRUNED)."""
+    import json
+
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    from optuna.trial import TrialState
+
+    rows = [r for r in result_rows(run_dir) if r["stage"] == "search"]
+    assert len(rows) == n_trials and len({r["trial_id"] for r in rows}) == n_trials, rows
+    for r in rows:
+        assert r["status"] == "finished" or r["status"] == f"stopped at epoch {r['epochs_run']}", r
+        assert r["status"] != "finished" or r["epochs_run"] == str(max_epochs), r
+    configs = [(r["arm"], r["lr"], r["momentum"], r["weight_decay"], r["optimizer"]) for r in rows]
+    assert len(set(configs)) == len(configs), configs  # no configuration proposed twice
+    for t in json.loads((run_dir / "trials.json").read_text()):
+        lines = [json.loads(x) for x in open(Path(t["path"]) / "result.json").read().splitlines()]
+        epochs = [int(x["epoch"]) for x in lines if "epoch" in x]
+        assert sorted(set(epochs)) == list(range(1, t["epochs"] + 1)), (t["trial_id"], epochs)  # no gap
+        assert repeats or len(epochs) == len(set(epochs)), (t["trial_id"], epochs)
+    storage = JournalStorage(JournalFileBackend(str(run_dir / "optuna.journal")))
+    by_id = {r["trial_id"]: r for r in rows}
+    seen = set()
+    for arm in sorted({r["arm"] for r in rows}):
+        study = optuna.load_study(study_name=arm, storage=storage)
+        for t in study.trials:
+            row = by_id[t.user_attrs["ray_trial_id"]]
+            assert row["arm"] == arm
+            expected = TrialState.COMPLETE if row["status"] == "finished" else TrialState.PRUNED
+            assert t.state == expected, (row, t.state)
+            assert sorted(t.intermediate_values) == list(range(1, int(row["epochs_run"]) + 1))
+            seen.add(row["trial_id"])
+    assert seen == set(by_id)  # every Ray trial is in its study exactly once
+    return rows
+
+
+def reported_epochs(trials_dir: Path) -> dict[str, list[int]]:
+    """Epochs each trial has reported so far, by trial folder name (read while a search runs)."""
+    import json
+
+    out = {}
+    for p in trials_dir.glob("*/result.json"):
+        lines = [json.loads(x) for x in p.read_text().splitlines() if x.strip().endswith("}")]
+        out[p.parent.name] = [int(x["epoch"]) for x in lines if "epoch" in x]
+    return out
+
+
+def wait_until(condition, timeout: float, what: str, proc=None) -> None:
+    """Poll `condition()` every 0.3 s; fail naming `what` on timeout or if `proc` ends first."""
+    import time
+
+    deadline = time.time() + timeout
+    while not condition():
+        assert proc is None or proc.poll() is None, f"the search ended before {what}"
+        assert time.time() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
+        time.sleep(0.3)
+
+
+class SearchProcess:
+    """`python -m search.run ARGS` as its own process group, output in `log`; killed with its group
+    (the driver and any Ray it started) when the `with` block ends, so a failed test leaves nothing
+    running behind it."""
+
+    def __init__(self, *args: str, log: Path):
+        import subprocess
+        import sys
+
+        self.log = Path(log)
+        with open(self.log, "w") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "search.run", *args], cwd=ROOT, stdout=out,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait(self, timeout: float) -> int:
+        """The exit status; fails with the end of the output if it takes longer than `timeout`."""
+        import subprocess
+
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"search.run still running after {timeout:.0f} s:\n{self.output[-3000:]}")
+
+    @property
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def kill(self) -> None:
+        import os
+        import signal
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.kill()
