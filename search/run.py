@@ -1,11 +1,12 @@
 """Run a search: Ray Tune schedules the trials, Optuna (TPE) proposes them, ASHA stops weak ones.
 
-    python -m search.run --space spaces/demo.yaml [--data PATH] [--storage DIR] [--name NAME]
-                         [--address auto] [--resume] [--dry-run]
+    python -m search.run --space spaces/demo.yaml [--data PATH] [--storage DIR|s3://bucket/prefix]
+                         [--name NAME] [--address auto] [--resume] [--dry-run]
 
 Everything the run produces lives in STORAGE/NAME: `trials/` (Ray's per-trial folders: params,
 per-epoch results, checkpoints), `optuna.journal` (the studies), `results.csv` and `trials.json`
-(one row per trial), `run.json` (space, data fingerprint, versions) and `run.log`.
+(one row per trial), `run.json` (space, data fingerprint, versions) and `run.log`. With object
+storage, this machine works in a copy of the small files (see search/storage.py).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from pathlib import Path
 from detector import config as C
 from detector.data import DataError, load_splits
 from search.space import Space, SpaceError, dry_run_text, load_space
+from search.storage import RunLocation, resuming_in
 
 log = logging.getLogger("search")
 
@@ -33,7 +35,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", help="COCO JSON / folder / VOC folder; overrides the space's `data`")
     p.add_argument("--val-data", help="separate validation annotations; overrides the space's `val_data`")
     p.add_argument("--images", help="folder the image file names are relative to")
-    p.add_argument("--storage", default="runs", help="folder (or s3://bucket/prefix on a cluster) holding runs")
+    p.add_argument("--storage", default="runs", help="folder, or object storage (s3://bucket/prefix), holding runs")
+    p.add_argument("--local-dir", default="runs",
+                   help="with object storage: where this machine keeps its working copy of the run's small files")
     p.add_argument("--name", help="run name (default: the space's name and the start time)")
     p.add_argument("--address", help="Ray cluster address ('auto' joins the running cluster); default: local Ray")
     p.add_argument("--shared-storage", action="store_true",
@@ -74,8 +78,8 @@ def _init_ray(args, space: Space) -> None:
                  log_to_driver=False)
 
 
-def run_search(space: Space, run_dir: Path, data: tuple, resume: bool, stream=None):
-    """The search stage: one Tuner over every arm; returns the PerArmASHA scheduler used."""
+def run_search(space: Space, loc: RunLocation, data: tuple, resume: bool, stream=None) -> None:
+    """The search stage: one Tuner over every arm."""
     from ray import tune
 
     from search.progress import ArmTable
@@ -86,11 +90,15 @@ def run_search(space: Space, run_dir: Path, data: tuple, resume: bool, stream=No
     trainable = tune.with_resources(tune.with_parameters(train_trial, data=data),
                                     {"cpu": space.cpu, "gpu": space.gpu})
     table = ArmTable(space.metric, [a.name for a in space.arms], stream=stream)
-    trials_dir = run_dir / "trials"
+    run_dir = loc.local
     if resume:
-        tuner = tune.Tuner.restore(str(trials_dir), trainable, resume_unfinished=True, resume_errored=True)
+        with resuming_in(run_dir):
+            tuner = tune.Tuner.restore(f"{loc.ray_storage}/trials", trainable, resume_unfinished=True,
+                                       resume_errored=True)
     else:
-        searcher = ArmSearcher(space, run_dir / "optuna.journal")
+        # With object storage the searcher copies the journal into every experiment checkpoint,
+        # which Ray uploads: the studies are never behind Ray's trials in the bucket.
+        searcher = ArmSearcher(space, run_dir / "optuna.journal", snapshot_journal=loc.uri is not None)
         scheduler = PerArmASHA(space, run_dir)
         tuner = tune.Tuner(
             trainable,
@@ -101,7 +109,7 @@ def run_search(space: Space, run_dir: Path, data: tuple, resume: bool, stream=No
                                         reuse_actors=True,
                                         trial_dirname_creator=lambda t: f"{t.config['arm']}_{t.trial_id}"),
             run_config=tune.RunConfig(
-                name="trials", storage_path=str(run_dir), verbose=0, callbacks=[table],
+                name="trials", storage_path=loc.ray_storage, verbose=0, callbacks=[table],
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=space.metric,
                                                         checkpoint_score_order="max"),
                 failure_config=tune.FailureConfig(max_failures=2)),
@@ -109,7 +117,7 @@ def run_search(space: Space, run_dir: Path, data: tuple, resume: bool, stream=No
     tuner.fit()
 
 
-def run_confirm(space: Space, run_dir: Path, data: tuple, stream=None) -> None:
+def run_confirm(space: Space, loc: RunLocation, data: tuple, stream=None) -> None:
     """Retrain each arm's top configurations for the full budget with several seeds."""
     from ray import tune
 
@@ -117,7 +125,8 @@ def run_confirm(space: Space, run_dir: Path, data: tuple, stream=None) -> None:
     from search.results import STATUS_FINISHED, STATUS_STOPPED, collect
     from search.trainable import train_trial
 
-    records = [r for r in collect(run_dir, space.metric, space.max_epochs)
+    loc.pull()  # with object storage: the search stage's results, to pick the configurations
+    records = [r for r in collect(loc.local, space.metric, space.max_epochs)
                if r.stage == "search" and r.status in (STATUS_FINISHED, STATUS_STOPPED)]
     configs = []
     for arm in space.arms:
@@ -134,7 +143,7 @@ def run_confirm(space: Space, run_dir: Path, data: tuple, stream=None) -> None:
     tune.Tuner(trainable, param_space={"trial": tune.grid_search(configs)},
                tune_config=tune.TuneConfig(max_concurrent_trials=space.max_concurrent,
                                            trial_dirname_creator=lambda t: f"{t.config['trial']['arm']}_{t.trial_id}"),
-               run_config=tune.RunConfig(name="confirm", storage_path=str(run_dir), verbose=0,
+               run_config=tune.RunConfig(name="confirm", storage_path=loc.ray_storage, verbose=0,
                                          callbacks=[ArmTable(space.metric, [a.name for a in space.arms], stream=stream)],
                                          checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                                          failure_config=tune.FailureConfig(max_failures=2))).fit()
@@ -167,29 +176,35 @@ def main(argv=None) -> int:
     if args.dry_run:
         print(dry_run_text(space))
         return 0
-    if str(args.storage).startswith(("s3://", "gs://")):
-        print("error: --storage on object storage (s3://, gs://) is not supported yet; use a folder every node "
-              "mounts (--shared-storage)", file=sys.stderr)
-        return 2
     if args.resume and not args.name:
         print("error: --resume needs --name: the run to continue (STORAGE/NAME)", file=sys.stderr)
         return 2
-    if args.address and not args.shared_storage:
+    name = args.name or f"{space.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    loc = RunLocation(args.storage, name, args.local_dir)
+    if args.address and not args.shared_storage and loc.uri is None:
         # Trials on other nodes write their checkpoints and results into --storage: a path that only
         # this machine has would lose them (and break resumes). Refused before anything starts.
         print(f"error: --storage {args.storage}: on a cluster (--address) the run folder must be shared by "
-              f"every node; mount it at the same path on all nodes and pass --shared-storage", file=sys.stderr)
+              f"every node: use object storage (--storage s3://bucket/prefix), or mount a folder at the same "
+              f"path on all nodes and pass --shared-storage", file=sys.stderr)
         return 2
-    name = args.name or f"{space.name}-{datetime.now():%Y%m%d-%H%M%S}"
-    run_dir = Path(args.storage).resolve() / name
+    run_dir = loc.local
     if args.resume:
+        if loc.uri is not None:
+            if not loc.exists():
+                print(f"error: --resume: {loc} does not exist: nothing to resume", file=sys.stderr)
+                return 2
+            print(f"fetching {loc} (all but checkpoints) into {run_dir}")
+            loc.pull()
+            loc.best_journal()
         problem = experiment_state_problem(run_dir)
         if problem:
             print(f"error: --resume: {problem}; the run folder is left as it is, and a new search will not be "
                   f"started over it", file=sys.stderr)
             return 2
-    elif run_dir.exists():
-        print(f"error: {run_dir} already exists: pass --resume to continue it, or another --name", file=sys.stderr)
+    elif loc.exists() or run_dir.exists():
+        where = loc if loc.exists() else run_dir
+        print(f"error: {where} already exists: pass --resume to continue it, or another --name", file=sys.stderr)
         return 2
     data_arg = args.data or space.data
     try:  # before the run folder exists: bad data leaves nothing behind
@@ -217,7 +232,8 @@ def main(argv=None) -> int:
                   f"vs {fingerprint})", file=sys.stderr)
             return 2
     run_json.write_text(json.dumps(info, indent=1))
-    print(f"run folder {run_dir}\n{len(space.arms)} arm(s), {space.total_trials()} trials, "
+    loc.push(["space.yaml", "run.json"])
+    print(f"run folder {loc}\n{len(space.arms)} arm(s), {space.total_trials()} trials, "
           f"{len(train)} train / {len(val)} val images")
     log.info("starting %s (resume=%s)", run_dir, args.resume)
 
@@ -229,12 +245,14 @@ def main(argv=None) -> int:
     t0 = time.time()
     try:
         data = (train, val)
-        run_search(space, run_dir, data, args.resume)
+        run_search(space, loc, data, args.resume)
         if space.confirm_top_k:
-            run_confirm(space, run_dir, data)
+            run_confirm(space, loc, data)
     finally:
+        loc.pull()
         records = collect(run_dir, space.metric, space.max_epochs)
         write_results(run_dir, records)
+        loc.push()
         ray.shutdown()
     print(summary_text(records, space, time.time() - t0, run_dir))
     return 0

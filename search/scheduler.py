@@ -14,6 +14,7 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
 
 from search.searcher import study_names
 from search.space import Space
+from search.storage import relocated
 
 TIME_ATTR = "epoch"  # our own per-epoch counter: continues correctly across checkpoint restores
 
@@ -40,6 +41,8 @@ class PerArmASHA(FIFOScheduler):
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._needs_rebuild = self.run_dir is not None
+        if self.run_dir is not None:
+            self.run_dir = str(relocated(self.run_dir))
 
     def set_search_properties(self, metric, mode, **spec) -> bool:
         return True  # each ASHA already knows the space's metric

@@ -1,0 +1,152 @@
+"""Runs on object storage: a real S3 protocol (moto's S3 server on localhost, reached by pyarrow and
+Ray exactly as AWS would be, through AWS_ENDPOINT_URL), real Ray, real Optuna."""
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import ray
+
+from search import storage
+from searchutil import ROOT, SearchProcess, assert_every_trial_once, wait_until, write_space
+
+SPACE = """
+arms: {backbone: [resnet18], version: [v1, v2]}
+params:
+  lr: {type: float, low: 0.002, high: 0.03, log: true}
+budget: {max_epochs: 3, grace_period: 1, reduction_factor: 2, trials_per_arm: 3, max_concurrent: 2}
+"""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_ray_left_behind():
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def bucket():
+    """An S3 endpoint on localhost with one empty bucket; the AWS variables point every process
+    started from here (the search, its Ray workers) at it."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    boto3.client("s3").create_bucket(Bucket="smallobj")
+    try:
+        yield "s3://smallobj/runs"
+    finally:
+        server.stop()
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _keys(uri: str) -> list[str]:
+    import pyarrow.fs
+
+    fs, root = pyarrow.fs.FileSystem.from_uri(uri)
+    return sorted(str(Path(i.path).relative_to(root)) for i in
+                  fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True, allow_not_found=True)) if i.type == pyarrow.fs.FileType.File)
+
+
+def _search(tmp_path: Path, *args: str) -> SearchProcess:
+    n = len(list(tmp_path.glob("search-*.log")))
+    return SearchProcess("--num-cpus", "2", *args, log=tmp_path / f"search-{n}.log")
+
+
+def test_a_run_on_s3_keeps_everything_in_the_bucket(bucket, tiny_data, tmp_path):
+    space = write_space(tmp_path, tiny_data, SPACE)
+    with _search(tmp_path, "--space", str(space), "--storage", bucket, "--name", "s3run",
+                 "--local-dir", str(tmp_path / "work")) as search:
+        assert search.wait(600) == 0, search.output
+
+    keys = _keys(f"{bucket}/s3run")
+    for name in ("space.yaml", "run.json", "run.log", "optuna.journal", "results.csv", "trials.json",
+                 "trials/optuna.journal", "trials/tuner.pkl"):
+        assert name in keys, (name, keys)
+    trial_dirs = {k.split("/")[1] for k in keys if k.startswith("trials/resnet18")}
+    assert len(trial_dirs) == 6
+    for d in trial_dirs:  # the checkpoints went to the bucket...
+        assert any(k.startswith(f"trials/{d}/checkpoint_") and k.endswith("checkpoint.pt") for k in keys), d
+    work = tmp_path / "work" / "s3run"  # ...and the working copy holds the small files only
+    assert not [p for p in work.rglob("checkpoint_*")]
+    assert_every_trial_once(work, n_trials=6, max_epochs=3)
+
+    # Anyone with access fetches the run and reports on it or exports from it.
+    assert storage.main(["fetch", f"{bucket}/s3run", str(tmp_path / "fetched")]) == 0
+    assert_every_trial_once(tmp_path / "fetched", n_trials=6, max_epochs=3)
+    out = subprocess.run([sys.executable, "-m", "search.export", str(tmp_path / "fetched"), "--out",
+                          str(tmp_path / "exp")], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "exp" / "best.yaml").exists()
+
+    # The name is taken in the bucket even where no working copy exists.
+    with _search(tmp_path, "--space", str(space), "--storage", bucket, "--name", "s3run", "--local-dir",
+                 str(tmp_path / "elsewhere")) as again:
+        assert again.wait(120) == 2 and "s3://smallobj/runs/s3run already exists" in again.output
+
+
+def test_resume_from_s3_on_a_machine_without_the_working_copy(bucket, tiny_data, tmp_path):
+    """The head node is lost mid-search (driver SIGKILLed, its disk gone): `--resume` on another
+    machine pulls the run from the bucket, the journal included, and finishes it with nothing lost."""
+    import shutil
+
+    space = write_space(tmp_path, tiny_data, SPACE)
+    first = tmp_path / "head1"
+    with _search(tmp_path, "--space", str(space), "--storage", bucket, "--name", "lost",
+                 "--local-dir", str(first)) as search:
+        # Trials' result.json files and the journal reach the bucket with Ray's experiment checkpoints.
+        wait_until(lambda: sum(k.endswith("result.json") for k in _keys(f"{bucket}/lost")) >= 2
+                   and "trials/optuna.journal" in _keys(f"{bucket}/lost"), 300, "two trials were uploaded",
+                   search.proc)
+        search.kill()  # SIGKILL to the driver and its Ray
+    time.sleep(1)
+    shutil.rmtree(first)  # the head's disk is gone with it
+
+    second = tmp_path / "head2"
+    with _search(tmp_path, "--space", str(space), "--storage", bucket, "--name", "lost", "--local-dir", str(second),
+                 "--resume") as resumed:
+        assert resumed.wait(600) == 0, resumed.output
+    rows = assert_every_trial_once(second / "lost", n_trials=6, max_epochs=3, repeats=True)
+    assert {r["arm"] for r in rows} == {"resnet18-v1-none-t5", "resnet18-v2-none-t5"}
+
+
+def test_resume_of_a_run_the_bucket_does_not_hold_is_refused(bucket, tiny_data, tmp_path):
+    space = write_space(tmp_path, tiny_data, SPACE)
+    with _search(tmp_path, "--space", str(space), "--storage", bucket, "--name", "never", "--local-dir",
+                 str(tmp_path), "--resume") as search:
+        assert search.wait(120) == 2 and "s3://smallobj/runs/never does not exist: nothing to resume" in search.output
+    assert not any(k.startswith("never/") for k in _keys(bucket))
+
+
+def test_fetch_leaves_checkpoints_and_keeps_newer_run_files(tmp_path):
+    src = tmp_path / "bucket" / "run"
+    for rel, text in {"optuna.journal": "old", "run.json": "{}", "trials/t_1/result.json": "{}",
+                      "trials/t_1/checkpoint_000002/checkpoint.pt": "x", "trials/t_1/events.out.tfevents.1": "x",
+                      "trials/experiment_state-1.json": "{}"}.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_text(text)
+    dest = tmp_path / "copy"
+    dest.mkdir()
+    (dest / "optuna.journal").write_text("newer, longer")
+    n = storage.fetch(f"file://{src}", dest, keep=["optuna.journal"])
+    got = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
+    assert n == 3 and got == ["optuna.journal", "run.json", "trials/experiment_state-1.json", "trials/t_1/result.json"]
+    assert (dest / "optuna.journal").read_text() == "newer, longer"
+    assert not storage.is_remote(str(src)) and not storage.is_remote(f"file://{src}")
+    assert storage.is_remote("s3://b/p") and storage.RunLocation("s3://b/p/", "n", tmp_path).uri == "s3://b/p/n"
