@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test venv clean
+.PHONY: demo test venv clean bench-demo bench-loop bench-overhead bench-memory bench-gpu-smoke
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,19 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests
+
+# Benchmarks (bench/RESULTS.md): one command each from a fresh clone; JSON on stdout.
+bench-demo: $(STAMP)
+	$(PY) bench/demo.py
+bench-loop: $(STAMP)
+	$(PY) bench/loop_vs_raw.py --workers 0
+bench-overhead: $(STAMP)
+	$(PY) bench/search_overhead.py
+bench-memory: $(STAMP)
+	$(PY) bench/memory.py
+# bench/gpu.sh runs on the GPU machine (see its header); here, its CPU smoke test.
+bench-gpu-smoke: $(STAMP)
+	SMOKE=1 PYTHON=$(PY) OUT=bench/out/gpu-smoke bash bench/gpu.sh
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
