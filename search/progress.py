@@ -26,7 +26,8 @@ class ArmTable(Callback):
         self._last_print, self._dirty, self._lines = 0.0, True, 0
 
     def _arm(self, trial) -> str:
-        return self.arm_of.setdefault(trial.trial_id, trial.config.get("arm", "?"))
+        config = trial.config.get("trial", trial.config)  # the confirmation stage nests it (search.run)
+        return self.arm_of.setdefault(trial.trial_id, config.get("arm", "?"))
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.status[trial.trial_id] = "running"
@@ -43,7 +44,7 @@ class ArmTable(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
         epochs = int(last.get("epoch", 0))
-        max_epochs = trial.config.get("cfg", {}).get("epochs", epochs)
+        max_epochs = trial.config.get("trial", trial.config).get("cfg", {}).get("epochs", epochs)
         if "fail_reason" in last:
             self.status[trial.trial_id] = "failed"
         else:

@@ -82,7 +82,7 @@ def read_trial(trial_dir: Path, metric: str, max_epochs: int, ray_status: str | 
     # Keep the last report of each epoch (a retried or resumed trial may report an epoch twice).
     by_epoch = {int(h["epoch"]): h for h in hist if "epoch" in h}
     hist = [by_epoch[e] for e in sorted(by_epoch)]
-    trial_id = (raw[-1].get("trial_id") if raw else None) or trial_dir.name.rsplit("_", 1)[-1]
+    trial_id = (raw[-1].get("trial_id") if raw else None) or trial_dir.name.split("_", 1)[-1]
     values = [(h.get(metric, math.nan), int(h["epoch"])) for h in hist if math.isfinite(h.get(metric, math.nan))]
     best, best_epoch = max(values) if values else (math.nan, 0)
     epochs = int(hist[-1]["epoch"]) if hist else 0
@@ -116,7 +116,9 @@ def collect(run_dir: Path, metric: str, max_epochs: int) -> list[TrialRecord]:
             continue
         statuses = ray_statuses(stage_dir)
         for d in sorted(p for p in stage_dir.iterdir() if p.is_dir()):
-            trial_id = d.name.rsplit("_", 1)[-1]
+            # Folders are named ARM_TRIALID (search.run); arm names hold no "_", trial ids may
+            # (the confirmation stage's grid ids look like 7a793_00001).
+            trial_id = d.name.split("_", 1)[-1]
             if statuses and trial_id not in statuses:
                 # Started after Ray's last experiment checkpoint by a driver that then died: Ray never
                 # knew it and its Optuna trial went to another trial on resume (search.searcher),

@@ -117,14 +117,19 @@ def run_search(space: Space, loc: RunLocation, data: tuple, resume: bool, stream
     tuner.fit()
 
 
-def run_confirm(space: Space, loc: RunLocation, data: tuple, stream=None) -> None:
-    """Retrain each arm's top configurations for the full budget with several seeds."""
+def run_confirm(space: Space, loc: RunLocation, data: tuple, resume: bool = False, stream=None) -> None:
+    """Retrain each arm's top configurations for the full budget with several seeds. On --resume,
+    a confirmation stage that had started is continued, never started a second time."""
     from ray import tune
 
     from search.progress import ArmTable
     from search.results import STATUS_FINISHED, STATUS_STOPPED, collect
     from search.trainable import train_trial
 
+    trainable = tune.with_resources(tune.with_parameters(train_trial, data=data), {"cpu": space.cpu, "gpu": space.gpu})
+    if resume and experiment_state_problem(loc.local, "confirm") is None:
+        tune.Tuner.restore(f"{loc.ray_storage}/confirm", trainable, resume_unfinished=True, resume_errored=True).fit()
+        return
     loc.pull()  # with object storage: the search stage's results, to pick the configurations
     records = [r for r in collect(loc.local, space.metric, space.max_epochs)
                if r.stage == "search" and r.status in (STATUS_FINISHED, STATUS_STOPPED)]
@@ -138,7 +143,6 @@ def run_confirm(space: Space, loc: RunLocation, data: tuple, stream=None) -> Non
                                 "rank": rank, "cfg": C.to_dict(cfg), "params": r.params})
     if not configs:
         return
-    trainable = tune.with_resources(tune.with_parameters(train_trial, data=data), {"cpu": space.cpu, "gpu": space.gpu})
     # One grid axis whose values are whole trial configs (see trainable.train_trial).
     tune.Tuner(trainable, param_space={"trial": tune.grid_search(configs)},
                tune_config=tune.TuneConfig(max_concurrent_trials=space.max_concurrent,
@@ -149,11 +153,12 @@ def run_confirm(space: Space, loc: RunLocation, data: tuple, stream=None) -> Non
                                          failure_config=tune.FailureConfig(max_failures=2))).fit()
 
 
-def experiment_state_problem(run_dir: Path) -> str | None:
-    """Why Ray could not resume from `run_dir`, or None. Checked before anything is touched."""
-    states = sorted((run_dir / "trials").glob("experiment_state-*.json")) if (run_dir / "trials").is_dir() else []
+def experiment_state_problem(run_dir: Path, stage: str = "trials") -> str | None:
+    """Why Ray could not resume the stage (`trials`: the search; `confirm`) in `run_dir`, or None.
+    Checked before anything is touched."""
+    states = sorted((run_dir / stage).glob("experiment_state-*.json")) if (run_dir / stage).is_dir() else []
     if not states:
-        return f"{run_dir} holds no experiment state (trials/experiment_state-*.json): nothing to resume"
+        return f"{run_dir} holds no experiment state ({stage}/experiment_state-*.json): nothing to resume"
     for f in states:
         try:
             state = json.loads(f.read_text())
@@ -161,8 +166,8 @@ def experiment_state_problem(run_dir: Path) -> str | None:
             return f"{f} is truncated or corrupt ({e})"
         if not isinstance(state, dict) or "trial_data" not in state:
             return f"{f} is not a Ray Tune experiment state (no trial_data)"
-    if not (run_dir / "trials" / "tuner.pkl").exists():
-        return f"{run_dir / 'trials' / 'tuner.pkl'} is missing"
+    if not (run_dir / stage / "tuner.pkl").exists():
+        return f"{run_dir / stage / 'tuner.pkl'} is missing"
     return None
 
 
@@ -240,6 +245,7 @@ def main(argv=None) -> int:
     import ray
 
     from search.results import collect, write_results
+    from search.trainable import remove_orphaned_work_dirs
 
     _init_ray(args, space)
     t0 = time.time()
@@ -247,13 +253,14 @@ def main(argv=None) -> int:
         data = (train, val)
         run_search(space, loc, data, args.resume)
         if space.confirm_top_k:
-            run_confirm(space, loc, data)
+            run_confirm(space, loc, data, resume=args.resume)
     finally:
         loc.pull()
         records = collect(run_dir, space.metric, space.max_epochs)
         write_results(run_dir, records)
         loc.push()
         ray.shutdown()
+        remove_orphaned_work_dirs(wait_s=10)  # scratch folders of trials Ray's shutdown cut short
     print(summary_text(records, space, time.time() - t0, run_dir))
     return 0
 

@@ -11,6 +11,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from ray import tune
@@ -19,6 +20,7 @@ from detector import config as C
 from detector.engine import NonFiniteLossError, OutOfMemoryError, fit
 
 CKPT_NAME = "checkpoint.pt"
+WORK_PREFIX = "smallobj-trial-"  # + the worker's pid + "-": the trial's scratch folder on its node
 # Fault injection for the tests of retries: with this set to k, every trial raises once, right after
 # reporting epoch k (a marker file in its trial folder remembers that it did).
 FAIL_ONCE_ENV = "SMALLOBJ_FAIL_ONCE_AFTER_EPOCH"
@@ -28,12 +30,44 @@ class InjectedFault(RuntimeError):
     """Raised by the fault-injection switch; never raised in normal runs."""
 
 
+def remove_orphaned_work_dirs(tmp: str | None = None, wait_s: float = 0.0) -> int:
+    """Delete scratch folders left by trials whose worker process no longer exists.
+
+    A trial removes its folder when it ends, but not when its worker is killed (a driver killed
+    with SIGKILL takes its workers with it; a node loses a trial's process): each such folder
+    holds a model and optimizer checkpoint, hundreds of MB; so do the trials still running when Ray
+    shuts its workers down at the end of a search. Every trial sweeps its node's leftovers before it
+    starts, and search.run sweeps its own machine after Ray has shut down, waiting up to `wait_s`
+    for the workers to be gone; the pid in the name tells whose a folder was."""
+    removed, deadline = 0, time.time() + wait_s
+    while True:
+        alive = 0
+        for d in Path(tmp or tempfile.gettempdir()).glob(f"{WORK_PREFIX}*-*"):
+            try:
+                pid = int(d.name[len(WORK_PREFIX):].split("-", 1)[0])
+                os.kill(pid, 0)  # alive: keep
+                alive += 1
+                continue
+            except ValueError:
+                continue  # not one of ours
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue  # another user's process
+            shutil.rmtree(d, ignore_errors=True)
+            removed += 1
+        if not alive or time.time() >= deadline:
+            return removed
+        time.sleep(0.5)
+
+
 def train_trial(config: dict, data=None) -> None:
     """Ray Tune function trainable. `config` comes from search.searcher (arm, study, cfg, params)."""
     train, val = data
     config = config.get("trial", config)  # the confirmation stage grids over whole trial configs
     cfg = C.from_dict(config["cfg"], source=f"trial {tune.get_context().get_trial_id()}")
-    work = Path(tempfile.mkdtemp(prefix="smallobj-trial-"))
+    remove_orphaned_work_dirs()
+    work = Path(tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}-"))
     last_epoch = 0
     try:
         restored = tune.get_checkpoint()

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import optuna
 import pytest
@@ -16,8 +19,8 @@ from detector import config as C
 from search import export, run
 from search.space import load_space
 
-from searchutil import (assert_every_trial_once, reported_epochs, result_rows as _rows, wait_until,
-                        write_space as _space)
+from searchutil import (SearchProcess, assert_every_trial_once, reported_epochs, result_rows as _rows,
+                        wait_until, write_space as _space)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -166,7 +169,6 @@ confirm: {top_k: 1, seeds: 2}
 def test_driver_killed_then_resumed_loses_and_duplicates_nothing(tiny_data, tmp_path):
     """SIGKILL the driver mid-search, then --resume: every trial once, epochs continuous, the
     searchers' budgets kept, and the Optuna studies agreeing with Ray's trials."""
-    import os
     import signal
     import time
 
@@ -189,6 +191,46 @@ budget: {max_epochs: 3, grace_period: 1, reduction_factor: 2, trials_per_arm: 3,
 
     assert run.main(args + ["--resume"]) == 0
     assert_every_trial_once(tmp_path / "runs" / "k", n_trials=6, max_epochs=3, repeats=True)
+    # The scratch folders of the trials killed with the driver were swept by the resumed trials.
+    assert not list(Path(tempfile.gettempdir()).glob("smallobj-trial-*"))
+
+
+def test_scratch_folders_of_dead_workers_are_removed(tmp_path):
+    from search.trainable import WORK_PREFIX, remove_orphaned_work_dirs
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for pid in (dead.pid, os.getpid()):
+        (tmp_path / f"{WORK_PREFIX}{pid}-abc").mkdir()
+        (tmp_path / f"{WORK_PREFIX}{pid}-abc" / "checkpoint.pt").write_bytes(b"x")
+    (tmp_path / f"{WORK_PREFIX}notapid").mkdir()
+    assert remove_orphaned_work_dirs(str(tmp_path)) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{WORK_PREFIX}{os.getpid()}-abc", f"{WORK_PREFIX}notapid"]
+
+
+def test_resume_during_the_confirmation_stage_continues_it(tiny_data, tmp_path):
+    """Killed while the confirmation stage runs, then --resume: the finished search stage is left
+    as it is and the confirmation stage continues (never started a second time beside the first)."""
+    space = _space(tmp_path, tiny_data, """
+arms: {backbone: [resnet18]}
+params:
+  lr: {type: float, low: 0.005, high: 0.02, log: true}
+budget: {max_epochs: 2, grace_period: 2, reduction_factor: 2, trials_per_arm: 2, max_concurrent: 2}
+confirm: {top_k: 1, seeds: 2}
+""")
+    args = ["--space", str(space), "--storage", str(tmp_path / "runs"), "--name", "cf", "--num-cpus", "2"]
+    run_dir = tmp_path / "runs" / "cf"
+    with SearchProcess(*args, log=tmp_path / "search.log") as search:
+        wait_until(lambda: any(reported_epochs(run_dir / "confirm").values()), 300,
+                   "a confirmation trial reported an epoch", search.proc)
+        search.kill()
+    assert run.main(args + ["--resume"]) == 0
+    rows = _rows(run_dir)
+    assert len([r for r in rows if r["stage"] == "search"]) == 2
+    confirm = [r for r in rows if r["stage"] == "confirm"]
+    assert len(confirm) == 2 and sorted(r["seed"] for r in confirm) == ["0", "1"], confirm
+    assert all(r["status"] == "finished" for r in confirm)
+    assert len([d for d in (run_dir / "confirm").iterdir() if d.is_dir()]) == 2  # one folder per trial
 
 
 def test_report_from_a_real_search(searched, tmp_path):
