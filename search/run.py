@@ -78,7 +78,7 @@ def _init_ray(args, space: Space) -> None:
                  log_to_driver=False)
 
 
-def run_search(space: Space, loc: RunLocation, data: tuple, resume: bool, stream=None) -> None:
+def run_search(space: Space, loc: RunLocation, data, resume: bool, stream=None) -> None:
     """The search stage: one Tuner over every arm."""
     from ray import tune
 
@@ -117,7 +117,7 @@ def run_search(space: Space, loc: RunLocation, data: tuple, resume: bool, stream
     tuner.fit()
 
 
-def run_confirm(space: Space, loc: RunLocation, data: tuple, resume: bool = False, stream=None) -> None:
+def run_confirm(space: Space, loc: RunLocation, data, resume: bool = False, stream=None) -> None:
     """Retrain each arm's top configurations for the full budget with several seeds. On --resume,
     a confirmation stage that had started is continued, never started a second time."""
     from ray import tune
@@ -250,7 +250,10 @@ def main(argv=None) -> int:
     _init_ray(args, space)
     t0 = time.time()
     try:
-        data = (train, val)
+        # The decoded data goes into Ray's object store once, for both stages; this process keeps
+        # only the reference (its own copy would double the head node's share of memory).
+        data = ray.put((train, val))
+        del train, val
         run_search(space, loc, data, args.resume)
         if space.confirm_top_k:
             run_confirm(space, loc, data, resume=args.resume)

@@ -1,7 +1,8 @@
 """The Ray Tune trainable: one trial = one `detector.engine.fit` run, reporting every epoch.
 
-The decoded dataset arrives through `tune.with_parameters`, which puts it in Ray's object store
-once; every trial on a node maps the same shared-memory copy (numpy arrays are zero-copy there).
+search.run puts the decoded dataset in Ray's object store once (`ray.put`) and hands its reference
+to every trial through `tune.with_parameters`; the trials on a node map that node's one
+shared-memory copy (numpy arrays are zero-copy there; bench/memory.py measures it).
 Checkpoints go through Ray Tune's API every epoch, so ASHA pauses, node failures and resumes
 continue from real checkpoints.
 """
@@ -14,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import ray
 from ray import tune
 
 from detector import config as C
@@ -63,6 +65,8 @@ def remove_orphaned_work_dirs(tmp: str | None = None, wait_s: float = 0.0) -> in
 
 def train_trial(config: dict, data=None) -> None:
     """Ray Tune function trainable. `config` comes from search.searcher (arm, study, cfg, params)."""
+    if isinstance(data, ray.ObjectRef):  # search.run puts the data in the object store itself
+        data = ray.get(data)  # zero-copy: the arrays map this node's copy of it
     train, val = data
     config = config.get("trial", config)  # the confirmation stage grids over whole trial configs
     cfg = C.from_dict(config["cfg"], source=f"trial {tune.get_context().get_trial_id()}")
