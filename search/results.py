@@ -43,7 +43,8 @@ class TrialRecord:
         return self.status
 
 
-def _read_history(trial_dir: Path) -> list[dict]:
+def read_history(trial_dir: Path) -> list[dict]:
+    """The trial's reported results (`result.json`, one JSON object per line), in order."""
     f = trial_dir / "result.json"
     if not f.exists():
         return []
@@ -77,7 +78,7 @@ def read_trial(trial_dir: Path, metric: str, max_epochs: int, ray_status: str | 
         return None
     cfgd = json.loads(params_file.read_text())
     cfgd = cfgd.get("trial", cfgd)  # confirmation-stage trials hold their config under "trial"
-    raw = _read_history(trial_dir)
+    raw = read_history(trial_dir)
     hist = [h for h in raw if "fail_reason" not in h]
     # Keep the last report of each epoch (a retried or resumed trial may report an epoch twice).
     by_epoch = {int(h["epoch"]): h for h in hist if "epoch" in h}

@@ -78,6 +78,15 @@ def _init_ray(args, space: Space) -> None:
                  log_to_driver=False)
 
 
+def _trainable(space: Space, data):
+    """The trial function with the data's object-store reference and the space's resources."""
+    from ray import tune
+
+    from search.trainable import train_trial
+
+    return tune.with_resources(tune.with_parameters(train_trial, data=data), {"cpu": space.cpu, "gpu": space.gpu})
+
+
 def run_search(space: Space, loc: RunLocation, data, resume: bool, stream=None) -> None:
     """The search stage: one Tuner over every arm."""
     from ray import tune
@@ -85,10 +94,8 @@ def run_search(space: Space, loc: RunLocation, data, resume: bool, stream=None) 
     from search.progress import ArmTable
     from search.scheduler import PerArmASHA
     from search.searcher import ArmSearcher
-    from search.trainable import train_trial
 
-    trainable = tune.with_resources(tune.with_parameters(train_trial, data=data),
-                                    {"cpu": space.cpu, "gpu": space.gpu})
+    trainable = _trainable(space, data)
     table = ArmTable(space.metric, [a.name for a in space.arms], stream=stream)
     run_dir = loc.local
     if resume:
@@ -124,9 +131,8 @@ def run_confirm(space: Space, loc: RunLocation, data, resume: bool = False, stre
 
     from search.progress import ArmTable
     from search.results import STATUS_FINISHED, STATUS_STOPPED, collect
-    from search.trainable import train_trial
 
-    trainable = tune.with_resources(tune.with_parameters(train_trial, data=data), {"cpu": space.cpu, "gpu": space.gpu})
+    trainable = _trainable(space, data)
     if resume and experiment_state_problem(loc.local, "confirm") is None:
         tune.Tuner.restore(f"{loc.ray_storage}/confirm", trainable, resume_unfinished=True, resume_errored=True).fit()
         return
@@ -207,10 +213,12 @@ def main(argv=None) -> int:
             print(f"error: --resume: {problem}; the run folder is left as it is, and a new search will not be "
                   f"started over it", file=sys.stderr)
             return 2
-    elif loc.exists() or run_dir.exists():
-        where = loc if loc.exists() else run_dir
-        print(f"error: {where} already exists: pass --resume to continue it, or another --name", file=sys.stderr)
-        return 2
+    else:
+        for where in (loc, run_dir):  # the run folder, and (with object storage) this machine's copy
+            if where.exists():
+                print(f"error: {where} already exists: pass --resume to continue it, or another --name",
+                      file=sys.stderr)
+                return 2
     data_arg = args.data or space.data
     try:  # before the run folder exists: bad data leaves nothing behind
         train, val = load_splits(data_arg, args.val_data or space.val_data, args.images or space.images,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
 
+from search.results import read_history
 from search.searcher import study_names
 from search.space import Space
 from search.storage import relocated
@@ -59,8 +60,8 @@ class PerArmASHA(FIFOScheduler):
         replayed = 0
         trials_dir = Path(self.run_dir) / "trials"
         for d in sorted(p for p in trials_dir.iterdir() if p.is_dir()) if trials_dir.is_dir() else []:
-            params, results = d / "params.json", d / "result.json"
-            if not (params.exists() and results.exists()):
+            params = d / "params.json"
+            if not params.exists():
                 continue
             study = json.loads(params.read_text()).get("study")
             if study not in self.ashas:
@@ -68,11 +69,7 @@ class PerArmASHA(FIFOScheduler):
             asha = self.ashas[study]
             bracket = asha._brackets[0]
             seen = set()
-            for line in results.read_text().splitlines():
-                try:
-                    r = json.loads(line)
-                except json.JSONDecodeError:
-                    break  # a line cut by the crash
+            for r in read_history(d):  # stops at a line cut by the crash
                 value, epoch = r.get(self.space.metric), r.get(TIME_ATTR)
                 if value is None or epoch is None or epoch in seen or "fail_reason" in r:
                     continue

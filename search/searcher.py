@@ -188,8 +188,9 @@ class ArmSearcher(Searcher):
             # Beside the searcher state in Ray's experiment folder, which Ray uploads to object
             # storage with it: the studies as they were when this state was saved.
             snap = Path(checkpoint_path).parent / self.journal.name
-            shutil.copy(self.journal, snap.with_suffix(".tmp"))
-            snap.with_suffix(".tmp").replace(snap)
+            tmp = snap.with_suffix(".tmp")
+            shutil.copy(self.journal, tmp)
+            tmp.replace(snap)
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path) as f:

@@ -68,8 +68,7 @@ class RunLocation:
         """What Ray Tune's `storage_path` gets: the run folder (trials go to ray_storage/trials)."""
         return self.uri or str(self.local)
 
-    def __str__(self) -> str:
-        return self.uri or str(self.local)
+    __str__ = ray_storage.fget  # the run folder, as messages name it
 
     def exists(self) -> bool:
         """Whether the run folder exists where it is kept (in the bucket, for object storage)."""

@@ -15,7 +15,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import ray
 from ray import tune
 
 from detector import config as C
@@ -63,10 +62,10 @@ def remove_orphaned_work_dirs(tmp: str | None = None, wait_s: float = 0.0) -> in
         time.sleep(0.5)
 
 
-def train_trial(config: dict, data=None) -> None:
-    """Ray Tune function trainable. `config` comes from search.searcher (arm, study, cfg, params)."""
-    if isinstance(data, ray.ObjectRef):  # search.run puts the data in the object store itself
-        data = ray.get(data)  # zero-copy: the arrays map this node's copy of it
+def train_trial(config: dict, data: tuple) -> None:
+    """Ray Tune function trainable. `config` comes from search.searcher (arm, study, cfg, params);
+    `data` is (train, val): search.run puts it in the object store and hands `tune.with_parameters`
+    the reference, which Ray resolves here (zero-copy: the arrays map this node's copy)."""
     train, val = data
     config = config.get("trial", config)  # the confirmation stage grids over whole trial configs
     cfg = C.from_dict(config["cfg"], source=f"trial {tune.get_context().get_trial_id()}")
