@@ -70,10 +70,8 @@ def model_throughput(arch: str, size: int, batch: int, amp: bool, seconds: float
     opt = torch.optim.SGD(model.parameters(), lr=0.005, momentum=0.9)
     gen = torch.Generator(device=DEVICE).manual_seed(0)
     images, targets = synthetic_batch(batch, size, gen)
-    nonfinite = 0
 
     def step():
-        nonlocal nonfinite
         with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=amp and DEVICE == "cuda"):
             loss = sum(model(images, targets).values())
         opt.zero_grad(set_to_none=True)

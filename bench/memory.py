@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -30,6 +28,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import proctree  # noqa: E402
 from detector import synth  # noqa: E402
 
 SPACE = """name: memory
@@ -46,32 +45,24 @@ resources: {{cpu: {cpu}}}
 """
 
 
-def _label(p: psutil.Process) -> str:
-    cmd = p.cmdline()
-    if any("search.run" in c for c in cmd):
-        return "driver (search.run)"
-    name = p.name()
-    return name if not name.startswith("ray::") else name.split(" ")[0]  # ray::ImplicitFunc = a trial worker
-
-
 def tree_pss_mb(root: psutil.Process) -> tuple[float, dict]:
     """(PSS of the process tree in MB, details): details has PSS by process label, and for Ray's
     object store (the /dev/shm/plasma* file every Ray process maps) each trial worker's resident
     MB of it and the PSS of it summed over all processes (a page counted once, however many map it)."""
     total, parts, store_rss, store_pss = 0, {}, [], 0
-    for p in [root, *root.children(recursive=True)]:
+    for p in proctree.tree(root):
         try:
-            label = _label(p)
+            name = proctree.label(p)
             maps = p.memory_maps(grouped=True)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
         pss = sum(m.pss for m in maps)
         store = [m for m in maps if "/plasma" in m.path]
         store_pss += sum(m.pss for m in store)
-        if label.startswith("ray::ImplicitFunc"):
+        if name.startswith("ray::ImplicitFunc"):
             store_rss.append(round(sum(m.rss for m in store) / 2 ** 20))
         total += pss
-        parts[label] = parts.get(label, 0) + pss
+        parts[name] = parts.get(name, 0) + pss
     return total / 2 ** 20, {"pss_by_process_mb": {k: round(v / 2 ** 20) for k, v in
                                                    sorted(parts.items(), key=lambda kv: -kv[1])},
                              "object_store_resident_per_trial_worker_mb": store_rss,
@@ -81,31 +72,17 @@ def tree_pss_mb(root: psutil.Process) -> tuple[float, dict]:
 def peak_pss(cmd: list[str], log: Path) -> tuple[float, float, dict]:
     """(peak PSS of the command's process tree in MB, wall seconds, per-process MB at the peak)."""
     peak, at_peak = 0.0, {}
-    t0 = time.time()
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    root = psutil.Process(proc.pid)
-    stop = threading.Event()
 
-    def sample():
+    def sample(root):
         nonlocal peak, at_peak
-        while not stop.is_set():
-            try:
-                total, parts = tree_pss_mb(root)
-            except psutil.NoSuchProcess:
-                return
-            if total > peak:
-                peak, at_peak = total, parts
-            time.sleep(0.5)
+        total, parts = tree_pss_mb(root)
+        if total > peak:
+            peak, at_peak = total, parts
 
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    rc = proc.wait()
-    stop.set()
-    th.join()
+    rc, wall = proctree.run_sampled(cmd, log, sample)
     if rc != 0:
         raise SystemExit(f"{' '.join(cmd)} failed (rc {rc}); see {log}")
-    return peak, time.time() - t0, at_peak
+    return peak, wall, at_peak
 
 
 def write_dataset(folder: Path, n: int, size: int, boxes_per_image: int = 20) -> Path:

@@ -1,0 +1,1 @@
+"""Benchmarks (run by hand, one command each; see bench/RESULTS.md)."""

@@ -1,0 +1,44 @@
+"""The arithmetic behind bench/search_overhead.py's figures (the benchmarks themselves are run by
+hand and recorded in bench/RESULTS.md, never timed in tests)."""
+import sys
+
+import psutil
+import pytest
+
+from bench import proctree
+from bench.search_overhead import CpuByProcess, slot_idle
+
+
+def test_slot_idle_splits_free_slots_into_gap_and_tail():
+    # 2 slots. Trial A 0-10, B 0-4, C starts at 5 (slot free 4-5 while C waited: gap 1),
+    # C ends at 7; from 7 to 10 one slot is free with nothing left to start: tail 3.
+    gap, tail = slot_idle([(0, 10), (0, 4), (5, 7)], slots=2)
+    assert gap == pytest.approx(1.0)
+    assert tail == pytest.approx(3.0)
+
+
+def test_slot_idle_counts_no_idle_time_when_slots_are_always_full():
+    gap, tail = slot_idle([(0, 5), (0, 5), (5, 10), (5, 10)], slots=2)
+    assert (gap, tail) == (0.0, 0.0)
+
+
+def test_cpu_by_process_sums_a_tree_by_role(tmp_path):
+    # A parent that spins for 0.6 s of CPU and a child that spins for 1.2 s; the tree's CPU time
+    # is sampled while they run and each process is counted once, with its last reading.
+    spin = "import time\nt=time.process_time()\nwhile time.process_time()-t<{s}: pass\ntime.sleep(0.6)\n"
+    child = f"import subprocess,sys; p=subprocess.Popen([sys.executable,'-c',{spin.format(s=1.2)!r}])\n" \
+            + spin.format(s=0.6) + "p.wait()\n"
+    cpu = CpuByProcess()
+    rc, wall = proctree.run_sampled([sys.executable, "-c", child], tmp_path / "log", cpu.sample, every_s=0.1)
+    assert rc == 0
+    roles = cpu.by_role()
+    assert list(roles) == [psutil.Process().name()]  # both are python processes
+    assert 1.7 <= roles[psutil.Process().name()] <= 2.6
+    assert len(cpu.cpu) == 2
+
+
+def test_slot_idle_never_counts_overlap_as_negative_idle_time():
+    # Ray's result timestamps are whole seconds, so a trial can appear to start a moment before
+    # the one it replaced ended: three trials "running" on two slots is no idle time, not less.
+    gap, tail = slot_idle([(0, 10), (0, 5), (4.5, 10)], slots=2)
+    assert (gap, tail) == (0.0, 0.0)
