@@ -122,11 +122,11 @@ def main() -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     # Same image size in both (a trial's working memory grows with the image, not the dataset).
-    datasets = {"large": (a.size, a.images), "small": (a.size, a.small_images)}
-    res = {"benchmark": "memory", "size": a.size, "images": {k: n for k, (_, n) in datasets.items()}, "runs": {}}
-    for label, (size, n) in datasets.items():
-        data = write_dataset(out / f"data-{label}", n, size)
-        res[f"{label}_dataset_mb"] = round(n * size * size / 2 ** 20, 1)  # uint8, one channel
+    datasets = {"large": a.images, "small": a.small_images}
+    res = {"benchmark": "memory", "size": a.size, "images": datasets, "runs": {}}
+    for label, n in datasets.items():
+        data = write_dataset(out / f"data-{label}", n, a.size)
+        res[f"{label}_dataset_mb"] = round(n * a.size * a.size / 2 ** 20, 1)  # uint8, one channel
         for concurrent in (1, 4):
             if a.only and f"{label}-{concurrent}" not in a.only:
                 continue

@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import proctree  # noqa: E402
+from search.results import read_history  # noqa: E402
 from search.space import load_space  # noqa: E402
 
 
@@ -62,7 +63,7 @@ def main() -> int:
         return 1
     busy, intervals = 0.0, []
     for f in (Path(a.out) / name / "trials").glob("*/result.json"):
-        results = [json.loads(x) for x in f.read_text().splitlines()]
+        results = read_history(f.parent)
         busy += results[-1]["time_total_s"]
         intervals.append((results[0]["timestamp"] - results[0]["time_this_iter_s"], results[-1]["timestamp"]))
     concurrency = space.max_concurrent or 1

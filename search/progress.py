@@ -10,6 +10,11 @@ from collections import defaultdict
 from ray.tune import Callback
 
 
+def _own_config(trial) -> dict:
+    """The trial's config as search.searcher builds it (the confirmation stage nests it under "trial")."""
+    return trial.config.get("trial", trial.config)
+
+
 class ArmTable(Callback):
     """Prints the table when something changed, at most every `every_s` seconds (and at the end).
 
@@ -26,8 +31,7 @@ class ArmTable(Callback):
         self._last_print, self._dirty, self._lines = 0.0, True, 0
 
     def _arm(self, trial) -> str:
-        config = trial.config.get("trial", trial.config)  # the confirmation stage nests it (search.run)
-        return self.arm_of.setdefault(trial.trial_id, config.get("arm", "?"))
+        return self.arm_of.setdefault(trial.trial_id, _own_config(trial).get("arm", "?"))
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.status[trial.trial_id] = "running"
@@ -44,7 +48,7 @@ class ArmTable(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
         epochs = int(last.get("epoch", 0))
-        max_epochs = trial.config.get("trial", trial.config).get("cfg", {}).get("epochs", epochs)
+        max_epochs = _own_config(trial).get("cfg", {}).get("epochs", epochs)
         if "fail_reason" in last:
             self.status[trial.trial_id] = "failed"
         else:

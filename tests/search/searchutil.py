@@ -4,7 +4,18 @@ Imported by name (`from searchutil import ...`): pytest puts this folder on sys.
 from __future__ import annotations
 
 import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
+
+import optuna
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository
 
@@ -41,15 +52,9 @@ def result_rows(run_dir: Path) -> list[dict]:
 def assert_every_trial_once(run_dir: Path, n_trials: int, max_epochs: int, repeats: bool = False) -> list[dict]:
     """Nothing lost, nothing doubled: `n_trials` distinct trials, each finished or stopped by ASHA,
     each with epochs 1..N reported without gap (and without repeat unless `repeats`: after the driver
-    is killed, an epoch reported after its last snapshot of the experiment is trained again), and every arm's Optuna study holding exactly
-    its arm's trials in the state that matches Ray's (finished = COMPLETE, stopped = PRUNED)."""
-    import json
-
-    import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-    from optuna.trial import TrialState
-
+    is killed, an epoch reported after its last snapshot of the experiment is trained again), and
+    every arm's Optuna study holding exactly its arm's trials in the state that matches Ray's
+    (finished = COMPLETE, stopped = PRUNED)."""
     rows = [r for r in result_rows(run_dir) if r["stage"] == "search"]
     assert len(rows) == n_trials and len({r["trial_id"] for r in rows}) == n_trials, rows
     for r in rows:
@@ -80,8 +85,6 @@ def assert_every_trial_once(run_dir: Path, n_trials: int, max_epochs: int, repea
 
 def reported_epochs(trials_dir: Path) -> dict[str, list[int]]:
     """Epochs each trial has reported so far, by trial folder name (read while a search runs)."""
-    import json
-
     out = {}
     for p in trials_dir.glob("*/result.json"):
         lines = [json.loads(x) for x in p.read_text().splitlines() if x.strip().endswith("}")]
@@ -91,8 +94,6 @@ def reported_epochs(trials_dir: Path) -> dict[str, list[int]]:
 
 def wait_until(condition, timeout: float, what: str, proc=None) -> None:
     """Poll `condition()` every 0.3 s; fail naming `what` on timeout or if `proc` ends first."""
-    import time
-
     deadline = time.time() + timeout
     while not condition():
         assert proc is None or proc.poll() is None, f"the search ended before {what}"
@@ -101,14 +102,13 @@ def wait_until(condition, timeout: float, what: str, proc=None) -> None:
 
 
 class SearchProcess:
-    """`python -m search.run ARGS` as its own process group, output in `log`; killed with its group
-    (the driver and any Ray it started) when the `with` block ends, so a failed test leaves nothing
-    running behind it."""
+    """`python -m search.run ARGS` as its own process group, output in `log` (default: the next free
+    `search-N.log` in `log_dir`); killed with its group (the driver and any Ray it started) when the
+    `with` block ends, so a failed test leaves nothing running behind it."""
 
-    def __init__(self, *args: str, log: Path):
-        import subprocess
-        import sys
-
+    def __init__(self, *args: str, log: Path | None = None, log_dir: Path | None = None):
+        if log is None:
+            log = Path(log_dir) / f"search-{len(list(Path(log_dir).glob('search-*.log')))}.log"
         self.log = Path(log)
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "search.run", *args], cwd=ROOT, stdout=out,
@@ -116,8 +116,6 @@ class SearchProcess:
 
     def wait(self, timeout: float) -> int:
         """The exit status; fails with the end of the output if it takes longer than `timeout`."""
-        import subprocess
-
         try:
             return self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -128,9 +126,6 @@ class SearchProcess:
         return self.log.read_text(errors="replace")
 
     def kill(self) -> None:
-        import os
-        import signal
-
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()

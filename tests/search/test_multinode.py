@@ -21,7 +21,6 @@ from ray.cluster_utils import AutoscalingCluster, Cluster
 from searchutil import ROOT, SearchProcess, assert_every_trial_once, reported_epochs, result_rows, wait_until, write_space
 
 
-
 @pytest.fixture(scope="module", autouse=True)
 def _no_ray_left_behind():
     yield
@@ -41,10 +40,8 @@ def cluster():
 
 
 def _start_search(space: Path, address: str, *extra: str) -> SearchProcess:
-    tmp = space.parent
-    n = len(list(tmp.glob("search-*.log")))
-    return SearchProcess("--space", str(space), "--storage", str(tmp / "runs"), "--name", "c", "--address", address,
-                         "--shared-storage", *extra, log=tmp / f"search-{n}.log")
+    return SearchProcess("--space", str(space), "--storage", str(space.parent / "runs"), "--name", "c",
+                         "--address", address, "--shared-storage", *extra, log_dir=space.parent)
 
 
 def _node_of(pid: int, nodes) -> object:

@@ -169,7 +169,6 @@ confirm: {top_k: 1, seeds: 2}
 def test_driver_killed_then_resumed_loses_and_duplicates_nothing(tiny_data, tmp_path):
     """SIGKILL the driver mid-search, then --resume: every trial once, epochs continuous, the
     searchers' budgets kept, and the Optuna studies agreeing with Ray's trials."""
-    import signal
     import time
 
     space = _space(tmp_path, tiny_data, """
@@ -179,13 +178,12 @@ params:
 budget: {max_epochs: 3, grace_period: 1, reduction_factor: 2, trials_per_arm: 3, max_concurrent: 2}
 """)
     args = ["--space", str(space), "--storage", str(tmp_path / "runs"), "--name", "k", "--num-cpus", "2"]
-    proc = subprocess.Popen([sys.executable, "-m", "search.run", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
     trials = tmp_path / "runs" / "k" / "trials"
-    # Kill once some epochs are stored and trials are still to come.
-    wait_until(lambda: sum(map(len, reported_epochs(trials).values())) >= 3, 240, "3 epochs were reported", proc)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
-    proc.wait()
+    with SearchProcess(*args, log_dir=tmp_path) as search:
+        # Kill once some epochs are stored and trials are still to come.
+        wait_until(lambda: sum(map(len, reported_epochs(trials).values())) >= 3, 240, "3 epochs were reported",
+                   search.proc)
+        search.kill()  # SIGKILL to the driver and the local Ray it started (its process group)
     time.sleep(2)
     assert not (tmp_path / "runs" / "k" / "results.csv").exists()
 

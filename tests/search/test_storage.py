@@ -65,8 +65,7 @@ def _keys(uri: str) -> list[str]:
 
 
 def _search(tmp_path: Path, *args: str) -> SearchProcess:
-    n = len(list(tmp_path.glob("search-*.log")))
-    return SearchProcess("--num-cpus", "2", *args, log=tmp_path / f"search-{n}.log")
+    return SearchProcess("--num-cpus", "2", *args, log_dir=tmp_path)
 
 
 def test_a_run_on_s3_keeps_everything_in_the_bucket(bucket, tiny_data, tmp_path):
