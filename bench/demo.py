@@ -32,7 +32,8 @@ from search.space import load_space  # noqa: E402
 
 
 def untrained_map50(space, arm) -> float:
-    train, val = load_splits(space.data, space.val_data, space.images, 0.2, space.seed)
+    train, val = load_splits(space.data, val_data=space.val_data, images=space.images, val_fraction=0.2,
+                             seed=space.seed)
     cfg = space.trial_config(arm, {})
     setup = Setup.create(cfg, train, "cpu")
     torch.manual_seed(cfg.seed)
@@ -60,7 +61,7 @@ def main() -> int:
     for arm in space.arms:
         mine = [r for r in rows if r["arm"] == arm.name]
         per_arm[arm.name] = {
-            "best_map50": max(float(r["best"]) for r in mine),
+            "best_map50": max(float(r[f"best_{space.metric}"]) for r in mine),
             "untrained_map50": untrained_map50(space, arm),
             "finished": sum(r["status"] == "finished" for r in mine),
             "stopped": sum(r["status"].startswith("stopped") for r in mine),

@@ -143,11 +143,11 @@ def child(a) -> dict:
     loader = torch.utils.data.DataLoader(DetectionDataset(ds), batch_size=a.batch, shuffle=True, collate_fn=collate,
                                          num_workers=a.workers, pin_memory=DEVICE == "cuda",
                                          persistent_workers=a.workers > 0)
-    train_one_epoch(model, opt, sched, loader, setup, cfg, scaler, 0)  # warm-up, cudnn autotuning
+    train_one_epoch(model, opt, sched, loader, setup=setup, cfg=cfg, scaler=scaler, epoch=0)  # warm-up, cudnn autotuning
     time.sleep(max(0.0, a.start_at - time.time()))
     images, t0 = 0, time.time()
     while time.time() - t0 < a.seconds:
-        m = train_one_epoch(model, opt, sched, loader, setup, cfg, scaler, 1)
+        m = train_one_epoch(model, opt, sched, loader, setup=setup, cfg=cfg, scaler=scaler, epoch=1)
         images += round(m["train_img_per_s"] * m["epoch_time_s"])
     return {"images": images, "seconds": round(time.time() - t0, 2), "start": t0}
 

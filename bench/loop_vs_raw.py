@@ -118,9 +118,9 @@ def project(a, data: Path) -> dict:
                                            num_workers=a.workers, collate_fn=collate, pin_memory=pin)
 
     warm = list(range(2 * a.batch))
-    train_one_epoch(model, opt, sched, loader(warm), setup, cfg, scaler, 0)
+    train_one_epoch(model, opt, sched, loader(warm), setup=setup, cfg=cfg, scaler=scaler, epoch=0)
     # train_one_epoch times itself (first batch to last step), as the raw loop times its steps.
-    m = train_one_epoch(model, opt, sched, loader(list(range(a.steps * a.batch))), setup, cfg, scaler, 1)
+    m = train_one_epoch(model, opt, sched, loader(list(range(a.steps * a.batch))), setup=setup, cfg=cfg, scaler=scaler, epoch=1)
     return {"train_img_s": round(m["train_img_per_s"], 2)}
 
 

@@ -15,6 +15,8 @@ from typing import Any, Union
 
 import yaml
 
+from detector.metrics import METRICS
+
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
 VERSIONS = ("v1", "v2")
 WEIGHT_SOURCES = ("none", "imagenet", "coco")  # or a path to a checkpoint of this project
@@ -80,6 +82,7 @@ class TrainConfig:
     amp: bool = True
     channels_last: bool = False
     seed: int = 0
+    metric: str = "map50"
     patience: Union[int, None] = None
     nonfinite_patience: int = 3
 
@@ -136,7 +139,8 @@ FIELD_DOCS = {
     "amp": "mixed precision on CUDA (bf16 where supported, else fp16 with a gradient scaler); ignored on the CPU",
     "channels_last": "channels-last memory format for the model and images",
     "seed": "seed of the split, shuffling, augmentation and initialisation",
-    "patience": "stop after this many epochs without a better validation metric (null = off)",
+    "metric": f"validation metric that chooses the best epoch (model.pt) and drives patience, maximised: one of {', '.join(METRICS)}",
+    "patience": "stop after this many epochs without a better `metric` (null = off)",
     "nonfinite_patience": "fail after this many consecutive steps with a non-finite loss",
 }
 
@@ -229,6 +233,7 @@ def _validate(c: TrainConfig) -> None:
     _rule(c.clip_grad_norm is None or (_is_num(c.clip_grad_norm) and c.clip_grad_norm > 0), "clip_grad_norm",
           c.clip_grad_norm, "must be null or a number > 0")
     _rule(_is_int(c.seed) and c.seed >= 0, "seed", c.seed, "must be an integer >= 0")
+    _rule(c.metric in METRICS, "metric", c.metric, f"must be one of {list(METRICS)}")
     _rule(c.patience is None or (_is_int(c.patience) and c.patience >= 1), "patience", c.patience,
           "must be null or an integer >= 1")
 

@@ -352,7 +352,7 @@ def ensure_default_data() -> Path:
     return ann
 
 
-def load_splits(data: str | None = None, val_data: str | None = None, images: str | None = None,
+def load_splits(data: str | None = None, *, val_data: str | None = None, images: str | None = None,
                 val_fraction: float = 0.2, seed: int = 0) -> tuple[DecodedDataset, DecodedDataset]:
     """Train and validation datasets: separate files, or one file split by seed; the embedded
     synthetic dataset when `data` is None. Raises DataError when the data is unusable."""

@@ -12,6 +12,7 @@ import math
 import os
 import random
 import resource
+import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -26,6 +27,7 @@ from torchvision.ops import box_iou
 from detector import config as C
 from detector.config import TrainConfig
 from detector.data import DecodedDataset, DetectionDataset, collate
+from detector.metrics import is_better
 from detector.model import DataStats, build_model, count_params, detections_per_img
 from detector.transforms import Augment
 
@@ -98,10 +100,10 @@ def build_scheduler(cfg: TrainConfig, optimizer, iters_per_epoch: int) -> torch.
 # One epoch
 
 
-def train_one_epoch(model, optimizer, scheduler, loader, setup: Setup, cfg: TrainConfig,
-                    scaler: torch.amp.GradScaler, epoch: int, progress: bool = False,
-                    last_map50: float | None = None) -> dict:
-    """Train one epoch; return mean losses, images/s and the last learning rate.
+def train_one_epoch(model, optimizer, scheduler, loader, *, setup: Setup, cfg: TrainConfig,
+                    scaler: torch.amp.GradScaler, epoch: int, progress: bool = False) -> dict:
+    """Train one epoch; return mean losses, images/s and the last learning rate. `progress` shows a
+    bar with the running loss.
 
     Raises NonFiniteLossError after `cfg.nonfinite_patience` consecutive non-finite losses (a
     non-finite step is skipped, so the weights never see it).
@@ -148,8 +150,7 @@ def train_one_epoch(model, optimizer, scheduler, loader, setup: Setup, cfg: Trai
         steps += 1
         images += len(imgs)
         if progress:
-            it.set_postfix(loss=f"{values[0].item():.3f}",
-                           map50="-" if last_map50 is None else f"{last_map50:.3f}")
+            it.set_postfix(loss=f"{values[0].item():.3f}")
     elapsed = time.perf_counter() - t0
     means = (sums / max(steps, 1)).tolist()
     return {"loss": means[0], **dict(zip(LOSS_KEYS, means[1:])), "epoch_time_s": elapsed,
@@ -213,27 +214,57 @@ def evaluate(model, loader, setup: Setup, max_detections: int) -> dict:
 
 
 @torch.no_grad()
-def latency_ms(model, image: torch.Tensor, setup: Setup, repeats: int = 10) -> float:
-    """Inference time per image at batch size 1, in ms, on the setup's device (after warm-up)."""
+def latency_ms(model, image: torch.Tensor, setup: Setup, repeats: int = 20, warmup: int = 3) -> dict:
+    """Inference time of one image at batch size 1 on the setup's device, in ms.
+
+    Warm-up and timed passes run under the same settings (eval mode, no_grad, the setup's autocast),
+    each timed pass alone (synchronised on CUDA); returns {"latency_ms": median over the timed passes,
+    "latency_n": how many}. The median, not the mean: a pass slowed by something else on the machine
+    moves the mean, not the median. Faster R-CNN's time depends on how many proposals and detections
+    survive, so measure the trained model, on a device nothing else is using (search.latency)."""
     model.eval()
     x = [image.to(setup.device)]
     sync = torch.cuda.synchronize if setup.device.type == "cuda" else (lambda: None)
-    for _ in range(3):
-        model(x)
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        with torch.autocast(setup.device.type, dtype=setup.amp_dtype or torch.float32,
-                            enabled=setup.amp_dtype is not None):
+    times = []
+    with torch.autocast(setup.device.type, dtype=setup.amp_dtype or torch.float32,
+                        enabled=setup.amp_dtype is not None):
+        for i in range(warmup + repeats):
+            sync()
+            t0 = time.perf_counter()
             model(x)
-    sync()
-    return (time.perf_counter() - t0) / repeats * 1000
+            sync()
+            if i >= warmup:
+                times.append((time.perf_counter() - t0) * 1000)
+    return {"latency_ms": statistics.median(times), "latency_n": len(times)}
+
+
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def reset_peak_mem(device: torch.device) -> None:
+    """Start a new memory peak: CUDA's allocator statistics, or on Linux the process's resident-set
+    high-water mark (writing 5 to /proc/self/clear_refs, Linux >= 4.0). A worker process that Ray
+    reuses for several trials then reports each trial's own peak, not the largest of any before it."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        _CLEAR_REFS.write_text("5")
+    except OSError:
+        pass  # not Linux, or not allowed: peak_mem_mb falls back to the process's lifetime peak
 
 
 def peak_mem_mb(device: torch.device) -> float:
-    """Peak GPU memory allocated (CUDA), else the process's peak resident memory, in MiB."""
+    """Peak memory since the last `reset_peak_mem`, in MiB: GPU memory allocated (CUDA), else the
+    process's resident-set high-water mark (VmHWM; the lifetime peak where that cannot be reset)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
@@ -335,7 +366,6 @@ def fit(cfg: TrainConfig, train: DecodedDataset, val: DecodedDataset, out_dir: s
     metrics_file.write_text("".join(json.dumps(h) + "\n" for h in history))  # drop epochs after the checkpoint
     total, trainable = count_params(model)
     stopped_early = False
-    lat: float | None = None
     out_of_memory = False
     t_start = time.perf_counter()
     try:
@@ -348,18 +378,15 @@ def fit(cfg: TrainConfig, train: DecodedDataset, val: DecodedDataset, out_dir: s
                 train_set, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
                 collate_fn=collate, pin_memory=pin, drop_last=False,
                 generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch))
-            if setup.device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(setup.device)
-            m = train_one_epoch(model, optimizer, scheduler, loader, setup, cfg, scaler, epoch, progress,
-                                history[-1]["map50"] if history else None)
+            reset_peak_mem(setup.device)
+            m = train_one_epoch(model, optimizer, scheduler, loader, setup=setup, cfg=cfg, scaler=scaler,
+                                epoch=epoch, progress=progress)
             m.update(evaluate(model, val_loader, setup, max_dets))
-            if lat is None:  # once per process: every epoch's metrics carry it, so stopped trials have it too
-                lat = latency_ms(model, val_set[0][0], setup)
-            m.update(epoch=float(epoch), peak_mem_mb=peak_mem_mb(setup.device), latency_ms=lat,
+            m.update(epoch=float(epoch), peak_mem_mb=peak_mem_mb(setup.device),
                      params_total=float(total), params_trainable=float(trainable))
             history.append(m)
-            if m["map50"] > best:
-                best, best_epoch = m["map50"], epoch
+            if is_better(m[cfg.metric], best):  # the one rule: strictly better, so ties keep the first
+                best, best_epoch = m[cfg.metric], epoch
                 atomic_save(_model_file(model, cfg, train, setup), out / "model.pt")
             atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
@@ -375,7 +402,7 @@ def fit(cfg: TrainConfig, train: DecodedDataset, val: DecodedDataset, out_dir: s
                 on_epoch(dict(m), ckpt_path)
             if cfg.patience is not None and epoch - best_epoch >= cfg.patience:
                 stopped_early = True
-                log(f"early stop: no better map50 for {cfg.patience} epochs (best {best:.4f} at epoch {best_epoch})")
+                log(f"early stop: no better {cfg.metric} for {cfg.patience} epochs (best {best:.4f} at epoch {best_epoch})")
                 break
     except torch.cuda.OutOfMemoryError:
         out_of_memory = True
@@ -391,8 +418,8 @@ def fit(cfg: TrainConfig, train: DecodedDataset, val: DecodedDataset, out_dir: s
 
     lat = latency_ms(model, val_set[0][0], setup)  # of the trained model (its detections cost NMS time)
     best_m = next((h for h in history if h["epoch"] == best_epoch), history[-1] if history else {})
-    summary = {"best_epoch": best_epoch, "best": best_m, "epochs_run": len(history), "stopped_early": stopped_early,
-               "total_time_s": time.perf_counter() - t_start, "latency_ms": lat,
+    summary = {"metric": cfg.metric, "best_epoch": best_epoch, "best": best_m, "epochs_run": len(history),
+               "stopped_early": stopped_early, "total_time_s": time.perf_counter() - t_start, **lat,
                "params_total": total, "params_trainable": trainable, "device": str(setup.device),
                "data_fingerprint": train.fingerprint(), "config": C.to_dict(cfg)}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))

@@ -58,7 +58,8 @@ def main(argv=None) -> int:
         return 0
     try:
         cfg = resolve_config(args)
-        train, val = load_splits(args.data, args.val_data, args.images, cfg.val_fraction, cfg.seed)
+        train, val = load_splits(args.data, val_data=args.val_data, images=args.images,
+                                 val_fraction=cfg.val_fraction, seed=cfg.seed)
     except (C.ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -74,8 +75,9 @@ def main(argv=None) -> int:
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     best = summary["best"]
-    print(json.dumps({"best_epoch": summary["best_epoch"], "map50": best.get("map50"), "map": best.get("map"),
-                      "epochs_run": summary["epochs_run"], "out": str(args.out)}))
+    print(json.dumps({"metric": cfg.metric, "best_epoch": summary["best_epoch"], cfg.metric: best.get(cfg.metric),
+                      "map50": best.get("map50"), "map": best.get("map"), "epochs_run": summary["epochs_run"],
+                      "out": str(args.out)}))
     return 0
 
 

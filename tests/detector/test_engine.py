@@ -17,7 +17,7 @@ from tests.conftest import TINY
 CFG = dict(TINY, backbone="resnet18", epochs=2, lr=0.01, warmup_epochs=0.5, seed=1)
 KEYS = {"map50", "map", "map_small", "iou_per_pred", "iou_per_gt", "loss", "loss_classifier", "loss_box_reg",
         "loss_objectness", "loss_rpn_box_reg", "epoch", "epoch_time_s", "train_img_per_s", "peak_mem_mb", "lr",
-        "latency_ms", "params_total", "params_trainable"}
+        "params_total", "params_trainable"}
 
 
 @pytest.fixture(scope="module")
@@ -33,11 +33,16 @@ def test_two_epochs_write_metrics_checkpoints_and_summary(splits, tmp_path):
         assert KEYS <= set(m) and all(isinstance(v, float) for v in m.values())
         for k in ("map50", "map", "iou_per_pred", "iou_per_gt"):
             assert 0.0 <= m[k] <= 1.0, k
-        assert m["loss"] > 0 and math.isfinite(m["loss"]) and m["train_img_per_s"] > 0 and m["latency_ms"] > 0
+        assert m["loss"] > 0 and math.isfinite(m["loss"]) and m["train_img_per_s"] > 0
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [x["epoch"] for x in lines] == [1.0, 2.0]
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["epochs_run"] == 2 and summary["params_total"] > summary["params_trainable"] * 0.5
+    # resnet18 v1, one input channel, background + 1 class, no pretrained weights, so every layer
+    # trains and BatchNorm is not frozen: the study's 28.27 M (frozen BatchNorm, test_model.py) plus
+    # the BatchNorm scales and shifts, 2 x 4,800 channels (64 + 4x64 + 5x128 + 5x256 + 5x512).
+    assert summary["epochs_run"] == 2 and summary["params_total"] - 2 * 4800 == pytest.approx(28.27e6, abs=5e3)
+    assert summary["params_trainable"] == summary["params_total"]
+    assert summary["metric"] == "map50" and summary["latency_n"] == 20 and summary["latency_ms"] > 0
     ck = load_checkpoint(tmp_path / "checkpoint.pt")
     assert ck["epoch"] == 2 and C.from_dict(ck["config"]) == C.from_dict(CFG)
     assert set(ck) >= {"model", "optimizer", "scheduler", "scaler", "rng", "config"}
@@ -170,3 +175,96 @@ def test_out_of_memory_becomes_a_named_error_with_the_sizes(splits, tmp_path):
 
     with pytest.raises(OutOfMemoryError, match="batch_size=2, min_size=64, max_size=64 \\(resnet18 v1\\)"):
         fit(C.from_dict({**CFG, "epochs": 1}), *splits, tmp_path, on_epoch=oom)
+
+
+def _scripted_evaluate(per_epoch: list[dict]):
+    """An `evaluate` that returns the given metrics epoch after epoch (whatever the model learnt), so
+    the engine's choice of the best epoch is tested against known numbers."""
+    calls = iter(per_epoch)
+
+    def evaluate(model, loader, setup, max_detections):
+        m = next(calls)
+        return {"map50": m.get("map50", 0.0), "map": 0.0, "map75": 0.0, "map_small": 0.0,
+                "iou_per_pred": 0.0, "iou_per_gt": m.get("iou_per_gt", 0.0), "eval_time_s": 0.1,
+                "eval_img_per_s": 1.0}
+
+    return evaluate
+
+
+def test_the_configured_metric_chooses_model_pt_and_drives_patience_and_ties_keep_the_first(
+        splits, tmp_path, monkeypatch):
+    """map50 falls every epoch; iou_per_gt peaks at epoch 2 and ties there at epoch 3. With
+    metric: iou_per_gt, model.pt is epoch 2's weights (the first of the tie), and patience 2 counts
+    from epoch 2 (stops after epoch 4; map50 would have stopped after epoch 3)."""
+    import hashlib
+
+    from detector import engine
+
+    monkeypatch.setattr(engine, "evaluate", _scripted_evaluate(
+        [{"map50": 0.5, "iou_per_gt": 0.1}, {"map50": 0.4, "iou_per_gt": 0.3}, {"map50": 0.3, "iou_per_gt": 0.3},
+         {"map50": 0.2, "iou_per_gt": 0.2}, {"map50": 0.1, "iou_per_gt": 0.1}, {"map50": 0.0, "iou_per_gt": 0.0}]))
+    digests = {}
+    cfg = C.from_dict({**CFG, "epochs": 6, "patience": 2, "metric": "iou_per_gt"})
+    s = fit(cfg, *splits, tmp_path, on_epoch=lambda m, ck: digests.__setitem__(
+        int(m["epoch"]), hashlib.sha256((tmp_path / "model.pt").read_bytes()).hexdigest()))
+    assert s["metric"] == "iou_per_gt" and s["best_epoch"] == 2 and s["best"]["iou_per_gt"] == 0.3
+    assert s["epochs_run"] == 4 and s["stopped_early"]
+    final = hashlib.sha256((tmp_path / "model.pt").read_bytes()).hexdigest()
+    assert final == digests[2] == digests[4] and digests[1] != digests[2]  # written at epochs 1 and 2 only
+    assert C.from_dict(load_checkpoint(tmp_path / "model.pt")["config"]).metric == "iou_per_gt"
+
+
+def test_metric_must_be_one_the_engine_reports():
+    with pytest.raises(C.ConfigError, match=r"metric: must be one of \['map50', 'map', 'map75', 'map_small', "
+                                            r"'iou_per_gt', 'iou_per_pred'\], got 'recall'"):
+        C.TrainConfig(metric="recall")
+
+
+def test_peak_memory_is_the_trial_s_own_not_the_process_lifetime(splits, tmp_path):
+    """Ray reuses a worker process for the next trial: a trial must not report an earlier one's peak."""
+    import numpy as np
+
+    from detector.engine import peak_mem_mb, reset_peak_mem
+
+    cpu = torch.device("cpu")
+    reset_peak_mem(cpu)
+    big = np.ones(1024 * 2 ** 20 // 8)  # 1 GiB, touched: an earlier trial's high-water mark
+    with_big = peak_mem_mb(cpu)
+    del big
+    m = []
+    fit(C.from_dict({**CFG, "epochs": 1}), *splits, tmp_path, on_epoch=lambda x, ck: m.append(x))
+    assert m[0]["peak_mem_mb"] < with_big - 700, (m[0]["peak_mem_mb"], with_big)
+
+
+def test_latency_warms_up_and_times_under_the_same_settings_and_takes_the_median():
+    """Every pass (warm-up and timed) runs under the setup's autocast; one slow pass (something else
+    on the machine) does not move the figure, the mean would."""
+    import time
+
+    from detector.engine import latency_ms
+
+    class Recorder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.autocast, self.calls = [], 0
+
+        def forward(self, x):
+            self.autocast.append(torch.is_autocast_enabled("cpu"))
+            self.calls += 1
+            time.sleep(0.5 if self.calls == 6 else 0.002)
+            return [{}]
+
+    model = Recorder()
+    setup = Setup(torch.device("cpu"), None, 1.0, torch.bfloat16)
+    out = latency_ms(model, torch.zeros(1, 8, 8), setup, repeats=9, warmup=3)
+    assert model.autocast == [True] * 12
+    assert out["latency_n"] == 9 and 2.0 <= out["latency_ms"] < 50.0
+
+
+def test_engine_functions_take_their_settings_by_keyword():
+    from detector.engine import train_one_epoch
+
+    with pytest.raises(TypeError):
+        train_one_epoch(None, None, None, [], None, None, None, 1)
+    with pytest.raises(TypeError):
+        load_splits(None, None, None, 0.2, 0)

@@ -171,10 +171,23 @@ def test_summary_command_works_offline(tmp_path, backbone, version, weights):
 
 
 def test_summary_for_every_combination_offline():
+    """Freezing changes what trains, never the model: per architecture one total; every layer trains
+    at trainable_layers 5; each stage unfrozen adds trainable parameters; 'stem' (the first conv
+    only) trains more than 0 and less than 1 (layer4)."""
+    counts: dict = {}
     for backbone, version, weights, tl in valid_combos():
         s = summary(C.TrainConfig(backbone=backbone, version=version, weights=weights, trainable_layers=tl))
-        assert s["params_total"] > 0
         assert (s["weight_files"] == []) == (weights == "none")
+        counts.setdefault((backbone, version, weights), {})[tl] = (s["params_total"], s["params_trainable"])
+    assert len(counts) >= 8
+    for arch, by_tl in counts.items():
+        assert len({total for total, _ in by_tl.values()}) == 1, arch
+        assert by_tl[5][1] == by_tl[5][0], arch
+        layers = sorted(t for t in by_tl if t != "stem")
+        trainable = [by_tl[t][1] for t in layers]
+        assert trainable == sorted(set(trainable)), (arch, layers, trainable)  # strictly increasing
+        if "stem" in by_tl and {0, 1} <= set(by_tl):
+            assert by_tl[0][1] < by_tl["stem"][1] < by_tl[1][1], arch
 
 
 def test_weights_list_names_every_file_a_space_can_use(tmp_path):
