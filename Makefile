@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test venv clean bench-demo bench-loop bench-overhead bench-memory bench-gpu-smoke
+.PHONY: demo test test-fast venv clean bench-demo bench-loop bench-overhead bench-memory bench-gpu-smoke
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests
+
+# Everything but the end-to-end searches (tests marked slow): a few minutes instead of ~15.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" tests
 
 # Benchmarks (bench/RESULTS.md): one command each from a fresh clone; JSON on stdout.
 bench-demo: $(STAMP)

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
 import yaml
 
 from detector import config as C
-from search.results import STATUS_FAILED, TrialRecord, collect
+from search.results import TrialRecord, collect, ranked
 
 
 def _load_run(run_dir: Path) -> tuple[dict, list[TrialRecord]]:
@@ -30,21 +29,14 @@ def _load_run(run_dir: Path) -> tuple[dict, list[TrialRecord]]:
     return info, collect(run_dir, info["metric"], info["max_epochs"])
 
 
-def ranked(records: list[TrialRecord]) -> list[TrialRecord]:
-    """Search trials that trained, best first: full-budget trials before stopped ones, then by best
-    metric. (Confirmation-stage reruns only repeat these configurations with other seeds.)"""
-    ok = [r for r in records if r.stage == "search" and r.status != STATUS_FAILED and math.isfinite(r.best)]
-    return sorted(ok, key=lambda r: (r.epochs < r.config["epochs"], -r.best))
-
-
 def export_text(rec: TrialRecord, info: dict, rank: int) -> str:
     cfg = C.from_dict(rec.config, source=f"trial {rec.trial_id}")
     meta = {"metric": info["metric"], "value": round(rec.best, 6), "best_epoch": rec.best_epoch,
             "trial_id": rec.trial_id, "arm": rec.arm, "rank_in_arm": rank, "epochs_run": rec.epochs,
-            "status": rec.status_text, "data": info["data"], "data_fingerprint": info["data_fingerprint"],
+            "status": rec.status, "data": info["data"], "data_fingerprint": info["data_fingerprint"],
             "run": info["name"], "versions": info["versions"]}
     header = (f"Exported by search.export from run {info['name']}: {info['metric']} {rec.best:.4f} at epoch "
-              f"{rec.best_epoch} of trial {rec.trial_id} ({rec.arm}, {rec.status_text}).\n"
+              f"{rec.best_epoch} of trial {rec.trial_id} ({rec.arm}, {rec.status} after {rec.epochs} epochs).\n"
               f"Retrain unchanged: python -m detector.train --config THIS_FILE")
     return C.dump(cfg, header=header) + yaml.safe_dump({"search": meta}, sort_keys=False)
 

@@ -9,6 +9,8 @@ from collections import defaultdict
 
 from ray.tune import Callback
 
+from search.results import STATUS_RUNNING, outcome
+
 
 def _own_config(trial) -> dict:
     """The trial's config as search.searcher builds it (the confirmation stage nests it under "trial")."""
@@ -21,8 +23,8 @@ class ArmTable(Callback):
     On a terminal the table is redrawn in place; in a log it is appended.
     """
 
-    def __init__(self, metric: str, arms: list[str], every_s: float = 5.0, stream=None):
-        self.metric, self.arms, self.every_s = metric, arms, every_s
+    def __init__(self, metric: str, arms: list[str], max_epochs: int, every_s: float = 5.0, stream=None):
+        self.metric, self.arms, self.max_epochs, self.every_s = metric, arms, max_epochs, every_s
         self._stream = stream  # None: sys.stdout at print time (a stream object cannot be pickled with the tuner)
         self.t0 = time.monotonic()
         self.status: dict[str, str] = {}
@@ -34,7 +36,7 @@ class ArmTable(Callback):
         return self.arm_of.setdefault(trial.trial_id, _own_config(trial).get("arm", "?"))
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.status[trial.trial_id] = "running"
+        self.status[trial.trial_id] = STATUS_RUNNING
         self._arm(trial)
         self._dirty = True
 
@@ -47,18 +49,16 @@ class ArmTable(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
-        epochs = int(last.get("epoch", 0))
-        max_epochs = _own_config(trial).get("cfg", {}).get("epochs", epochs)
-        if "fail_reason" in last:
-            self.status[trial.trial_id] = "failed"
-        else:
-            self.status[trial.trial_id] = "finished" if epochs >= max_epochs else "stopped"
+        self.status[trial.trial_id] = outcome(epochs=int(last.get("epoch", 0)), max_epochs=self.max_epochs,
+                                              fail_reason=last.get("fail_reason")).status
         self._arm(trial)
         self._dirty = True
         self.print(force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.status[trial.trial_id] = "failed"
+        last = trial.last_result or {}
+        self.status[trial.trial_id] = outcome(epochs=int(last.get("epoch", 0)), max_epochs=self.max_epochs,
+                                              errored=True).status
         self._dirty = True
 
     def on_step_end(self, iteration, trials, **info):

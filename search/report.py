@@ -23,7 +23,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from search.results import STATUS_FAILED, STATUS_FINISHED, STATUS_RUNNING, STATUS_STOPPED, TrialRecord, collect  # noqa: E402
+from search import latency  # noqa: E402
+from search.results import (STATUS_FAILED, STATUS_FINISHED, STATUS_RUNNING, STATUS_STOPPED, TrialRecord,  # noqa: E402
+                            collect, ranked)
 
 CURVES = (("loss", "training loss"), ("iou_per_pred", "IoU per prediction"), ("iou_per_gt", "IoU per ground truth"),
           ("map50", "mAP50"))
@@ -70,27 +72,33 @@ def epochs_to_fraction(history: list[dict], metric: str, best: float, fraction: 
     return None
 
 
-def arm_rows(records: list[TrialRecord], metric: str) -> list[dict]:
-    """The comparison table: one row per arm, from its best search trial (and confirmation seeds)."""
+def arm_rows(records: list[TrialRecord], metric: str, latencies: dict | None = None) -> list[dict]:
+    """The comparison table: one row per arm, from its best search trial (`results.ranked`, the rule
+    confirmation and export use too) and its confirmation seeds. Latency comes from `latencies`
+    (latency.json: measured after the search, one model at a time), never from inside a trial."""
+    latencies = latencies or {}
     rows = []
     for arm in dict.fromkeys(r.arm for r in records):
         search = [r for r in records if r.arm == arm and r.stage == "search"]
         confirm = [r for r in records if r.arm == arm and r.stage == "confirm" and math.isfinite(r.best)]
-        ok = [r for r in search if math.isfinite(r.best)]
+        ok = ranked(records, arm)
         row = {"arm": arm, "trials": len(search),
                "finished": sum(r.status == STATUS_FINISHED for r in search),
                "stopped": sum(r.status == STATUS_STOPPED for r in search),
                "failed": sum(r.status == STATUS_FAILED for r in search),
                "running": sum(r.status == STATUS_RUNNING for r in search)}
         if ok:
-            best = max(ok, key=lambda r: r.best)
+            best = ok[0]
+            lat = latencies.get(arm, {})
             h = next((x for x in best.history if int(x["epoch"]) == best.best_epoch), best.history[-1])
             row.update(best_trial=best.trial_id, best=best.best, map=h.get("map", math.nan),
                        map_small=h.get("map_small", math.nan),
                        epochs_to_95=epochs_to_fraction(best.history, metric, best.best),
                        epoch_time_s=statistics.mean(x.get("epoch_time_s", math.nan) for x in best.history),
                        train_img_s=statistics.mean(x.get("train_img_per_s", math.nan) for x in best.history),
-                       latency_ms=h.get("latency_ms", math.nan), params_total=h.get("params_total", math.nan),
+                       latency_ms=lat.get("latency_ms", math.nan) if lat.get("trial_id") == best.trial_id else math.nan,
+                       latency_n=lat.get("latency_n"), latency_device=lat.get("device"),
+                       params_total=h.get("params_total", math.nan),
                        params_trainable=h.get("params_trainable", math.nan),
                        peak_mem_mb=max(x.get("peak_mem_mb", 0.0) for x in best.history))
         if confirm:
@@ -145,6 +153,18 @@ def conclusion(rows: list[dict], metric: str) -> str:
                  "the gaps to " + ", ".join(f"{r['arm']} ({r['best']:.4f})" for r in scored[1:]) +
                  " cannot be judged against the spread between seeds.")
     return text
+
+
+def latency_note(rows: list[dict]) -> str:
+    """How the latency column was measured, or why it is empty."""
+    timed = [r for r in rows if math.isfinite(r.get("latency_ms", math.nan))]
+    if not timed:
+        return ("Latency: not measured (latency.json is written when search.run ends normally; a run that "
+                "stopped early has none, so the latency figure is empty).")
+    devices = sorted({str(r.get("latency_device")) for r in timed})
+    ns = sorted({r.get("latency_n") for r in timed})
+    return (f"Latency: each arm's best model (its best epoch's checkpoint) timed after the search, one model at a "
+            f"time on {', '.join(devices)}, batch size 1, median of {', '.join(map(str, ns))} passes after warm-up.")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -262,7 +282,7 @@ def write_report(run_dir: Path, out: Path) -> dict:
     records = collect(run_dir, metric, max_epochs)
     arms = list(dict.fromkeys(info.get("arms", [])) | dict.fromkeys(r.arm for r in records))
     colours = _colours(arms)
-    rows = arm_rows(records, metric)
+    rows = arm_rows(records, metric, latency.read(run_dir))
     rungs = _rungs(run_dir / "space.yaml")
 
     tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=out.parent if out.parent.exists() else None))
@@ -302,13 +322,14 @@ def write_report(run_dir: Path, out: Path) -> dict:
                   f"{r['trials']} / {r['stopped']} / {r['failed']} |")
     md += ["", "## Learning curves", ""] + [f"![{k}]({k.replace(' ', '_')})" for k in figures[:4]]
     md += ["", "## Accuracy against cost", "", "![latency](cost_latency.png) ![params](cost_params.png)", "",
-           f"Pareto front (latency): {', '.join(front_lat) or '-'}. Pareto front (parameters): {', '.join(front_par) or '-'}.", ""]
+           f"Pareto front (latency): {', '.join(front_lat) or '-'}. Pareto front (parameters): {', '.join(front_par) or '-'}.",
+           "", latency_note(rows), ""]
     md += ["## Inside each arm", ""]
     for arm in arms:
-        mine = [r for r in records if r.arm == arm and r.stage == "search" and math.isfinite(r.best)]
+        mine = ranked(records, arm)
         if not mine:
             continue
-        best = max(mine, key=lambda r: r.best)
+        best = mine[0]
         md.append(f"### {arm}")
         md.append("Best values found (trial " + best.trial_id + "): "
                   + ", ".join(f"`{k}` = {_fmt(v, '.4g') if isinstance(v, float) else v}" for k, v in best.params.items()))

@@ -9,12 +9,45 @@ from __future__ import annotations
 import csv
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from detector import config as C
+from detector.metrics import best_epoch
 
 STATUS_FINISHED, STATUS_STOPPED, STATUS_FAILED, STATUS_RUNNING = "finished", "stopped", "failed", "running"
+STATUSES = (STATUS_FINISHED, STATUS_STOPPED, STATUS_FAILED, STATUS_RUNNING)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a trial ended (or that it has not): `status` is one of STATUSES, `epochs` the last epoch
+    it reported, `reason` why it failed."""
+
+    status: str
+    epochs: int
+    reason: str = ""
+
+
+def outcome(*, epochs: int, max_epochs: int, fail_reason: str | None = None, errored: bool = False,
+            running: bool = False) -> Outcome:
+    """The one rule for a trial's outcome, used by the searcher (which Optuna state a trial gets),
+    the progress table and results.csv alike:
+
+    - failed: it reported a `fail_reason` (non-finite loss, out of memory), or Ray gave up on it
+      after an error (`errored`);
+    - finished: it reported `max_epochs`, the search's full budget;
+    - running: Ray still has it (`running`);
+    - stopped: it ended earlier without an error, which in a search only ASHA does (a space may not
+      set `patience`).
+    """
+    if fail_reason:
+        return Outcome(STATUS_FAILED, epochs, fail_reason)
+    if errored:
+        return Outcome(STATUS_FAILED, epochs, "the trial raised an error (see its error.txt)")
+    if epochs >= max_epochs:
+        return Outcome(STATUS_FINISHED, epochs)
+    return Outcome(STATUS_RUNNING if running else STATUS_STOPPED, epochs)
 
 
 @dataclass
@@ -23,38 +56,54 @@ class TrialRecord:
     arm: str
     study: str
     stage: str                 # "search" or "confirm"
-    status: str                # finished | stopped | failed | running
-    epochs: int
-    best: float
-    last: float
+    metric: str                # the run's metric: what `best` and `last` hold
+    status: str                # one of STATUSES (see `outcome`)
+    epochs: int                # last epoch reported
+    best: float                # best `metric` over the epochs (earliest of ties: detector.metrics.best_epoch)
+    last: float                # `metric` at the last epoch
     best_epoch: int
-    reason: str
+    reason: str                # why it failed
+    unreadable_lines: int      # lines of result.json that could not be read (cut by a crash)
     path: str
     config: dict
     params: dict
     history: list = field(repr=False, default_factory=list)
 
-    @property
-    def status_text(self) -> str:
-        if self.status == STATUS_STOPPED:
-            return f"stopped at epoch {self.epochs}"
-        if self.status == STATUS_FAILED:
-            return f"failed: {self.reason}"
-        return self.status
+    @staticmethod
+    def columns(metric: str) -> tuple[str, ...]:
+        return ("trial_id", "arm", "study", "stage", "status", "epochs_run", f"best_{metric}", "best_epoch",
+                f"last_{metric}", "reason", "unreadable_lines")
+
+    def row(self) -> dict:
+        """The record as results.csv and trials.json write it: the same columns (`columns`), named by
+        what they hold (`best_map50`, not `best`). The README's "Results" section documents them."""
+        values = (self.trial_id, self.arm, self.study, self.stage, self.status, self.epochs, self.best,
+                  self.best_epoch, self.last, self.reason, self.unreadable_lines)
+        return dict(zip(self.columns(self.metric), values))
 
 
-def read_history(trial_dir: Path) -> list[dict]:
-    """The trial's reported results (`result.json`, one JSON object per line), in order."""
+def read_results(trial_dir: Path) -> tuple[list[dict], int]:
+    """(the trial's reported results in order, how many lines of `result.json` could not be read).
+
+    Ray appends to the same file when a trial is restored, so a line cut by a crash can sit between
+    readable ones: it is skipped and counted, and every later line still counts."""
     f = trial_dir / "result.json"
     if not f.exists():
-        return []
-    out = []
-    for line in f.read_text().splitlines():
+        return [], 0
+    out, bad = [], 0
+    for line in f.read_text(errors="replace").splitlines():
+        if not line.strip():
+            continue
         try:
             out.append(json.loads(line))
         except json.JSONDecodeError:
-            break  # a line cut by a crash: what came before it stands
-    return out
+            bad += 1
+    return out, bad
+
+
+def read_history(trial_dir: Path) -> list[dict]:
+    """The trial's readable reported results (`result.json`, one JSON object per line), in order."""
+    return read_results(trial_dir)[0]
 
 
 def ray_statuses(stage_dir: Path) -> dict[str, str]:
@@ -69,6 +118,30 @@ def ray_statuses(stage_dir: Path) -> dict[str, str]:
     return {}
 
 
+def counted_trials(stage_dir: Path) -> list[tuple[Path, str, str | None]]:
+    """The trials of a stage folder that count, as (folder, trial id, Ray's status or None), in
+    folder order. Every reader of a run's trials (results, the scheduler's rung rebuild) goes
+    through here, so they all count the same trials.
+
+    A folder whose trial is missing from Ray's newest experiment state does not count: it was
+    started after Ray's last experiment checkpoint by a driver that then died; Ray never knew it, and
+    its Optuna trial went to another trial on resume (search.searcher), which redid its work. (In a
+    run still going, it is a trial newer than the last checkpoint.)"""
+    if not stage_dir.is_dir():
+        return []
+    statuses = ray_statuses(stage_dir)
+    out = []
+    for d in sorted(p for p in stage_dir.iterdir() if p.is_dir()):
+        # Folders are named ARM_TRIALID (search.run); arm names hold no "_", trial ids may
+        # (the confirmation stage's grid ids look like 7a793_00001).
+        trial_id = d.name.split("_", 1)[-1]
+        if statuses and trial_id not in statuses:
+            continue
+        if (d / "params.json").exists():
+            out.append((d, trial_id, statuses.get(trial_id)))
+    return out
+
+
 def read_trial(trial_dir: Path, metric: str, max_epochs: int, ray_status: str | None = None) -> TrialRecord | None:
     """One trial's record. `ray_status` (from the experiment state) tells a running trial from a
     stopped one and a retried-then-finished trial from a failed one; without it, a trial that left
@@ -78,72 +151,64 @@ def read_trial(trial_dir: Path, metric: str, max_epochs: int, ray_status: str | 
         return None
     cfgd = json.loads(params_file.read_text())
     cfgd = cfgd.get("trial", cfgd)  # confirmation-stage trials hold their config under "trial"
-    raw = read_history(trial_dir)
+    raw, unreadable = read_results(trial_dir)
     hist = [h for h in raw if "fail_reason" not in h]
     # Keep the last report of each epoch (a retried or resumed trial may report an epoch twice).
     by_epoch = {int(h["epoch"]): h for h in hist if "epoch" in h}
     hist = [by_epoch[e] for e in sorted(by_epoch)]
     trial_id = (raw[-1].get("trial_id") if raw else None) or trial_dir.name.split("_", 1)[-1]
-    values = [(h.get(metric, math.nan), int(h["epoch"])) for h in hist if math.isfinite(h.get(metric, math.nan))]
-    best, best_epoch = max(values) if values else (math.nan, 0)
+    best, best_ep = best_epoch(hist, metric)
     epochs = int(hist[-1]["epoch"]) if hist else 0
-    reason = ""
-    fail = next((h["fail_reason"] for h in raw if "fail_reason" in h), None)
     error_file = trial_dir / "error.txt"
-    if fail:
-        status, reason = STATUS_FAILED, fail
-    elif ray_status == "ERROR" or (ray_status is None and error_file.exists() and epochs < max_epochs):
-        status = STATUS_FAILED
-        lines = [ln for ln in error_file.read_text().splitlines() if ln.strip()] if error_file.exists() else []
-        reason = lines[-1][:300] if lines else "error"
-    elif epochs >= max_epochs:
-        status = STATUS_FINISHED
-    elif ray_status in ("PENDING", "RUNNING", "PAUSED"):
-        status = STATUS_RUNNING
-    else:
-        status = STATUS_STOPPED
+    errored = ray_status == "ERROR" or (ray_status is None and error_file.exists() and epochs < max_epochs)
+    result = outcome(epochs=epochs, max_epochs=max_epochs,
+                     fail_reason=next((h["fail_reason"] for h in raw if "fail_reason" in h), None),
+                     errored=errored, running=ray_status in ("PENDING", "RUNNING", "PAUSED"))
+    reason = result.reason
+    if errored and error_file.exists():
+        lines = [ln for ln in error_file.read_text().splitlines() if ln.strip()]
+        reason = lines[-1][:300] if lines else reason
     return TrialRecord(trial_id=trial_id, arm=cfgd["arm"], study=cfgd.get("study", cfgd["arm"]),
-                       stage="confirm" if trial_dir.parent.name == "confirm" else "search", status=status, epochs=epochs, best=best,
-                       last=hist[-1].get(metric, math.nan) if hist else math.nan, best_epoch=best_epoch,
-                       reason=reason, path=str(trial_dir), config=cfgd["cfg"], params=cfgd.get("params", {}),
-                       history=hist)
+                       stage="confirm" if trial_dir.parent.name == "confirm" else "search", metric=metric,
+                       status=result.status, epochs=epochs, best=best,
+                       last=hist[-1].get(metric, math.nan) if hist else math.nan, best_epoch=best_ep,
+                       reason=reason, unreadable_lines=unreadable, path=str(trial_dir), config=cfgd["cfg"],
+                       params=cfgd.get("params", {}), history=hist)
 
 
 def collect(run_dir: Path, metric: str, max_epochs: int) -> list[TrialRecord]:
-    """Every trial under the run folder (search and confirmation stages), in folder order."""
+    """Every trial that counts under the run folder (search and confirmation stages), in folder order."""
     out = []
     for stage_dir in (run_dir / "trials", run_dir / "confirm"):
-        if not stage_dir.is_dir():
-            continue
-        statuses = ray_statuses(stage_dir)
-        for d in sorted(p for p in stage_dir.iterdir() if p.is_dir()):
-            # Folders are named ARM_TRIALID (search.run); arm names hold no "_", trial ids may
-            # (the confirmation stage's grid ids look like 7a793_00001).
-            trial_id = d.name.split("_", 1)[-1]
-            if statuses and trial_id not in statuses:
-                # Started after Ray's last experiment checkpoint by a driver that then died: Ray never
-                # knew it and its Optuna trial went to another trial on resume (search.searcher),
-                # which redid its work. (In a run still going, a trial newer than the last checkpoint.)
-                continue
-            rec = read_trial(d, metric, max_epochs, statuses.get(trial_id))
+        for d, _, ray_status in counted_trials(stage_dir):
+            rec = read_trial(d, metric, max_epochs, ray_status)
             if rec is not None:
                 out.append(rec)
     return out
 
 
-def write_results(run_dir: Path, records: list[TrialRecord]) -> Path:
-    """`results.csv` (one row per trial, every configuration field) and `trials.json`."""
+def ranked(records: list[TrialRecord], arm: str | None = None) -> list[TrialRecord]:
+    """The one definition of the best configurations: search-stage trials (of `arm`, or of every arm)
+    that did not fail and reported a finite metric, best first. Trials that ran the full budget come
+    before trials ASHA stopped (an early score is not a final one), then higher `best`, then earlier
+    in the run. The confirmation stage, search.export and search.report all take their choice from here."""
+    ok = [r for r in records if r.stage == "search" and r.status != STATUS_FAILED and math.isfinite(r.best)
+          and (arm is None or r.arm == arm)]
+    return sorted(ok, key=lambda r: (r.status != STATUS_FINISHED, -r.best))
+
+
+def write_results(run_dir: Path, records: list[TrialRecord], metric: str) -> Path:
+    """`results.csv` (one row per trial: `TrialRecord.row`, then every configuration field) and
+    `trials.json` (the same rows, with the configuration, the searched values and the trial folder)."""
     path = run_dir / "results.csv"
     tmp = path.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["trial_id", "arm", "stage", "status", "epochs_run", "best", "best_epoch", "last", "reason",
-                    *C.FIELD_NAMES])
+        w.writerow([*TrialRecord.columns(metric), *C.FIELD_NAMES])
         for r in records:
-            w.writerow([r.trial_id, r.arm, r.stage, r.status_text, r.epochs, r.best, r.best_epoch, r.last,
-                        r.reason, *[json.dumps(r.config.get(k)) if isinstance(r.config.get(k), list)
-                                    else r.config.get(k) for k in C.FIELD_NAMES]])
+            w.writerow([*r.row().values(), *[json.dumps(r.config.get(k)) if isinstance(r.config.get(k), list)
+                                         else r.config.get(k) for k in C.FIELD_NAMES]])
     tmp.replace(path)
-    (run_dir / "trials.json").write_text(json.dumps([{k: v for k, v in asdict(r).items() if k != "history"}
-                                                     for r in records], indent=1, default=str))
+    (run_dir / "trials.json").write_text(json.dumps([{**r.row(), "path": r.path, "params": r.params,
+                                                      "config": r.config} for r in records], indent=1, default=str))
     return path

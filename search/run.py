@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import shutil
 import sys
@@ -58,14 +57,26 @@ def _versions() -> dict:
             "optuna": optuna.__version__}
 
 
-def _setup_logging(run_dir: Path) -> None:
+LOGGERS = ("search", "ray")
+
+
+def _start_log(run_dir: Path) -> logging.Handler:
+    """Send this run's log lines (ours and Ray's) to RUN_DIR/run.log until `_stop_log`."""
     handler = logging.FileHandler(run_dir / "run.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for name in ("search", "ray"):
+    for name in LOGGERS:
         lg = logging.getLogger(name)
         lg.addHandler(handler)
         lg.setLevel(logging.INFO)
     logging.getLogger("ray").propagate = False
+    return handler
+
+
+def _stop_log(handler: logging.Handler) -> None:
+    """Detach and close the run's log file: a later run in the same process writes only its own."""
+    for name in LOGGERS:
+        logging.getLogger(name).removeHandler(handler)
+    handler.close()
 
 
 def _init_ray(args, space: Space) -> None:
@@ -96,7 +107,7 @@ def run_search(space: Space, loc: RunLocation, data, resume: bool, stream=None) 
     from search.searcher import ArmSearcher
 
     trainable = _trainable(space, data)
-    table = ArmTable(space.metric, [a.name for a in space.arms], stream=stream)
+    table = ArmTable(space.metric, [a.name for a in space.arms], space.max_epochs, stream=stream)
     run_dir = loc.local
     if resume:
         with resuming_in(run_dir):
@@ -130,19 +141,17 @@ def run_confirm(space: Space, loc: RunLocation, data, resume: bool = False, stre
     from ray import tune
 
     from search.progress import ArmTable
-    from search.results import STATUS_FINISHED, STATUS_STOPPED, collect
+    from search.results import collect, ranked
 
     trainable = _trainable(space, data)
     if resume and experiment_state_problem(loc.local, "confirm") is None:
         tune.Tuner.restore(f"{loc.ray_storage}/confirm", trainable, resume_unfinished=True, resume_errored=True).fit()
         return
     loc.pull()  # with object storage: the search stage's results, to pick the configurations
-    records = [r for r in collect(loc.local, space.metric, space.max_epochs)
-               if r.stage == "search" and r.status in (STATUS_FINISHED, STATUS_STOPPED)]
+    records = collect(loc.local, space.metric, space.max_epochs)
     configs = []
     for arm in space.arms:
-        mine = sorted((r for r in records if r.arm == arm.name), key=lambda r: (r.status != STATUS_FINISHED, -r.best))
-        for rank, r in enumerate(mine[:space.confirm_top_k]):
+        for rank, r in enumerate(ranked(records, arm.name)[:space.confirm_top_k]):
             for s in range(space.confirm_seeds):
                 cfg = C.from_dict({**r.config, "seed": space.seed * 1000 + s, "epochs": space.max_epochs})
                 configs.append({"arm": arm.name, "study": arm.name, "stage": "confirm", "source_trial": r.trial_id,
@@ -154,7 +163,8 @@ def run_confirm(space: Space, loc: RunLocation, data, resume: bool = False, stre
                tune_config=tune.TuneConfig(max_concurrent_trials=space.max_concurrent,
                                            trial_dirname_creator=lambda t: f"{t.config['trial']['arm']}_{t.trial_id}"),
                run_config=tune.RunConfig(name="confirm", storage_path=loc.ray_storage, verbose=0,
-                                         callbacks=[ArmTable(space.metric, [a.name for a in space.arms], stream=stream)],
+                                         callbacks=[ArmTable(space.metric, [a.name for a in space.arms],
+                                                             space.max_epochs, stream=stream)],
                                          checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                                          failure_config=tune.FailureConfig(max_failures=2))).fit()
 
@@ -184,9 +194,17 @@ def main(argv=None) -> int:
     except (SpaceError, C.ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
     if args.dry_run:
         print(dry_run_text(space))
         return 0
+    from search import compat  # imports Ray and Optuna, which --dry-run does not need
+
+    try:
+        compat.check()  # a Ray or Optuna this project does not fit fails here, not mid-search
+    except compat.IncompatibleVersion as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.resume and not args.name:
         print("error: --resume needs --name: the run to continue (STORAGE/NAME)", file=sys.stderr)
         return 2
@@ -221,13 +239,23 @@ def main(argv=None) -> int:
                 return 2
     data_arg = args.data or space.data
     try:  # before the run folder exists: bad data leaves nothing behind
-        train, val = load_splits(data_arg, args.val_data or space.val_data, args.images or space.images,
-                                 space.fixed.get("val_fraction", C.TrainConfig().val_fraction), space.seed)
+        train, val = load_splits(data_arg, val_data=args.val_data or space.val_data, images=args.images or space.images,
+                                 val_fraction=space.fixed.get("val_fraction", C.TrainConfig().val_fraction),
+                                 seed=space.seed)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     run_dir.mkdir(parents=True, exist_ok=True)
-    _setup_logging(run_dir)
+    handler = _start_log(run_dir)
+    try:
+        return _run(args, space, loc, name, data_arg, train, val)
+    finally:
+        _stop_log(handler)
+
+
+def _run(args, space: Space, loc: RunLocation, name: str, data_arg, train, val) -> int:
+    """search.run after its checks: the run folder exists and logs to run.log."""
+    run_dir = loc.local
     if not args.resume:
         shutil.copy(args.space, run_dir / "space.yaml")
     for kind, pr in train.report.as_dict().items():
@@ -252,11 +280,13 @@ def main(argv=None) -> int:
 
     import ray
 
+    from search import latency
     from search.results import collect, write_results
     from search.trainable import remove_orphaned_work_dirs
 
     _init_ray(args, space)
     t0 = time.time()
+    failed = True
     try:
         # The decoded data goes into Ray's object store once, for both stages; this process keeps
         # only the reference (its own copy would double the head node's share of memory).
@@ -265,22 +295,37 @@ def main(argv=None) -> int:
         run_search(space, loc, data, args.resume)
         if space.confirm_top_k:
             run_confirm(space, loc, data, resume=args.resume)
-    finally:
         loc.pull()
-        records = collect(run_dir, space.metric, space.max_epochs)
-        write_results(run_dir, records)
-        loc.push()
+        latency.measure(space, loc, data, collect(run_dir, space.metric, space.max_epochs))
+        failed = False
+    finally:
+        # Ray first: whatever happens below, no Ray is left running behind this command.
         ray.shutdown()
         remove_orphaned_work_dirs(wait_s=10)  # scratch folders of trials Ray's shutdown cut short
+        try:
+            loc.pull()
+            records = collect(run_dir, space.metric, space.max_epochs)
+            write_results(run_dir, records, space.metric)
+            loc.push()
+        except Exception as e:
+            if not failed:
+                raise
+            # The search's own error is the one to see; this one is only reported beside it.
+            log.exception("could not save the results after the search failed")
+            print(f"error: could not save the results after the search failed: {type(e).__name__}: {e} "
+                  f"(the search's own error follows)", file=sys.stderr)
     print(summary_text(records, space, time.time() - t0, run_dir))
     return 0
 
 
 def summary_text(records, space: Space, elapsed: float, run_dir: Path) -> str:
+    from search.results import ranked
+
     lines = [f"search finished in {elapsed:.0f} s; results in {run_dir / 'results.csv'}"]
     for arm in space.arms:
         mine = [r for r in records if r.arm == arm.name and r.stage == "search"]
-        best = max((r.best for r in mine if math.isfinite(r.best)), default=float("nan"))
+        order = ranked(records, arm.name)
+        best = order[0].best if order else float("nan")
         n = {s: sum(r.status == s for r in mine) for s in ("finished", "stopped", "failed")}
         lines.append(f"  {arm.name}: best {space.metric} {best:.4f}  ({n['finished']} finished, "
                      f"{n['stopped']} stopped, {n['failed']} failed)")

@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
+from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
-from search.results import read_history
-from search.searcher import study_names
+from search import compat
+from search.results import counted_trials, read_history
+from search.searcher import ended_in_studies, study_names
 from search.space import Space
-from search.storage import relocated
+from search.storage import JOURNAL, relocated
 
 TIME_ATTR = "epoch"  # our own per-epoch counter: continues correctly across checkpoint restores
 
@@ -26,14 +27,18 @@ class PerArmASHA(FIFOScheduler):
     Ray saves no scheduler state (ray-project/ray#30838): a search resumed after its driver died
     would start with empty rungs and stop trials an uninterrupted search would have stopped, or
     keep ones it would have stopped. After unpickling (which is how `Tuner.restore` brings the
-    scheduler back), the rungs are rebuilt from the per-epoch results stored in `run_dir` before
-    the first decision.
+    scheduler back), before the first decision, the rungs are rebuilt from the per-epoch results
+    stored in `run_dir`, and the trials whose end the Optuna studies already hold are noted: a trial
+    ASHA stopped (or that finished) after Ray's last experiment checkpoint comes back from Ray as
+    running, and is stopped again at its first result. The earlier decision wins, so Ray's trials,
+    the rungs and the studies keep telling the same story.
     """
 
     def __init__(self, space: Space, run_dir: str | Path | None = None):
         super().__init__()
         self.space, self.run_dir = space, None if run_dir is None else str(run_dir)
         self._needs_rebuild = False
+        self.ended: set[str] = set()  # Ray trial ids whose Optuna trial had ended before a resume
         self.ashas = {name: AsyncHyperBandScheduler(time_attr=TIME_ATTR, metric=space.metric, mode="max",
                                                     max_t=space.max_epochs, grace_period=space.grace_period,
                                                     reduction_factor=space.reduction_factor, brackets=1)
@@ -52,29 +57,27 @@ class PerArmASHA(FIFOScheduler):
         if self._needs_rebuild:
             self._needs_rebuild = False
             self.rebuild_rungs()
+            journal = Path(self.run_dir) / JOURNAL
+            self.ended = ended_in_studies(self.space, journal) if journal.exists() else set()
         return self.ashas[trial.config["study"]]
 
     def rebuild_rungs(self) -> int:
-        """Replay every stored per-epoch result into its study's rungs, as ASHA recorded them the
-        first time (a trial enters a rung when it first reports that epoch). Returns the results replayed."""
+        """Replay the stored per-epoch results of every trial that counts (`results.counted_trials`:
+        the same trials results.csv and the searcher count) into its study's rungs, as ASHA recorded
+        them the first time (a trial enters a rung when it first reports that epoch). Returns the
+        results replayed."""
         replayed = 0
-        trials_dir = Path(self.run_dir) / "trials"
-        for d in sorted(p for p in trials_dir.iterdir() if p.is_dir()) if trials_dir.is_dir() else []:
-            params = d / "params.json"
-            if not params.exists():
-                continue
-            study = json.loads(params.read_text()).get("study")
+        for d, trial_id, _ in counted_trials(Path(self.run_dir) / "trials"):
+            study = json.loads((d / "params.json").read_text()).get("study")
             if study not in self.ashas:
                 continue
-            asha = self.ashas[study]
-            bracket = asha._brackets[0]
             seen = set()
-            for r in read_history(d):  # stops at a line cut by the crash
+            for r in read_history(d):
                 value, epoch = r.get(self.space.metric), r.get(TIME_ATTR)
                 if value is None or epoch is None or epoch in seen or "fail_reason" in r:
                     continue
                 seen.add(epoch)
-                bracket.on_result(_Stub(r["trial_id"]), epoch, asha._metric_op * value)
+                compat.asha_record(self.ashas[study], r.get("trial_id", trial_id), epoch, value)
                 replayed += 1
         return replayed
 
@@ -83,35 +86,25 @@ class PerArmASHA(FIFOScheduler):
 
     def on_trial_result(self, tune_controller, trial, result):
         asha = self._asha(trial)
-        if trial.trial_id not in asha._trial_info:  # a restored trial
+        if trial.trial_id in self.ended:
+            return TrialScheduler.STOP  # ended before the resume (see the class docstring)
+        if not compat.asha_knows(asha, trial.trial_id):  # a restored trial
             asha.on_trial_add(tune_controller, trial)
         return asha.on_trial_result(tune_controller, trial, result)
 
     def on_trial_complete(self, tune_controller, trial, result):
-        if trial.trial_id in self._asha(trial)._trial_info:
+        if compat.asha_knows(self._asha(trial), trial.trial_id):
             self._asha(trial).on_trial_complete(tune_controller, trial, result)
 
     def on_trial_remove(self, tune_controller, trial):
-        self._asha(trial)._trial_info.pop(trial.trial_id, None)
+        compat.asha_forget(self._asha(trial), trial.trial_id)
 
     def on_trial_error(self, tune_controller, trial):
-        self._asha(trial)._trial_info.pop(trial.trial_id, None)
+        compat.asha_forget(self._asha(trial), trial.trial_id)
 
     def rung_records(self) -> dict[str, dict[int, dict[str, float]]]:
         """{study: {rung epoch: {trial id: metric}}} as ASHA recorded them (for reports and tests)."""
-        out = {}
-        for name, asha in self.ashas.items():
-            bracket = asha._brackets[0]
-            out[name] = {int(milestone): {tid: float(v) for tid, v in recorded.items()}
-                         for milestone, recorded in bracket._rungs}
-        return out
+        return {name: compat.asha_rungs(asha) for name, asha in self.ashas.items()}
 
     def debug_string(self) -> str:
-        return "PerArmASHA: " + ", ".join(f"{n}: stopped {a._num_stopped}" for n, a in self.ashas.items())
-
-
-class _Stub:
-    """What ASHA's bracket reads of a trial: its id."""
-
-    def __init__(self, trial_id: str):
-        self.trial_id = trial_id
+        return "PerArmASHA: " + ", ".join(f"{n}: stopped {compat.asha_num_stopped(a)}" for n, a in self.ashas.items())

@@ -23,16 +23,35 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from detector import config as C
+from search import compat
+from search.results import STATUS_FAILED, STATUS_FINISHED, outcome
 from search.space import Space
 from search.storage import relocated
 
 JOINT = "joint"  # study name in the joint strategy
-# multivariate/group TPE is marked experimental; it is what conditional spaces need.
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 def study_names(space: Space) -> list[str]:
     return [a.name for a in space.arms] if space.strategy == "per-architecture" else [JOINT]
+
+
+def _storage(journal: Path) -> JournalStorage:
+    return JournalStorage(JournalFileBackend(str(journal)))
+
+
+def ended_in_studies(space: Space, journal: Path) -> set[str]:
+    """Ray trial ids whose Optuna trial has ended (COMPLETE, PRUNED or FAIL) in the run's studies."""
+    storage = _storage(journal)
+    held = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    ended = set()
+    for name in study_names(space):
+        if name not in held:
+            continue
+        study = optuna.load_study(study_name=name, storage=storage)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
+            if "ray_trial_id" in t.user_attrs:
+                ended.add(t.user_attrs["ray_trial_id"])
+    return ended
 
 
 def open_studies(space: Space, journal: Path) -> dict[str, optuna.Study]:
@@ -41,13 +60,15 @@ def open_studies(space: Space, journal: Path) -> dict[str, optuna.Study]:
     A sampler's random state is not saved: reseeded as on the first start, a resumed study would
     propose its first configurations again. The seed therefore also counts the trials the study
     already holds, which keeps a run reproducible and a resumed one from repeating itself."""
-    storage = JournalStorage(JournalFileBackend(str(journal)))
+    storage = _storage(journal)
     held = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     studies = {}
     for i, name in enumerate(study_names(space)):
         seed = space.seed + i + 10007 * held.get(name, 0)
-        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
-                                             constant_liar=True, n_startup_trials=min(10, max(2, space.trials_per_arm // 3)))
+        with warnings.catch_warnings():  # multivariate/group TPE is marked experimental; conditional spaces need it
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
+                                                 n_startup_trials=min(10, max(2, space.trials_per_arm // 3)))
         studies[name] = optuna.create_study(study_name=name, storage=storage, direction="maximize",
                                             sampler=sampler, load_if_exists=True)
     return studies
@@ -117,7 +138,7 @@ class ArmSearcher(Searcher):
         orphan = self.orphans.get(name, [])
         # A trial asked for just before a driver crash, which Ray never recorded, is handed out again
         # rather than left RUNNING in the study forever.
-        trial = optuna.Trial(study, orphan.pop(0)) if orphan else study.ask()
+        trial = compat.attach_trial(study, orphan.pop(0)) if orphan else study.ask()
         if name == JOINT:
             arm_names = [a.name for a in self.space.arms]
             arm = self.space.arms[arm_names.index(trial.suggest_categorical("arm", arm_names))]
@@ -134,14 +155,14 @@ class ArmSearcher(Searcher):
         trial.set_user_attr("ray_trial_id", trial_id)
         trial.set_user_attr("arm", arm.name)
         self.started[name] += 1
-        self.live[trial_id] = (name, trial._trial_id)
+        self.live[trial_id] = (name, compat.optuna_trial_id(trial))
         return {"arm": arm.name, "study": name, "cfg": C.to_dict(cfg), "params": params}
 
     def _trial(self, trial_id: str) -> optuna.Trial | None:
         if trial_id not in self.live:
             return None
         name, otid = self.live[trial_id]
-        return optuna.Trial(self.studies[name], otid)
+        return compat.attach_trial(self.studies[name], otid)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         trial = self._trial(trial_id)
@@ -161,22 +182,23 @@ class ArmSearcher(Searcher):
             return
         name, _ = self.live.pop(trial_id)
         study = self.studies[name]
-        reason = (result or {}).get("fail_reason")
-        if error or reason:
-            trial.set_user_attr("fail_reason", reason or "the trial raised an error (see Ray's error file)")
+        result = result or {}
+        end = outcome(epochs=int(result.get("epoch", 0)), max_epochs=self.space.max_epochs,
+                      fail_reason=result.get("fail_reason"), errored=error)
+        if end.status == STATUS_FAILED:
+            trial.set_user_attr("fail_reason", end.reason)
             study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
             return
         # Ray does not pass the result that triggered a stop (ASHA's, or the last epoch's) to
         # on_trial_result, only here: record it as the trial's last intermediate value first.
         self._report(trial, result)
-        epochs = int((result or {}).get("epoch", 0))
-        frozen = study._storage.get_trial(trial._trial_id)
-        values = [v for v in frozen.intermediate_values.values() if math.isfinite(v)]
-        if epochs < self.space.max_epochs:
-            trial.set_user_attr("stopped_at_epoch", epochs)
-            study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
-        else:
+        if end.status == STATUS_FINISHED:
+            values = [v for v in compat.frozen_trial(study, compat.optuna_trial_id(trial)).intermediate_values.values()
+                      if math.isfinite(v)]
             study.tell(trial, max(values) if values else float("nan"), skip_if_finished=True)
+        else:  # stopped: ASHA ended it before the budget; an early score is not a final one
+            trial.set_user_attr("stopped_at_epoch", end.epochs)
+            study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
 
     # --- Ray's experiment checkpoint: counts and live trials; the studies are in the journal ----
     def save(self, checkpoint_path: str) -> None:
@@ -197,10 +219,14 @@ class ArmSearcher(Searcher):
             state = json.load(f)
         self.started = {k: int(v) for k, v in state["started"].items()}
         self.live = {k: (name, int(otid)) for k, (name, otid) in state["live"].items()}
+        # A live trial whose Optuna trial has already ended was stopped (or finished) after Ray's last
+        # experiment checkpoint: Ray brings it back as running, the scheduler stops it again at its
+        # first result (search.scheduler), and Optuna hears nothing more of it (a report to an
+        # ended trial would raise UpdateFinishedTrialError).
+        running = {name: {compat.optuna_trial_id(t) for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+                   for name, study in self.studies.items()}
+        self.live = {k: (name, otid) for k, (name, otid) in self.live.items() if otid in running.get(name, ())}
         # Optuna trials still RUNNING that no restored Ray trial owns were asked for after Ray's last
         # experiment checkpoint; they are not counted in `started`, so they are reused first.
         owned = set(self.live.values())
-        self.orphans = {name: [t._trial_id for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                               if (name, t._trial_id) not in owned]
-                        for name, study in self.studies.items()}
-
+        self.orphans = {name: sorted(otid for otid in ids if (name, otid) not in owned) for name, ids in running.items()}

@@ -20,9 +20,9 @@ from typing import Any
 import yaml
 
 from detector import config as C
+from detector.metrics import METRICS
 
 ARCH_AXES = ("backbone", "version", "weights", "trainable_layers")
-METRICS = ("map50", "map", "map75", "map_small", "iou_per_gt", "iou_per_pred")  # all maximised
 STRATEGIES = ("per-architecture", "joint")
 TOP_KEYS = ("name", "metric", "strategy", "data", "val_data", "images", "arms", "fixed", "params", "budget",
             "resources", "confirm", "seed")
@@ -30,7 +30,8 @@ BUDGET_KEYS = {"max_epochs": 10, "grace_period": 1, "reduction_factor": 3, "tria
 PARAM_KEYS = {"float": ("type", "low", "high", "log", "step", "when"), "int": ("type", "low", "high", "log", "step", "when"),
               "categorical": ("type", "choices", "when")}
 # Fields a space may not set: the budget owns `epochs`; ASHA, not patience, stops trials early.
-RESERVED = {"epochs": "set by budget.max_epochs", "patience": "early stopping in a search is ASHA's job"}
+RESERVED = {"epochs": "set by budget.max_epochs", "patience": "early stopping in a search is ASHA's job",
+            "metric": "set by the space's top-level `metric`"}
 
 
 class SpaceError(ValueError):
@@ -99,7 +100,7 @@ class Space:
 
     def trial_config(self, arm: Arm, params: dict, seed: int | None = None) -> C.TrainConfig:
         """The full training configuration of one trial (raises ConfigError on impossible values)."""
-        values = {**self.fixed, **arm.fields(), **params, "epochs": self.max_epochs}
+        values = {**self.fixed, **arm.fields(), **params, "epochs": self.max_epochs, "metric": self.metric}
         if seed is not None:
             values["seed"] = seed
         return C.from_dict(values, source=f"{self.path} [arm {arm.name}]")

@@ -30,7 +30,7 @@ from pathlib import Path, PurePosixPath
 _RESUMING_IN: Path | None = None
 
 # The run folder's own files (beside Ray's `trials/` and `confirm/` stage folders).
-RUN_FILES = ("space.yaml", "run.json", "run.log", "optuna.journal", "results.csv", "trials.json")
+RUN_FILES = ("space.yaml", "run.json", "run.log", "optuna.journal", "results.csv", "trials.json", "latency.json")
 JOURNAL = "optuna.journal"
 
 
@@ -96,6 +96,19 @@ class RunLocation:
         if self.uri is None:
             return 0
         return fetch(self.uri, self.local, keep=[n for n in RUN_FILES if (self.local / n).exists()])
+
+    def checkpoints(self, trial_dir: Path) -> list[str]:
+        """The checkpoint folders Ray kept for a trial (given by its folder in the working copy), as
+        paths or URIs that `ray.tune.Checkpoint` opens, oldest first."""
+        rel = Path(trial_dir).relative_to(self.local).as_posix()
+        if self.uri is None:
+            return [str(p) for p in sorted(Path(trial_dir).glob("checkpoint_*")) if p.is_dir()]
+        import pyarrow.fs
+
+        fs, root = _fs(f"{self.uri}/{rel}")
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
+        names = sorted(PurePosixPath(i.path).name for i in infos if i.type == pyarrow.fs.FileType.Directory)
+        return [f"{self.uri}/{rel}/{n}" for n in names if n.startswith("checkpoint_")]
 
     def best_journal(self) -> None:
         """After a pull: the Optuna journal is append-only, so of the copies at hand (the working

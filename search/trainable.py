@@ -22,13 +22,6 @@ from detector.engine import NonFiniteLossError, OutOfMemoryError, fit
 
 CKPT_NAME = "checkpoint.pt"
 WORK_PREFIX = "smallobj-trial-"  # + the worker's pid + "-": the trial's scratch folder on its node
-# Fault injection for the tests of retries: with this set to k, every trial raises once, right after
-# reporting epoch k (a marker file in its trial folder remembers that it did).
-FAIL_ONCE_ENV = "SMALLOBJ_FAIL_ONCE_AFTER_EPOCH"
-
-
-class InjectedFault(RuntimeError):
-    """Raised by the fault-injection switch; never raised in normal runs."""
 
 
 def remove_orphaned_work_dirs(tmp: str | None = None, wait_s: float = 0.0) -> int:
@@ -84,17 +77,12 @@ def train_trial(config: dict, data: tuple) -> None:
             with tempfile.TemporaryDirectory(prefix="smallobj-ckpt-") as d:
                 os.link(ckpt_path, Path(d) / CKPT_NAME)  # same filesystem: no copy until Ray persists it
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
-            fail_at = os.environ.get(FAIL_ONCE_ENV)
-            marker = Path(tune.get_context().get_trial_dir()) / ".fault-injected"
-            if fail_at and last_epoch == int(fail_at) and not marker.exists():
-                marker.touch()
-                raise InjectedFault(f"{FAIL_ONCE_ENV}={fail_at}: injected failure after epoch {last_epoch}")
 
         fit(cfg, train, val, work, on_epoch=on_epoch, resume=restored is not None)
     except (NonFiniteLossError, OutOfMemoryError) as e:
         # Deterministic failures: retrying from the checkpoint would fail the same way, so the trial
         # ends now with its reason (the searcher tells Optuna FAIL) instead of raising into Ray's retries.
-        tune.report({"fail_reason": f"{type(e).__name__}: {e}", "epoch": float(last_epoch),
-                     "map50": math.nan})
+        # The metric is reported (as NaN) because Ray requires the search's metric in every result.
+        tune.report({"fail_reason": f"{type(e).__name__}: {e}", "epoch": float(last_epoch), cfg.metric: math.nan})
     finally:
         shutil.rmtree(work, ignore_errors=True)

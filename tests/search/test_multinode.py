@@ -21,6 +21,8 @@ from ray.cluster_utils import AutoscalingCluster, Cluster
 from searchutil import ROOT, SearchProcess, assert_every_trial_once, reported_epochs, result_rows, wait_until, write_space
 
 
+pytestmark = pytest.mark.slow  # every test here runs whole searches
+
 @pytest.fixture(scope="module", autouse=True)
 def _no_ray_left_behind():
     yield

@@ -73,3 +73,101 @@ def test_rungs_are_rebuilt_from_stored_results_after_a_restore(tmp_path):
     for e, v in enumerate([0.15, 0.26], start=1):
         assert (restored.on_trial_result(None, newcomer, {"epoch": e, "map50": v})
                 == live.on_trial_result(None, twin, {"epoch": e, "map50": v}))
+
+
+def _space(tmp_path, trials_per_arm=4):
+    p = tmp_path / "s.yaml"
+    p.write_text("arms: {backbone: [resnet18]}\nparams: {lr: {type: float, low: 0.001, high: 0.01}}\n"
+                 f"budget: {{max_epochs: 4, grace_period: 1, reduction_factor: 2, trials_per_arm: {trials_per_arm}}}\n")
+    return load_space(p)
+
+
+def _store(run_dir, study, tid, values, config=None):
+    """A trial folder as Ray leaves it: params.json and one result.json line per epoch."""
+    import json
+
+    d = run_dir / "trials" / f"{study}_{tid}"
+    d.mkdir(parents=True)
+    (d / "params.json").write_text(json.dumps(config or {"arm": study, "study": study, "cfg": {}, "params": {}}))
+    (d / "result.json").write_text("".join(json.dumps({"trial_id": tid, "epoch": float(e), "map50": v}) + "\n"
+                                           for e, v in enumerate(values, start=1)))
+
+
+def _experiment_state(run_dir, statuses):
+    import json
+
+    data = [[json.dumps({"trial_id": t, "status": s}), "{}"] for t, s in statuses.items()]
+    (run_dir / "trials" / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trial_data": data}))
+
+
+def test_the_rung_rebuild_counts_exactly_the_trials_results_count(tmp_path):
+    """A trial folder left by a driver that died before Ray's next experiment checkpoint is not a
+    trial (results.csv skips it; its Optuna trial is handed to a new trial): it must not sit in a rung."""
+    import pickle
+
+    from search.results import collect
+
+    space = _space(tmp_path)
+    study = "resnet18-v1-none-t5"
+    run_dir = tmp_path / "run"
+    blank = pickle.dumps(PerArmASHA(space, run_dir))
+    _store(run_dir, study, "a", [0.3, 0.4])
+    _store(run_dir, study, "lost", [0.9, 0.95])
+    _experiment_state(run_dir, {"a": "RUNNING"})
+    restored = pickle.loads(blank)
+    restored.on_trial_add(None, _trial(study, "b"))  # the first call rebuilds
+    counted = {r.trial_id for r in collect(run_dir, "map50", 4)}
+    assert counted == {"a"}
+    assert {tid for rung in restored.rung_records()[study].values() for tid in rung} == counted
+
+
+def test_a_trial_stopped_after_the_last_experiment_checkpoint_stays_stopped_on_resume(tmp_path):
+    """ASHA stops t2 and Optuna marks it PRUNED; the driver dies before Ray's next experiment
+    checkpoint, so Ray restores t2 as running from its checkpoint and it reports epoch 1 again.
+    Read in the code, not seen in a run: without a rule, the searcher reports to a finished Optuna
+    trial (Optuna raises UpdateFinishedTrialError in the driver) and ASHA, which already holds t2 in
+    its rung, lets it continue. The earlier decision wins: t2 is stopped again and Optuna hears
+    nothing more of it."""
+    import pickle
+
+    from optuna.trial import TrialState
+
+    from search.searcher import ArmSearcher
+
+    space = _space(tmp_path, trials_per_arm=3)
+    study = "resnet18-v1-none-t5"
+    run_dir = tmp_path / "run"
+    (run_dir / "trials").mkdir(parents=True)
+    searcher = ArmSearcher(space, run_dir / "optuna.journal")
+    scheduler = PerArmASHA(space, run_dir)
+    blank_searcher, blank_scheduler = pickle.dumps(searcher), pickle.dumps(scheduler)  # as the Tuner pickles them
+    trials = {}
+    for tid in ("t0", "t1", "t2"):
+        config = searcher.suggest(tid)
+        trials[tid] = Trial("fake_trainable", config=config, trial_id=tid, stub=True)
+        scheduler.on_trial_add(None, trials[tid])
+    searcher.save(str(tmp_path / "searcher-state.json"))  # Ray's last experiment checkpoint: all three live
+    _experiment_state(run_dir, {tid: "RUNNING" for tid in trials})
+    decisions = {}
+    for tid, v in (("t0", 0.5), ("t1", 0.6), ("t2", 0.1)):
+        _store(run_dir, study, tid, [v], config=trials[tid].config)
+        result = {"epoch": 1, "map50": v}
+        searcher.on_trial_result(tid, result)
+        decisions[tid] = scheduler.on_trial_result(None, trials[tid], result)
+    assert decisions == {"t0": TrialScheduler.CONTINUE, "t1": TrialScheduler.CONTINUE, "t2": TrialScheduler.STOP}
+    searcher.on_trial_complete("t2", {"epoch": 1, "map50": 0.1})
+    # The driver dies here. Resume: the Tuner's pickles, the searcher's last saved state.
+    searcher2, scheduler2 = pickle.loads(blank_searcher), pickle.loads(blank_scheduler)
+    searcher2.restore(str(tmp_path / "searcher-state.json"))
+    again = {"epoch": 1, "map50": 0.1}  # t2, restored as running, trained epoch 1 again
+    searcher2.on_trial_result("t2", again)  # a step already reported: Optuna ignores it either way
+    assert scheduler2.on_trial_result(None, trials["t2"], again) == TrialScheduler.STOP  # was CONTINUE
+    # Had it continued, its next epoch would have reached a finished Optuna trial (this raised
+    # UpdateFinishedTrialError before); a result Ray sends before the stop takes effect is ignored.
+    searcher2.on_trial_result("t2", {"epoch": 2, "map50": 0.2})
+    searcher2.on_trial_complete("t2", {"epoch": 2, "map50": 0.2})
+    assert scheduler2.on_trial_result(None, trials["t0"], {"epoch": 2, "map50": 0.55}) == TrialScheduler.CONTINUE
+    searcher2.on_trial_result("t0", {"epoch": 2, "map50": 0.55})
+    by_ray_id = {t.user_attrs["ray_trial_id"]: t for t in searcher2.studies[study].get_trials()}
+    assert by_ray_id["t2"].state == TrialState.PRUNED and by_ray_id["t2"].intermediate_values == {1: 0.1}
+    assert by_ray_id["t0"].state == TrialState.RUNNING and by_ray_id["t0"].intermediate_values == {1: 0.5, 2: 0.55}

@@ -61,6 +61,7 @@ def test_arms_are_the_product_minus_impossible_combinations(tmp_path):
     (("weights: [none]", "weights: [none], depth: [3]"), "x.yaml: arms: unknown axis/axes ['depth']"),
     (("budget:", "fixed: {epochs: 3}\nbudget:"), "x.yaml: fixed.epochs: may not be set in a space: set by budget.max_epochs"),
     (("budget:", "fixed: {optimizer: adam}\nbudget:"), "optimizer: must be one of ['sgd', 'adamw'], got 'adam'"),
+    (("budget:", "fixed: {metric: map}\nbudget:"), "x.yaml: fixed.metric: may not be set in a space: set by the space's top-level `metric`"),
     (("budget:", "metric: accuracy\nbudget:"), "x.yaml: metric: must be one of ['map50'"),
     (("budget:", "resources: {cpu: 0}\nbudget:"), "x.yaml: resources.cpu: must be a number > 0"),
 ])
@@ -89,3 +90,10 @@ def test_values_no_trial_could_train_with_fail_at_load(tmp_path):
         "budget:", "fixed: {optimizer: adamw}\nbudget:")
     with pytest.raises(SpaceError, match="nesterov: needs optimizer 'sgd'"):
         load_space(_write(tmp_path, bad))
+
+
+def test_the_space_s_metric_is_every_trial_s_metric(tmp_path):
+    """The metric ASHA and Optuna look at is the one each trial picks its best epoch (model.pt) by."""
+    s = load_space(_write(tmp_path, BASE.replace("budget:", "metric: iou_per_gt\nbudget:", 1)))
+    cfg = s.trial_config(s.arms[0], {"lr": 0.01})
+    assert cfg.metric == "iou_per_gt" == s.metric

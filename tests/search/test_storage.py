@@ -23,6 +23,8 @@ budget: {max_epochs: 3, grace_period: 1, reduction_factor: 2, trials_per_arm: 3,
 """
 
 
+pytestmark = pytest.mark.slow  # every test here runs whole searches
+
 @pytest.fixture(scope="module", autouse=True)
 def _no_ray_left_behind():
     yield

@@ -1,0 +1,119 @@
+"""Every private internal of Ray Tune and Optuna this project touches, in one place.
+
+Neither library offers what the per-arm search needs through public API: Ray's
+`AsyncHyperBandScheduler` cannot be given results it did not see itself (the rung rebuild after a
+resume), nor asked for its rungs; an `optuna.Trial` can only be re-attached to a study through its
+storage id. Those accesses live here and nowhere else. `check()` runs before a search starts (and in
+the test suite): when an upgrade moves one of them, it fails at once with a message naming the
+package, its version, the attribute and the versions this project was tested with, instead of
+deep inside a search. pyproject.toml bounds both packages to the versions the suite has passed.
+"""
+from __future__ import annotations
+
+import inspect
+
+import optuna
+import ray
+from ray.tune.schedulers import AsyncHyperBandScheduler
+
+# The versions the test suite passed with (pyproject.toml's bounds).
+TESTED = {"ray": ">=2.60,<2.61", "optuna": ">=5.0,<5.1"}
+
+
+class IncompatibleVersion(RuntimeError):
+    """A private internal this project relies on is missing or changed in the installed package."""
+
+
+def _require(obj, attr: str, package: str, version: str, what: str):
+    if not hasattr(obj, attr):
+        raise IncompatibleVersion(
+            f"{package} {version}: {what} has no `{attr}`, which search/compat.py relies on; this project "
+            f"was tested with {package}{TESTED[package]} (pip install '{package}{TESTED[package]}')")
+    return getattr(obj, attr)
+
+
+# ----------------------------------------------------------------------------------------------
+# Ray Tune: AsyncHyperBandScheduler (one bracket: `brackets=1`)
+
+
+class _TrialStub:
+    """What an ASHA bracket reads of a trial: its id."""
+
+    def __init__(self, trial_id: str):
+        self.trial_id = trial_id
+
+
+def _bracket(asha: AsyncHyperBandScheduler):
+    return _require(asha, "_brackets", "ray", ray.__version__, "AsyncHyperBandScheduler")[0]
+
+
+def asha_record(asha: AsyncHyperBandScheduler, trial_id: str, epoch: int, value: float) -> str:
+    """Give ASHA's bracket one result it did not see itself, as it records a live one (the trial enters
+    each rung the first time it reports that rung's epoch). Returns ASHA's decision (CONTINUE / STOP)."""
+    op = _require(asha, "_metric_op", "ray", ray.__version__, "AsyncHyperBandScheduler")
+    return _bracket(asha).on_result(_TrialStub(trial_id), epoch, op * value)
+
+
+def asha_knows(asha: AsyncHyperBandScheduler, trial_id: str) -> bool:
+    """Whether ASHA has the trial (added and not yet completed or removed)."""
+    return trial_id in _require(asha, "_trial_info", "ray", ray.__version__, "AsyncHyperBandScheduler")
+
+
+def asha_forget(asha: AsyncHyperBandScheduler, trial_id: str) -> None:
+    """Drop a trial that was removed or errored (ASHA has no public call for either)."""
+    _require(asha, "_trial_info", "ray", ray.__version__, "AsyncHyperBandScheduler").pop(trial_id, None)
+
+
+def asha_rungs(asha: AsyncHyperBandScheduler) -> dict[int, dict[str, float]]:
+    """{rung epoch: {trial id: metric as ASHA recorded it}} (ASHA stores the metric times its sign)."""
+    op = _require(asha, "_metric_op", "ray", ray.__version__, "AsyncHyperBandScheduler")
+    rungs = _require(_bracket(asha), "_rungs", "ray", ray.__version__, "ASHA's bracket")
+    return {int(milestone): {tid: float(v) * op for tid, v in recorded.items()} for milestone, recorded in rungs}
+
+
+def asha_num_stopped(asha: AsyncHyperBandScheduler) -> int:
+    return int(_require(asha, "_num_stopped", "ray", ray.__version__, "AsyncHyperBandScheduler"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Optuna: a trial's storage id, and the trial behind it
+
+
+def optuna_trial_id(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int:
+    """The storage id of a trial (not its `number`): what re-attaches an `optuna.Trial` to its study."""
+    return _require(trial, "_trial_id", "optuna", optuna.__version__, type(trial).__name__)
+
+
+def attach_trial(study: optuna.Study, trial_id: int) -> optuna.Trial:
+    """A live handle on the study's trial with this storage id (ask/tell's Trial, re-created)."""
+    return optuna.Trial(study, trial_id)
+
+
+def frozen_trial(study: optuna.Study, trial_id: int) -> optuna.trial.FrozenTrial:
+    """The stored state of one trial, read without copying the whole study."""
+    return _require(study, "_storage", "optuna", optuna.__version__, "Study").get_trial(trial_id)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def check() -> None:
+    """Fail now, naming the package and version, if an internal used above has moved."""
+    asha = AsyncHyperBandScheduler(time_attr="epoch", metric="m", mode="max", max_t=4, grace_period=1,
+                                   reduction_factor=2, brackets=1)
+    asha_knows(asha, "x")
+    asha_num_stopped(asha)
+    asha_rungs(asha)
+    params = list(inspect.signature(_bracket(asha).on_result).parameters)
+    if params[:3] != ["trial", "cur_iter", "cur_rew"]:
+        raise IncompatibleVersion(f"ray {ray.__version__}: ASHA's bracket.on_result takes {params}, not "
+                                  f"(trial, cur_iter, cur_rew); this project was tested with ray{TESTED['ray']}")
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" line
+    try:
+        study = optuna.create_study(storage=optuna.storages.InMemoryStorage(), direction="maximize")
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    trial = study.ask()
+    frozen_trial(study, optuna_trial_id(trial))
+    attach_trial(study, optuna_trial_id(trial))

@@ -1,0 +1,72 @@
+"""Inference latency of each arm's best model, measured once the search has ended.
+
+A trial runs beside other trials and its model changes every epoch; Faster R-CNN's time per image
+depends on how many proposals and detections survive, which training changes. So the latency the
+report ranks arms by is measured here instead: after the search (and confirmation) stages, for each
+arm its best configuration (`results.ranked`), the checkpoint Ray kept of it (its best epoch), in a
+Ray task with the trials' own resources (on a cluster, a node like the trials'), one arm after the
+other so that nothing else runs on that device, timed by `detector.engine.latency_ms`: warm-up and
+timed passes under the same settings, the median of `REPEATS` passes at batch size 1 on a
+validation image. Written to RUN_DIR/latency.json: {arm: {trial_id, latency_ms, latency_n, device}}.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from search.results import TrialRecord, ranked
+from search.space import Space
+from search.storage import RunLocation
+
+LATENCY_FILE = "latency.json"
+REPEATS = 20
+
+
+def _measure(checkpoint: str, data, repeats: int) -> dict:
+    """In a Ray task: load the checkpoint, time the model on the first validation image."""
+    import torch
+    from ray import tune
+
+    from detector.data import DetectionDataset
+    from detector.engine import Setup, latency_ms, model_from_checkpoint
+    from search.trainable import CKPT_NAME
+
+    train, val = data
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with tune.Checkpoint(checkpoint).as_directory() as d:
+        model, cfg, _ = model_from_checkpoint(Path(d) / CKPT_NAME, device)
+    setup = Setup.create(cfg, train, device)
+    image = DetectionDataset(val, cfg.in_channels)[0][0]
+    return {**latency_ms(model, image, setup, repeats=repeats), "device": str(device)}
+
+
+def measure(space: Space, loc: RunLocation, data, records: list[TrialRecord], repeats: int = REPEATS) -> dict:
+    """Measure every arm's best model (see the module docstring), write latency.json, return its content.
+    An arm whose best model could not be timed (no checkpoint kept, the task failed) gets
+    {"trial_id", "error"} instead of a time."""
+    import ray
+
+    task = ray.remote(num_cpus=space.cpu, num_gpus=space.gpu)(_measure)
+    out = {}
+    for arm in space.arms:
+        order = ranked(records, arm.name)
+        if not order:
+            continue
+        best = order[0]
+        kept = loc.checkpoints(Path(best.path))
+        if not kept:
+            out[arm.name] = {"trial_id": best.trial_id, "error": "no checkpoint kept"}
+            continue
+        try:  # one at a time: the next model is measured only when the last one is done
+            out[arm.name] = {"trial_id": best.trial_id, **ray.get(task.remote(kept[-1], data, repeats))}
+        except Exception as e:  # a failed measurement costs the report its latency, never the search
+            out[arm.name] = {"trial_id": best.trial_id, "error": f"{type(e).__name__}: {e}"[:500]}
+    (loc.local / LATENCY_FILE).write_text(json.dumps(out, indent=1))
+    loc.push([LATENCY_FILE])
+    return out
+
+
+def read(run_dir: Path) -> dict:
+    """latency.json of a run, or {} when it has none (a run that ended before the measurement)."""
+    f = Path(run_dir) / LATENCY_FILE
+    return json.loads(f.read_text()) if f.exists() else {}

@@ -1,0 +1,42 @@
+"""Faults injected from the tests, never from the production trainable: a wrapper around
+search.trainable.train_trial that raises once, right after a trial reports a given epoch.
+
+search.run builds its trainable from `search.trainable.train_trial` when it starts; a test puts
+`train_trial_failing_once` there (monkeypatch), and Ray ships it to the trial workers. This module is
+pickled by value (`ray.cloudpickle.register_pickle_by_value`), so the workers need not import it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ray import tune
+
+from search import trainable
+
+FAIL_AFTER_EPOCH = 1
+
+
+class InjectedFault(RuntimeError):
+    """Raised once per trial by `train_trial_failing_once`."""
+
+
+def train_trial_failing_once(config: dict, data) -> None:
+    """`train_trial`, raising InjectedFault right after the trial reports epoch FAIL_AFTER_EPOCH (with
+    its checkpoint) the first time; a marker file in the trial folder remembers that it did, so Ray's
+    retry from that checkpoint runs normally."""
+    marker = Path(tune.get_context().get_trial_dir()) / ".fault-injected"
+    real_fit = trainable.fit
+
+    def fit(cfg, train, val, out_dir, *, on_epoch, **kw):
+        def on_epoch_then_fail(metrics, ckpt_path):
+            on_epoch(metrics, ckpt_path)  # reported, with its checkpoint
+            if int(metrics["epoch"]) == FAIL_AFTER_EPOCH and not marker.exists():
+                marker.touch()
+                raise InjectedFault(f"injected failure after epoch {FAIL_AFTER_EPOCH}")
+
+        return real_fit(cfg, train, val, out_dir, on_epoch=on_epoch_then_fail, **kw)
+
+    trainable.fit = fit  # in this worker process only, for this trial
+    try:
+        trainable.train_trial(config, data)
+    finally:
+        trainable.fit = real_fit

@@ -1,0 +1,111 @@
+"""Results read back from a run folder: one rule for each derived fact (outcome, best epoch, which
+trials count), the same columns in results.csv and trials.json, and damage that hides nothing."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+from optuna.trial import TrialState
+from ray.tune.experiment import Trial
+
+from search import results as R
+from search.progress import ArmTable
+from search.searcher import ArmSearcher
+from search.space import load_space
+
+ARM = "resnet18-v1-none-t5"
+
+
+def _trial_dir(stage_dir, tid, lines, arm=ARM, raw_tail=""):
+    d = stage_dir / f"{arm}_{tid}"
+    d.mkdir(parents=True)
+    (d / "params.json").write_text(json.dumps({"arm": arm, "study": arm, "cfg": {"epochs": 4}, "params": {}}))
+    (d / "result.json").write_text("".join(json.dumps({"trial_id": tid, **x}) + "\n" for x in lines) + raw_tail)
+    return d
+
+
+def _state(stage_dir, statuses: dict[str, str]):
+    """An experiment state as Ray writes it (only what results.ray_statuses reads)."""
+    data = [[json.dumps({"trial_id": t, "status": s}), "{}"] for t, s in statuses.items()]
+    (stage_dir / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trial_data": data}))
+
+
+def test_ties_keep_the_earliest_epoch(tmp_path):
+    """detector.fit keeps the first of tied epochs as model.pt; results.csv names the same epoch."""
+    d = _trial_dir(tmp_path / "trials", "a", [{"epoch": 1.0, "map50": 0.2}, {"epoch": 2.0, "map50": 0.5},
+                                              {"epoch": 3.0, "map50": 0.5}, {"epoch": 4.0, "map50": 0.4}])
+    rec = R.read_trial(d, "map50", 4)
+    assert (rec.best, rec.best_epoch, rec.last) == (0.5, 2, 0.4)
+
+
+def test_a_line_cut_by_a_crash_hides_no_later_epoch(tmp_path):
+    """Ray appends to result.json after a resume: epochs after a cut line still count, the line is counted."""
+    d = _trial_dir(tmp_path / "trials", "a", [{"epoch": 1.0, "map50": 0.2}],
+                   raw_tail='{"trial_id": "a", "epoch": 2.0, "ma\n'
+                            + json.dumps({"trial_id": "a", "epoch": 2.0, "map50": 0.3}) + "\n"
+                            + json.dumps({"trial_id": "a", "epoch": 3.0, "map50": 0.6}) + "\n")
+    rec = R.read_trial(d, "map50", 4)
+    assert [h["epoch"] for h in rec.history] == [1.0, 2.0, 3.0]
+    assert (rec.epochs, rec.best, rec.best_epoch, rec.unreadable_lines) == (3, 0.6, 3, 1)
+    assert R.read_history(d)[-1]["epoch"] == 3.0
+
+
+def test_trials_missing_from_the_experiment_state_do_not_count(tmp_path):
+    stage = tmp_path / "trials"
+    _trial_dir(stage, "a", [{"epoch": 1.0, "map50": 0.2}])
+    _trial_dir(stage, "lost", [{"epoch": 1.0, "map50": 0.9}])  # started after Ray's last checkpoint
+    _state(stage, {"a": "TERMINATED"})
+    assert [tid for _, tid, _ in R.counted_trials(stage)] == ["a"]
+    assert [r.trial_id for r in R.collect(tmp_path, "map50", 4)] == ["a"]
+
+
+@pytest.mark.parametrize("lines, error, finished, expected", [
+    ([{"epoch": 1.0, "map50": 0.1}, {"epoch": 2.0, "map50": 0.2}], False, False, "stopped"),
+    ([{"epoch": float(e), "map50": 0.1 * e} for e in (1, 2, 3, 4)], False, True, "finished"),
+    ([{"epoch": 1.0, "map50": 0.1}, {"epoch": 1.0, "map50": math.nan, "fail_reason": "NonFiniteLossError: x"}],
+     False, False, "failed"),
+    ([{"epoch": 1.0, "map50": 0.1}], True, False, "failed"),
+])
+def test_searcher_progress_table_and_results_agree_on_a_trial_s_outcome(tmp_path, lines, error, finished, expected):
+    """The same trial end, seen by the three readers: Optuna's state, the terminal table, results.csv."""
+    space_file = tmp_path / "s.yaml"
+    space_file.write_text("arms: {backbone: [resnet18]}\nparams: {lr: {type: float, low: 0.001, high: 0.01}}\n"
+                          "budget: {max_epochs: 4, trials_per_arm: 1}\n")
+    space = load_space(space_file)
+    searcher = ArmSearcher(space, tmp_path / "optuna.journal")
+    config = searcher.suggest("t")
+    last = lines[-1]
+    searcher.on_trial_complete("t", last, error=error)
+    (stored,) = searcher.studies[ARM].get_trials()
+
+    table = ArmTable("map50", [ARM], max_epochs=4)
+    trial = Trial("fake_trainable", config=config, trial_id="t", stub=True)
+    trial.run_metadata.last_result = last
+    (table.on_trial_error if error else table.on_trial_complete)(0, [], trial)
+
+    d = _trial_dir(tmp_path / "trials", "t", lines)
+    _state(tmp_path / "trials", {"t": "ERROR" if error else "TERMINATED"})
+    rec = R.read_trial(d, "map50", 4, R.ray_statuses(tmp_path / "trials")["t"])
+
+    assert rec.status == table.status["t"] == expected
+    assert stored.state == {"finished": TrialState.COMPLETE, "stopped": TrialState.PRUNED, "failed": TrialState.FAIL}[expected]
+
+
+def test_results_csv_and_trials_json_use_the_same_named_columns(tmp_path):
+    _trial_dir(tmp_path / "trials", "a", [{"epoch": 1.0, "map": 0.2}, {"epoch": 2.0, "map": 0.3}])
+    records = R.collect(tmp_path, "map", 4)
+    R.write_results(tmp_path, records, "map")
+    with open(tmp_path / "results.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    (js,) = json.loads((tmp_path / "trials.json").read_text())
+    for key in R.TrialRecord.columns("map"):
+        assert str(js[key]) == row[key], key
+    assert row["status"] == "stopped" and row["epochs_run"] == "2" and row["best_map"] == "0.3"
+    assert "best" not in row and "best_map50" not in row
+
+
+def test_results_csv_has_its_header_with_no_trial(tmp_path):
+    R.write_results(tmp_path, [], "map50")
+    assert (tmp_path / "results.csv").read_text().startswith("trial_id,arm,study,stage,status,epochs_run,best_map50,")
