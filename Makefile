@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: demo test test-fast venv clean bench-demo bench-loop bench-overhead bench-memory bench-gpu-smoke
+.PHONY: demo test test-fast venv clean bench-demo bench-loop bench-overhead bench-memory bench-parity bench-gpu-smoke
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +36,12 @@ bench-overhead: $(STAMP)
 	$(PY) bench/search_overhead.py
 bench-memory: $(STAMP)
 	$(PY) bench/memory.py
+# The benchmarks' own extra (pycocotools), once.
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+bench-parity: $(BENCH_STAMP)
+	$(PY) bench/parity.py
 # bench/gpu.sh runs on the GPU machine (see its header); here, its CPU smoke test.
 bench-gpu-smoke: $(STAMP)
 	SMOKE=1 PYTHON=$(PY) OUT=bench/out/gpu-smoke bash bench/gpu.sh

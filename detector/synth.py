@@ -72,16 +72,19 @@ def _ellipse_box(cx, cy, a, b, theta, size) -> list[float] | None:
     return [x0, y0, x1, y1]
 
 
-def render_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[list[float]]]:
-    """One (size, size) uint8 image and its object boxes (xyxy, px)."""
+def render_image(rng: np.random.Generator, size: int, object_px: tuple[float, float] = (MIN_OBJECT, MAX_OBJECT),
+                 objects_per_kpx: tuple[float, float] = OBJECTS_PER_KPX) -> tuple[np.ndarray, list[list[float]]]:
+    """One (size, size) uint8 image and its object boxes (xyxy, px). `object_px`: the range of object
+    sizes (px, skewed to the small end); `objects_per_kpx`: the range of objects per 1000 px^2."""
     img = _background(rng, size)
     area_k = size * size / 1000.0
-    n = int(rng.integers(int(OBJECTS_PER_KPX[0] * area_k), int(OBJECTS_PER_KPX[1] * area_k) + 1))
+    n = int(rng.integers(int(objects_per_kpx[0] * area_k), int(objects_per_kpx[1] * area_k) + 1))
+    min_object, max_object = object_px
     placed: list[tuple[float, float, float]] = []  # (cx, cy, radius)
     boxes = []
     for _ in range(n):
         # Sizes skewed to the small end: most objects are under 12 px.
-        d = MIN_OBJECT * (MAX_OBJECT / MIN_OBJECT) ** (rng.uniform() ** 1.6)
+        d = min_object * (max_object / min_object) ** (rng.uniform() ** 1.6)
         a = d / 2
         b = a * rng.uniform(0.6, 1.0)
         theta = rng.uniform(0, math.pi)
@@ -122,14 +125,15 @@ def render_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[
 
 
 def write_dataset(out: str | os.PathLike, n_images: int = DEFAULT_IMAGES, size: int = DEFAULT_SIZE,
-                  seed: int = 0) -> Path:
-    """Write `n_images` PNGs and a COCO `annotations.json` into `out`; return the JSON's path."""
+                  seed: int = 0, **render) -> Path:
+    """Write `n_images` PNGs and a COCO `annotations.json` into `out`; return the JSON's path.
+    `render` (object_px, objects_per_kpx) changes the objects' character (render_image)."""
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
     for i in range(n_images):
         rng = np.random.default_rng([seed, i])
-        pixels, boxes = render_image(rng, size)
+        pixels, boxes = render_image(rng, size, **render)
         name = f"images/{i:05d}.png"
         Image.fromarray(pixels, mode="L").save(out / name, format="PNG", optimize=False, compress_level=6)
         images.append({"id": i + 1, "file_name": name, "width": size, "height": size})

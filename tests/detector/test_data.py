@@ -201,3 +201,11 @@ def test_random_augment_keeps_boxes_inside_the_image():
         assert len(b) == int(keep.sum())
         assert (b[:, 0] >= 0).all() and (b[:, 1] >= 0).all() and (b[:, 2] <= w).all() and (b[:, 3] <= h).all()
         assert ((b[:, 2] - b[:, 0]) >= 1).all() and ((b[:, 3] - b[:, 1]) >= 1).all()
+
+
+def test_synthetic_objects_can_be_fewer_and_larger(tmp_path):
+    """bench/parity.py's second dataset: the same renderer with at most 15 objects of 16-64 px per image."""
+    s = D.load_coco(synth.write_dataset(tmp_path, n_images=6, seed=1, object_px=(16.0, 64.0),
+                                        objects_per_kpx=(0.2, 0.6))).summary()
+    assert 3 <= s["objects_per_image"]["min"] and s["objects_per_image"]["max"] <= 15
+    assert s["box_width_px"]["q05"] >= 10 and s["boxes_under_16px"] < 0.3 * s["objects"]
