@@ -204,8 +204,10 @@ class ArmSearcher(Searcher):
     def save(self, checkpoint_path: str) -> None:
         # JSON, not pickle, although Ray names the file .pkl: a run's state is read back from
         # storage on resume, and reading it must not run code.
-        with open(checkpoint_path, "w") as f:
-            json.dump({"started": self.started, "live": self.live}, f)
+        # Written to a temporary file and renamed: a driver killed mid-write leaves the previous state.
+        tmp = Path(checkpoint_path).with_name(Path(checkpoint_path).name + ".tmp")
+        tmp.write_text(json.dumps({"started": self.started, "live": self.live}))
+        tmp.replace(checkpoint_path)
         if self.snapshot_journal and self.journal.exists():
             # Beside the searcher state in Ray's experiment folder, which Ray uploads to object
             # storage with it: the studies as they were when this state was saved.

@@ -102,6 +102,24 @@ def wait_until(condition, timeout: float, what: str, proc=None) -> None:
         time.sleep(0.3)
 
 
+def kill_between_snapshots(search: "SearchProcess", stage_dir: Path, quiet_s: float = 0.5, timeout: float = 60) -> None:
+    """SIGKILL the search once Ray's experiment state in `stage_dir` is complete and has not been
+    written for `quiet_s`. Ray writes that file in place (open, then json.dump: not atomic), right
+    after the result that a test's kill condition watches for: a kill landing inside the write
+    leaves an empty state that no resume can use (search.run refuses it, naming the file)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        states = sorted(Path(stage_dir).glob("experiment_state-*.json"))
+        try:
+            if states and time.time() - states[-1].stat().st_mtime >= quiet_s:
+                json.loads(states[-1].read_text())
+                break
+        except (OSError, json.JSONDecodeError):
+            pass
+        time.sleep(0.05)
+    search.kill()
+
+
 class SearchProcess:
     """`python -m search.run ARGS` as its own process group, output in `log` (default: the next free
     `search-N.log` in `log_dir`); killed with its group (the driver and any Ray it started) when the

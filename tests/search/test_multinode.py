@@ -18,7 +18,8 @@ import ray
 import yaml
 from ray.cluster_utils import AutoscalingCluster, Cluster
 
-from searchutil import ROOT, SearchProcess, assert_every_trial_once, reported_epochs, result_rows, wait_until, write_space
+from searchutil import (ROOT, SearchProcess, assert_every_trial_once, kill_between_snapshots, reported_epochs,
+                        result_rows, wait_until, write_space)
 
 
 pytestmark = pytest.mark.slow  # every test here runs whole searches
@@ -96,7 +97,7 @@ resources: {cpu: 1}
     with _start_search(space, c.address) as search:
         wait_until(lambda: sum(map(len, reported_epochs(trials).values())) >= 3, 240, "3 epochs were reported",
                    search.proc)
-        search.kill()  # SIGKILL: the driver only; the cluster's processes are not in its group
+        kill_between_snapshots(search, trials)  # SIGKILL: the driver only; the cluster's processes are not in its group
     assert not (tmp_path / "runs" / "c" / "results.csv").exists()
 
     with _start_search(space, c.address, "--resume") as resumed:

@@ -19,8 +19,8 @@ from detector import config as C
 from search import export, run
 from search.space import load_space
 
-from searchutil import (SearchProcess, assert_every_trial_once, reported_epochs, result_rows as _rows,
-                        wait_until, write_space as _space)
+from searchutil import (SearchProcess, assert_every_trial_once, kill_between_snapshots, reported_epochs,
+                        result_rows as _rows, wait_until, write_space as _space)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -212,7 +212,7 @@ budget: {max_epochs: 3, grace_period: 1, reduction_factor: 2, trials_per_arm: 3,
         # Kill once some epochs are stored and trials are still to come.
         wait_until(lambda: sum(map(len, reported_epochs(trials).values())) >= 3, 240, "3 epochs were reported",
                    search.proc)
-        search.kill()  # SIGKILL to the driver and the local Ray it started (its process group)
+        kill_between_snapshots(search, trials)  # SIGKILL to the driver and the local Ray it started
     time.sleep(2)
     assert not (tmp_path / "runs" / "k" / "results.csv").exists()
     assert list(scratch.glob("smallobj-trial-*"))  # the killed trials' scratch folders, left behind
@@ -252,7 +252,7 @@ confirm: {top_k: 1, seeds: 2}
     with SearchProcess(*args, log=tmp_path / "search.log") as search:
         wait_until(lambda: any(reported_epochs(run_dir / "confirm").values()), 300,
                    "a confirmation trial reported an epoch", search.proc)
-        search.kill()
+        kill_between_snapshots(search, run_dir / "confirm")
     assert run.main(args + ["--resume"]) == 0
     rows = _rows(run_dir)
     assert len([r for r in rows if r["stage"] == "search"]) == 2
