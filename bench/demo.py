@@ -32,7 +32,7 @@ from search.space import load_space  # noqa: E402
 
 
 def untrained_map50(space, arm) -> float:
-    train, val = load_splits(space.data, val_data=space.val_data, images=space.images, val_fraction=0.2,
+    train, val, _ = load_splits(space.data, val_data=space.val_data, images=space.images, val_fraction=0.2,
                              seed=space.seed)
     cfg = space.trial_config(arm, {})
     setup = Setup.create(cfg, train, "cpu")

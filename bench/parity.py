@@ -229,7 +229,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name in a.datasets:
             data = synth.write_dataset(Path(tmp) / name, seed=0, **DATASETS[name])
-            train, val = load_splits(str(data), val_fraction=0.25, seed=SPLIT_SEED)
+            train, val, _ = load_splits(str(data), val_fraction=0.25, seed=SPLIT_SEED)
             counts = [len(b) for b in val.boxes]
             res = out["datasets"][name] = {"train_images": len(train), "val_images": len(val),
                                            "val_objects_per_image": [min(counts), max(counts)],

@@ -63,6 +63,8 @@ class TrainConfig:
     crop_size: Union[int, None] = None
     scale_jitter: Union[tuple, None] = None
     val_fraction: float = 0.2
+    test_fraction: float = 0.0
+    split_seed: int = 0
     num_workers: int = 2
     # --- optimisation -------------------------------------------------------------------
     optimizer: str = "sgd"
@@ -120,7 +122,9 @@ FIELD_DOCS = {
     "rot90": "random rotations by multiples of 90 degrees (on by default; flips+rot90 vs none, mAP50 after 6 epochs, 3 seeds: 0.242 vs 0.220 and 0.692 vs 0.671, within the seed spread)",
     "crop_size": "random square crops of this many px (null = off)",
     "scale_jitter": "random rescale by a factor in [low, high] (null = off)",
-    "val_fraction": "share of images held out for validation when no separate validation file is given",
+    "val_fraction": "share of all images held out for validation when no separate validation file is given",
+    "test_fraction": "share of all images held out as test images (split off first, by split_seed) when no separate test file is given; 0 = no test images",
+    "split_seed": "seed of the train/validation/test split (its own seed: trials with other seeds see the same images)",
     "num_workers": "data-loader worker processes",
     "optimizer": "sgd (momentum, optional Nesterov) or adamw",
     "lr": "peak learning rate, reached after warm-up",
@@ -138,7 +142,7 @@ FIELD_DOCS = {
     "clip_grad_norm": "gradient-norm clipping threshold (null = off)",
     "amp": "mixed precision on CUDA (bf16 where supported, else fp16 with a gradient scaler); ignored on the CPU",
     "channels_last": "channels-last memory format for the model and images",
-    "seed": "seed of the split, shuffling, augmentation and initialisation",
+    "seed": "seed of shuffling, augmentation and initialisation (the split has its own: split_seed)",
     "metric": f"validation metric that chooses the best epoch (model.pt) and drives patience, maximised: one of {', '.join(METRICS)}",
     "patience": "stop after this many epochs without a better `metric` (null = off)",
     "nonfinite_patience": "fail after this many consecutive steps with a non-finite loss",
@@ -212,6 +216,11 @@ def _validate(c: TrainConfig) -> None:
               "must be null or [low, high] with 0 < low <= high")
     _rule(_is_num(c.val_fraction) and 0.0 < c.val_fraction < 1.0, "val_fraction", c.val_fraction,
           "must be a number in (0, 1)")
+    _rule(_is_num(c.test_fraction) and 0.0 <= c.test_fraction < 1.0, "test_fraction", c.test_fraction,
+          "must be a number in [0, 1)")
+    _rule(c.val_fraction + c.test_fraction < 1.0, "test_fraction", c.test_fraction,
+          f"val_fraction + test_fraction must be < 1 (val_fraction is {c.val_fraction}): no image would be left to train on")
+    _rule(_is_int(c.split_seed) and c.split_seed >= 0, "split_seed", c.split_seed, "must be an integer >= 0")
     _rule(_is_int(c.num_workers) and c.num_workers >= 0, "num_workers", c.num_workers, "must be an integer >= 0")
     _rule(c.optimizer in OPTIMIZERS, "optimizer", c.optimizer, f"must be one of {list(OPTIMIZERS)}")
     _rule(_is_num(c.lr) and c.lr > 0, "lr", c.lr, "must be a number > 0")
@@ -256,7 +265,7 @@ def from_dict(data: dict, source: str = "config") -> TrainConfig:
         if k in _TUPLE_FIELDS and isinstance(v, list):
             v = tuple(v)
         if k in ("lr", "weight_decay", "momentum", "gamma", "warmup_epochs", "warmup_factor", "box_score_thresh",
-                 "box_nms_thresh", "val_fraction", "clip_grad_norm") and _is_int(v):
+                 "box_nms_thresh", "val_fraction", "test_fraction", "clip_grad_norm") and _is_int(v):
             v = float(v)  # YAML `lr: 1` is an int; the field is a float
         values[k] = v
     try:

@@ -18,7 +18,7 @@ import xml.etree.ElementTree as ET
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -329,6 +329,19 @@ def split(ds: DecodedDataset, val_fraction: float, seed: int) -> tuple[DecodedDa
     return ds.subset(sorted(order[n_val:])), ds.subset(sorted(order[:n_val]))
 
 
+class Splits(NamedTuple):
+    """The images a configuration is trained (`train`), chosen (`val`) and scored (`test`) on.
+    `test` is None when there are no held-out test images."""
+
+    train: DecodedDataset
+    val: DecodedDataset
+    test: DecodedDataset | None
+
+    def fingerprint(self) -> str:
+        """Identifies the three sets together: train-val[-test] fingerprints."""
+        return "-".join(d.fingerprint() for d in self if d is not None)
+
+
 def default_data_dir() -> Path:
     """Cache folder of the embedded synthetic dataset (generated once)."""
     root = Path(os.environ.get("SMALLOBJ_CACHE", Path.home() / ".cache" / "smallobj-search"))
@@ -352,19 +365,32 @@ def ensure_default_data() -> Path:
     return ann
 
 
-def load_splits(data: str | None = None, *, val_data: str | None = None, images: str | None = None,
-                val_fraction: float = 0.2, seed: int = 0) -> tuple[DecodedDataset, DecodedDataset]:
-    """Train and validation datasets: separate files, or one file split by seed; the embedded
-    synthetic dataset when `data` is None. Raises DataError when the data is unusable."""
+def load_splits(data: str | None = None, *, val_data: str | None = None, test_data: str | None = None,
+                images: str | None = None, val_fraction: float = 0.2, test_fraction: float = 0.0,
+                seed: int = 0) -> Splits:
+    """Train, validation and (optional) test datasets; the embedded synthetic dataset when `data` is
+    None. Test images come from `test_data`, or are split off `data` first (`test_fraction` of all
+    images, by `seed`); validation images come from `val_data`, or are split off what is left
+    (`val_fraction` of all images, by the same seed). Raises DataError when the data is unusable;
+    a test set without any object is refused for the same reason a training set would be."""
     data = data or str(ensure_default_data())
     train = load_any(data, images)
     require_usable(train, str(data))
+    test = None
+    if test_data:
+        test = load_any(test_data, images, class_names=train.class_names)
+        require_usable(test, f"{test_data} (test images)")
+    elif test_fraction > 0:
+        train, test = split(train, test_fraction, seed)
+        require_usable(test, f"{data}: the {len(test)} test image(s) split off by test_fraction={test_fraction}")
+        val_fraction = val_fraction / (1.0 - test_fraction)  # still a share of all images
     if val_data:
         val = load_any(val_data, images, class_names=train.class_names)
         if len(val) == 0:
             raise DataError(f"{val_data}: no readable image")
-        return train, val
-    return split(train, val_fraction, seed)
+        return Splits(train, val, test)
+    train, val = split(train, val_fraction, seed)
+    return Splits(train, val, test)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -314,9 +314,14 @@ EpochCallback = Callable[[dict, Path], None]
 
 
 def fit(cfg: TrainConfig, train: DecodedDataset, val: DecodedDataset, out_dir: str | os.PathLike, *,
-        device: str | torch.device | None = None, on_epoch: EpochCallback | None = None,
-        resume: bool = False, progress: bool = False, log: Callable[[str], None] | None = None) -> dict:
+        test: DecodedDataset | None = None, device: str | torch.device | None = None,
+        on_epoch: EpochCallback | None = None, resume: bool = False, progress: bool = False,
+        log: Callable[[str], None] | None = None) -> dict:
     """Train `cfg` on `train`, evaluating on `val` after every epoch.
+
+    With `test` (held-out images), each epoch that becomes the best on validation is also scored on
+    `test`, under the same keys prefixed `test_` (`test_map50` ...): the epoch is chosen on
+    validation only, and the test images never influence training, the best epoch or patience.
 
     Writes into `out_dir`: `checkpoint.pt` (latest, every epoch, atomically), `model.pt` (best
     weights + configuration), `metrics.jsonl` (one object per epoch) and `summary.json`.
@@ -340,6 +345,9 @@ def fit(cfg: TrainConfig, train: DecodedDataset, val: DecodedDataset, out_dir: s
     pin = setup.device.type == "cuda"
     val_loader = torch.utils.data.DataLoader(val_set, batch_size=cfg.batch_size, shuffle=False,
                                              num_workers=cfg.num_workers, collate_fn=collate, pin_memory=pin)
+    test_loader = None if test is None else torch.utils.data.DataLoader(
+        DetectionDataset(test, cfg.in_channels), batch_size=cfg.batch_size, shuffle=False,
+        num_workers=cfg.num_workers, collate_fn=collate, pin_memory=pin)
     iters_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer, iters_per_epoch)
@@ -384,10 +392,12 @@ def fit(cfg: TrainConfig, train: DecodedDataset, val: DecodedDataset, out_dir: s
             m.update(evaluate(model, val_loader, setup, max_dets))
             m.update(epoch=float(epoch), peak_mem_mb=peak_mem_mb(setup.device),
                      params_total=float(total), params_trainable=float(trainable))
-            history.append(m)
             if is_better(m[cfg.metric], best):  # the one rule: strictly better, so ties keep the first
                 best, best_epoch = m[cfg.metric], epoch
+                if test_loader is not None:
+                    m.update({f"test_{k}": v for k, v in evaluate(model, test_loader, setup, max_dets).items()})
                 atomic_save(_model_file(model, cfg, train, setup), out / "model.pt")
+            history.append(m)
             atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
                          "rng": _rng_state(), "config": C.to_dict(cfg), "history": history, "best": best,

@@ -14,7 +14,7 @@ from tests.conftest import TINY
 
 
 def test_fit_and_the_bare_loop_compute_the_same_numbers(tiny_data, tmp_path):
-    train, val = load_splits(str(tiny_data), val_fraction=0.3, seed=0)
+    train, val, _ = load_splits(str(tiny_data), val_fraction=0.3, seed=0)
     cfg = C.from_dict({**parity.BASE, **TINY, "epochs": 2, "seed": 3, "lr": 0.01}, source="test")
     seen = []
     fit(cfg, train, val, tmp_path, device="cpu", on_epoch=lambda m, ck: seen.append(m))

@@ -92,7 +92,7 @@ def test_dataset_with_every_problem_still_trains(messy, tmp_path):
     from detector.engine import fit
     from tests.conftest import TINY
 
-    train, val = D.load_splits(str(messy), val_fraction=0.25, seed=0)
+    train, val, _ = D.load_splits(str(messy), val_fraction=0.25, seed=0)
     cfg = from_dict({**TINY, "backbone": "resnet18", "epochs": 1, "min_size": 48, "max_size": 48})
     s = fit(cfg, train, val, tmp_path / "run")
     assert s["epochs_run"] == 1 and 0.0 <= s["best"]["map50"] <= 1.0
@@ -156,6 +156,32 @@ def test_split_is_deterministic_and_disjoint(tiny_data):
     t2, v2 = D.split(ds, 0.3, seed=5)
     assert t1.file_names == t2.file_names and v1.file_names == v2.file_names
     assert not set(t1.file_names) & set(v1.file_names) and len(v1) == 3 and len(t1) == 7
+
+
+def test_test_images_are_split_off_first_by_their_own_seed(tiny_data):
+    none = D.load_splits(str(tiny_data), val_fraction=0.3, seed=5)
+    assert none.test is None
+    assert none.train.image_ids == D.split(D.load_coco(tiny_data), 0.3, 5)[0].image_ids  # unchanged without test
+    s = D.load_splits(str(tiny_data), val_fraction=0.3, test_fraction=0.2, seed=5)
+    ids = [set(d.image_ids) for d in s]
+    assert [len(x) for x in ids] == [5, 3, 2]  # fractions of all 10 images
+    assert not (ids[0] & ids[1]) and not (ids[0] & ids[2]) and not (ids[1] & ids[2])
+    again = D.load_splits(str(tiny_data), val_fraction=0.3, test_fraction=0.2, seed=5)
+    assert [d.image_ids for d in again] == [d.image_ids for d in s] and again.fingerprint() == s.fingerprint()
+    other = D.load_splits(str(tiny_data), val_fraction=0.3, test_fraction=0.2, seed=6)
+    assert [d.image_ids for d in other] != [d.image_ids for d in s] and other.fingerprint() != s.fingerprint()
+    assert s.fingerprint().count("-") == 2 and none.fingerprint().count("-") == 1
+
+
+def test_test_file_without_objects_is_refused_with_the_data_checks_reason(tiny_data, tmp_path):
+    coco = json.loads(Path(tiny_data).read_text())
+    coco["annotations"] = []
+    empty = tmp_path / "test.json"
+    empty.write_text(json.dumps(coco))
+    for img in coco["images"]:
+        (tmp_path / img["file_name"]).parent.mkdir(parents=True, exist_ok=True)
+    with pytest.raises(D.DataError, match="test images.*no object in any image"):
+        D.load_splits(str(tiny_data), test_data=str(empty), images=str(Path(tiny_data).parent))
 
 
 # --- augmentations: boxes follow the pixels exactly ----------------------------------------------

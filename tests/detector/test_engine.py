@@ -22,7 +22,7 @@ KEYS = {"map50", "map", "map_small", "iou_per_pred", "iou_per_gt", "loss", "loss
 
 @pytest.fixture(scope="module")
 def splits(tiny_data):
-    return load_splits(str(tiny_data), val_fraction=0.3, seed=0)
+    return load_splits(str(tiny_data), val_fraction=0.3, seed=0)[:2]  # (train, val)
 
 
 def test_two_epochs_write_metrics_checkpoints_and_summary(splits, tmp_path):
@@ -46,6 +46,25 @@ def test_two_epochs_write_metrics_checkpoints_and_summary(splits, tmp_path):
     ck = load_checkpoint(tmp_path / "checkpoint.pt")
     assert ck["epoch"] == 2 and C.from_dict(ck["config"]) == C.from_dict(CFG)
     assert set(ck) >= {"model", "optimizer", "scheduler", "scaler", "rng", "config"}
+
+
+def test_test_images_are_scored_at_the_epochs_validation_chooses_and_change_nothing(splits, tmp_path):
+    train, val = splits
+    plain, scored = [], []
+    fit(C.from_dict({**CFG, "epochs": 3}), train, val, tmp_path / "a", on_epoch=lambda m, ck: plain.append(m))
+    # The validation images as "test" images: the test scores must then equal the validation ones.
+    s = fit(C.from_dict({**CFG, "epochs": 3}), train, val, tmp_path / "b", test=val,
+            on_epoch=lambda m, ck: scored.append(m))
+    best, measured = -math.inf, ("epoch_time_s", "train_img_per_s", "eval_time_s", "eval_img_per_s", "peak_mem_mb")
+    for p, m in zip(plain, scored):
+        same = [k for k in p if k not in measured]
+        assert [m[k] for k in same] == [p[k] for k in same]  # training and validation saw no test image
+        if m["map50"] > best:
+            best = m["map50"]
+            assert m["test_map50"] == m["map50"] and m["test_iou_per_gt"] == m["iou_per_gt"]
+        else:
+            assert not any(k.startswith("test_") for k in m)
+    assert s["best"]["test_map50"] == s["best"]["map50"]
 
 
 def test_resumed_run_ends_with_the_same_metrics(splits, tmp_path):

@@ -133,6 +133,9 @@ def test_param_counts_match_the_study():
     ({"weights": "places365"}, "weights: must be one of ['none', 'imagenet', 'coco'] or a checkpoint path"),
     ({"in_channels": 2}, "in_channels: must be 1 or 3, got 2"),
     ({"anchor_sizes": [8, 16]}, "anchor_sizes: must be 5 positive integers"),
+    ({"val_fraction": 0.5, "test_fraction": 0.5}, "test_fraction: val_fraction + test_fraction must be < 1"),
+    ({"test_fraction": -0.1}, "test_fraction: must be a number in [0, 1), got -0.1"),
+    ({"split_seed": -1}, "split_seed: must be an integer >= 0, got -1"),
 ])
 def test_invalid_values_name_field_value_and_rule(changes, fragment):
     with pytest.raises(C.ConfigError) as e:
