@@ -1,24 +1,32 @@
 """Export the best configurations of a run, ready to retrain unchanged.
 
-    python -m search.export RUN_DIR [--out DIR] [--top K]
+    python -m search.export RUN_DIR [--out DIR] [--top K] [--from confirm|search]
 
 Writes DIR/best.yaml (the best configuration overall) and DIR/<arm>.yaml for every arm (with
 --top K > 1 also <arm>-2.yaml ...). Each file holds every resolved training field with the full
-epoch budget, and a header (comments plus a `search:` block that `detector.config.load` skips)
-with the metric reached, the trial id, the epochs it ran, the dataset's fingerprint and the
-package versions. Retrain with: python -m detector.train --config DIR/best.yaml
+epoch budget (the split fields too: the same split_seed gives the same train, validation and test
+images), and a header (comments plus a `search:` block that `detector.config.load` skips) with the
+metric reached, the trial id, the epochs it ran, the dataset's fingerprint, the confirmation mean ±
+sd and the test metrics (when the run has them) and the package versions.
+
+--from picks whose ranking is exported: `confirm` (default when the run has a confirmation stage:
+configurations ordered by their mean validation metric over the confirmation seeds,
+`results.confirmed`) or `search` (the search's own ranking, `results.ranked`). The configuration
+written is the search trial's own, seed included, so it retrains as that trial trained.
+Retrain with: python -m detector.train --config DIR/best.yaml
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
 import yaml
 
 from detector import config as C
-from search.results import TrialRecord, collect, ranked
+from search.results import STATUS_FINISHED, TEST_KEYS, Confirmed, TrialRecord, collect, confirmed, ranked
 
 
 def _load_run(run_dir: Path) -> tuple[dict, list[TrialRecord]]:
@@ -29,32 +37,62 @@ def _load_run(run_dir: Path) -> tuple[dict, list[TrialRecord]]:
     return info, collect(run_dir, info["metric"], info["max_epochs"])
 
 
-def export_text(rec: TrialRecord, info: dict, rank: int) -> str:
+def _mean_sd(vals: list[float]) -> dict:
+    return {"mean": round(statistics.mean(vals), 6), "sd": round(statistics.stdev(vals), 6) if len(vals) > 1 else None,
+            "n": len(vals)}
+
+
+def export_text(rec: TrialRecord, info: dict, rank: int, conf: Confirmed | None = None) -> str:
     cfg = C.from_dict(rec.config, source=f"trial {rec.trial_id}")
     meta = {"metric": info["metric"], "value": round(rec.best, 6), "best_epoch": rec.best_epoch,
             "trial_id": rec.trial_id, "arm": rec.arm, "rank_in_arm": rank, "epochs_run": rec.epochs,
-            "status": rec.status, "data": info["data"], "data_fingerprint": info["data_fingerprint"],
-            "run": info["name"], "versions": info["versions"]}
-    header = (f"Exported by search.export from run {info['name']}: {info['metric']} {rec.best:.4f} at epoch "
-              f"{rec.best_epoch} of trial {rec.trial_id} ({rec.arm}, {rec.status} after {rec.epochs} epochs).\n"
+            "status": rec.status, "selected_by": "confirm" if conf else "search", "data": info["data"],
+            "val_data": info.get("val_data"), "test_data": info.get("test_data"), "split_seed": cfg.split_seed,
+            "data_fingerprint": info["data_fingerprint"]}
+    if conf is not None:
+        runs = [r for r in conf.runs if r.status == STATUS_FINISHED]
+        meta["confirmation"] = {"seeds": sorted(int(r.config["seed"]) for r in runs), **_mean_sd(conf.values())}
+        tested = [r for r in runs if r.test]
+        if tested:
+            meta["test"] = {k: _mean_sd([r.test[k] for r in tested if k in r.test]) for k in TEST_KEYS
+                            if any(k in r.test for r in tested)}
+    meta.update(run=info["name"], versions=info["versions"])
+    chosen = (f"confirmed over {len(conf.values())} seeds: {info['metric']} {statistics.mean(conf.values()):.4f} on "
+              f"validation" if conf else f"{info['metric']} {rec.best:.4f} at epoch {rec.best_epoch}")
+    header = (f"Exported by search.export from run {info['name']}: trial {rec.trial_id} ({rec.arm}, {rec.status} "
+              f"after {rec.epochs} epochs), {chosen}.\n"
               f"Retrain unchanged: python -m detector.train --config THIS_FILE")
     return C.dump(cfg, header=header) + yaml.safe_dump({"search": meta}, sort_keys=False)
 
 
-def export(run_dir: Path, out: Path, top: int = 1) -> list[Path]:
+def choices(records: list[TrialRecord], source: str) -> list[tuple[TrialRecord, Confirmed | None]]:
+    """Every exportable configuration, best first, by the `source` stage's ranking (see --from)."""
+    if source == "search":
+        return [(r, None) for r in ranked(records)]
+    conf = [c for arm in dict.fromkeys(r.arm for r in records) for c in confirmed(records, arm)]
+    conf.sort(key=lambda c: -statistics.mean(c.values()))
+    return [(c.source, c) for c in conf]
+
+
+def export(run_dir: Path, out: Path, top: int = 1, source: str | None = None) -> list[Path]:
     info, records = _load_run(run_dir)
-    order = ranked(records)
+    has_confirm = any(r.stage == "confirm" for r in records)
+    source = source or ("confirm" if has_confirm else "search")
+    if source == "confirm" and not has_confirm:
+        raise ValueError(f"{run_dir}: --from confirm: the run has no confirmation stage (its space has no `confirm:`)")
+    order = choices(records, source)
     if not order:
-        raise ValueError(f"{run_dir}: no trial produced a finite {info['metric']}; nothing to export")
+        raise ValueError(f"{run_dir}: no {'confirmed configuration' if source == 'confirm' else 'trial'} "
+                         f"produced a finite {info['metric']}; nothing to export")
     out.mkdir(parents=True, exist_ok=True)
     written = []
     best = out / "best.yaml"
-    best.write_text(export_text(order[0], info, 1))
+    best.write_text(export_text(order[0][0], info, 1, order[0][1]))
     written.append(best)
-    for arm in dict.fromkeys(r.arm for r in order):
-        for k, rec in enumerate([r for r in order if r.arm == arm][:top], start=1):
+    for arm in dict.fromkeys(r.arm for r, _ in order):
+        for k, (rec, conf) in enumerate([x for x in order if x[0].arm == arm][:top], start=1):
             path = out / (f"{arm}.yaml" if k == 1 else f"{arm}-{k}.yaml")
-            path.write_text(export_text(rec, info, k))
+            path.write_text(export_text(rec, info, k, conf))
             written.append(path)
     return written
 
@@ -64,10 +102,12 @@ def main(argv=None) -> int:
     p.add_argument("run_dir")
     p.add_argument("--out", help="output folder (default: RUN_DIR/export)")
     p.add_argument("--top", type=int, default=1, help="configurations per arm (default 1)")
+    p.add_argument("--from", dest="source", choices=("confirm", "search"),
+                   help="whose ranking to export (default: confirm when the run has a confirmation stage)")
     a = p.parse_args(argv)
     run_dir = Path(a.run_dir)
     try:
-        paths = export(run_dir, Path(a.out) if a.out else run_dir / "export", a.top)
+        paths = export(run_dir, Path(a.out) if a.out else run_dir / "export", a.top, a.source)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -22,26 +22,34 @@ LATENCY_FILE = "latency.json"
 REPEATS = 20
 
 
-def _measure(checkpoint: str, data, repeats: int) -> dict:
-    """In a Ray task: load the checkpoint, time the model on the first validation image."""
+def load_kept(checkpoint: str, train):
+    """In a Ray task: (model in eval mode, its configuration, its Setup) from a checkpoint Ray kept,
+    on this node's GPU if it has one."""
     import torch
     from ray import tune
 
-    from detector.data import DetectionDataset
-    from detector.engine import Setup, latency_ms, model_from_checkpoint
+    from detector.engine import Setup, model_from_checkpoint
     from search.trainable import CKPT_NAME
 
-    train, val = data
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with tune.Checkpoint(checkpoint).as_directory() as d:
         model, cfg, _ = model_from_checkpoint(Path(d) / CKPT_NAME, device)
-    setup = Setup.create(cfg, train, device)
+    return model, cfg, Setup.create(cfg, train, device)
+
+
+def _measure(checkpoint: str, train, val, repeats: int) -> dict:
+    """In a Ray task: load the checkpoint, time the model on the first validation image."""
+    from detector.data import DetectionDataset
+    from detector.engine import latency_ms
+
+    model, cfg, setup = load_kept(checkpoint, train)
     image = DetectionDataset(val, cfg.in_channels)[0][0]
-    return {**latency_ms(model, image, setup, repeats=repeats), "device": str(device)}
+    return {**latency_ms(model, image, setup, repeats=repeats), "device": str(setup.device)}
 
 
 def measure(space: Space, loc: RunLocation, data, records: list[TrialRecord], repeats: int = REPEATS) -> dict:
     """Measure every arm's best model (see the module docstring), write latency.json, return its content.
+    `data`: the object-store references of (train, val, ...), resolved by Ray in the task.
     An arm whose best model could not be timed (no checkpoint kept, the task failed) gets
     {"trial_id", "error"} instead of a time."""
     import ray
@@ -58,7 +66,7 @@ def measure(space: Space, loc: RunLocation, data, records: list[TrialRecord], re
             out[arm.name] = {"trial_id": best.trial_id, "error": "no checkpoint kept"}
             continue
         try:  # one at a time: the next model is measured only when the last one is done
-            out[arm.name] = {"trial_id": best.trial_id, **ray.get(task.remote(kept[-1], data, repeats))}
+            out[arm.name] = {"trial_id": best.trial_id, **ray.get(task.remote(kept[-1], data[0], data[1], repeats))}
         except Exception as e:  # a failed measurement costs the report its latency, never the search
             out[arm.name] = {"trial_id": best.trial_id, "error": f"{type(e).__name__}: {e}"[:500]}
     (loc.local / LATENCY_FILE).write_text(json.dumps(out, indent=1))

@@ -23,9 +23,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from search import latency  # noqa: E402
+from search import detections, latency  # noqa: E402
 from search.results import (STATUS_FAILED, STATUS_FINISHED, STATUS_RUNNING, STATUS_STOPPED, TrialRecord,  # noqa: E402
-                            collect, ranked)
+                            collect, confirmed, ranked)
 
 CURVES = (("loss", "training loss"), ("iou_per_pred", "IoU per prediction"), ("iou_per_gt", "IoU per ground truth"),
           ("map50", "mAP50"))
@@ -72,6 +72,115 @@ def epochs_to_fraction(history: list[dict], metric: str, best: float, fraction: 
     return None
 
 
+# ----------------------------------------------------------------------------------------------
+# The study's question: shared hyperparameters against a search per arm
+
+LEVEL = 0.95
+
+
+def welch_interval(a: list[float], b: list[float], level: float = LEVEL) -> tuple[float, float, float]:
+    """(mean(a) - mean(b), low, high): Welch's t interval for the difference of two means (unequal
+    variances, Welch-Satterthwaite degrees of freedom). low/high are nan when either side has fewer
+    than 2 values: one run says nothing about the spread between seeds."""
+    from scipy import stats
+
+    d = statistics.mean(a) - statistics.mean(b) if a and b else math.nan
+    if len(a) < 2 or len(b) < 2:
+        return d, math.nan, math.nan
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return d, d, d
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    half = stats.t.ppf(0.5 + level / 2, df) * se
+    return d, d - half, d + half
+
+
+def kendall_tau(x: list[float], y: list[float]) -> float:
+    """Kendall's tau-b between two rankings' scores (ties handled); nan with fewer than 2 items."""
+    from scipy import stats
+
+    if len(x) < 2:
+        return math.nan
+    return float(stats.kendalltau(x, y).statistic)
+
+
+def _ranks(values: dict[str, float]) -> dict[str, int]:
+    """1 = highest; ties share the better rank."""
+    return {k: 1 + sum(v2 > v for v2 in values.values()) for k, v in values.items()}
+
+
+def _separates(lo: float, hi: float) -> bool:
+    return math.isfinite(lo) and math.isfinite(hi) and (lo > 0 or hi < 0)
+
+
+def study_rows(records: list[TrialRecord]) -> list[dict]:
+    """Per arm: the scores (`TrialRecord.score`: test metric at the validation-chosen epoch, or the
+    best validation metric without test images) of its baseline runs and of its tuned configuration's
+    confirmation runs (`results.confirmed`: the best by validation mean), their means, standard
+    deviations and counts, the gain (tuned - baseline) with its Welch interval, and both ranks.
+    Only arms with both a baseline and a confirmed configuration are compared."""
+    rows = []
+    for arm in dict.fromkeys(r.arm for r in records):
+        base = [r.score() for r in records if r.stage == "baseline" and r.arm == arm and r.status == STATUS_FINISHED]
+        base = [v for v in base if math.isfinite(v)]
+        conf = confirmed(records, arm)
+        tuned = conf[0].values(test=True) if conf else []
+        if not base or not tuned:
+            continue
+        gain, lo, hi = welch_interval(tuned, base)
+        rows.append({"arm": arm, "base": base, "tuned": tuned, "trial": conf[0].source.trial_id,
+                     "base_mean": statistics.mean(base), "base_sd": statistics.stdev(base) if len(base) > 1 else math.nan,
+                     "tuned_mean": statistics.mean(tuned),
+                     "tuned_sd": statistics.stdev(tuned) if len(tuned) > 1 else math.nan,
+                     "gain": gain, "gain_lo": lo, "gain_hi": hi})
+    rb = _ranks({r["arm"]: r["base_mean"] for r in rows})
+    rt = _ranks({r["arm"]: r["tuned_mean"] for r in rows})
+    for r in rows:
+        r.update(rank_base=rb[r["arm"]], rank_tuned=rt[r["arm"]])
+    return rows
+
+
+def flipped_pairs(rows: list[dict]) -> list[dict]:
+    """Pairs of arms whose order under shared hyperparameters is reversed after tuning, each with the
+    Welch interval of their difference under both (a is the arm ahead after tuning)."""
+    out = []
+    for i, x in enumerate(rows):
+        for y in rows[i + 1:]:
+            if (x["base_mean"] - y["base_mean"]) * (x["tuned_mean"] - y["tuned_mean"]) >= 0:
+                continue
+            a, b = (x, y) if x["tuned_mean"] > y["tuned_mean"] else (y, x)
+            d_t, lo_t, hi_t = welch_interval(a["tuned"], b["tuned"])
+            d_b, lo_b, hi_b = welch_interval(a["base"], b["base"])
+            out.append({"a": a["arm"], "b": b["arm"], "tuned_diff": d_t, "tuned_lo": lo_t, "tuned_hi": hi_t,
+                        "base_diff": d_b, "base_lo": lo_b, "base_hi": hi_b,
+                        "tuned_separate": _separates(lo_t, hi_t), "base_separate": _separates(lo_b, hi_b)})
+    return out
+
+
+def study_verdict(rows: list[dict], pairs: list[dict], tau: float, metric: str) -> str:
+    """One paragraph: did tuning change the ranking, and which of its changes are beyond the noise."""
+    if len(rows) < 1:
+        return ""
+    up = [r["arm"] for r in rows if r["gain_lo"] > 0]
+    down = [r["arm"] for r in rows if r["gain_hi"] < 0]
+    n_seeds = sorted({len(r["base"]) for r in rows} | {len(r["tuned"]) for r in rows})
+    text = [f"Tuning raised {metric} beyond its 95% interval for {len(up)} of {len(rows)} arm(s)"
+            + (f" ({', '.join(up)})" if up else "") + (f" and lowered it for {', '.join(down)}" if down else "")
+            + "; for the others the interval includes zero (not significant)."]
+    if len(rows) >= 2:
+        if not pairs:
+            text.append(f"It did not change the ranking of the arms (Kendall's τ = {tau:.2f}).")
+        else:
+            sep = [p for p in pairs if p["tuned_separate"]]
+            text.append(f"It changed the ranking (Kendall's τ = {tau:.2f}): {len(pairs)} pair(s) swapped order, "
+                        f"{len(sep)} of them with 95% intervals that separate after tuning"
+                        + (f" ({', '.join(p['a'] + ' over ' + p['b'] for p in sep)})" if sep else "")
+                        + "; the others are within the spread between seeds.")
+    text.append(f"Each mean is over {' or '.join(map(str, n_seeds))} seed(s); intervals are Welch's t.")
+    return " ".join(text)
+
+
 def arm_rows(records: list[TrialRecord], metric: str, latencies: dict | None = None) -> list[dict]:
     """The comparison table: one row per arm, from its best search trial (`results.ranked`, the rule
     confirmation and export use too) and its confirmation seeds. Latency comes from `latencies`
@@ -80,7 +189,6 @@ def arm_rows(records: list[TrialRecord], metric: str, latencies: dict | None = N
     rows = []
     for arm in dict.fromkeys(r.arm for r in records):
         search = [r for r in records if r.arm == arm and r.stage == "search"]
-        confirm = [r for r in records if r.arm == arm and r.stage == "confirm" and math.isfinite(r.best)]
         ok = ranked(records, arm)
         row = {"arm": arm, "trials": len(search),
                "finished": sum(r.status == STATUS_FINISHED for r in search),
@@ -101,10 +209,11 @@ def arm_rows(records: list[TrialRecord], metric: str, latencies: dict | None = N
                        params_total=h.get("params_total", math.nan),
                        params_trainable=h.get("params_trainable", math.nan),
                        peak_mem_mb=max(x.get("peak_mem_mb", 0.0) for x in best.history))
-        if confirm:
-            vals = [r.best for r in confirm]
-            row.update(confirm_mean=statistics.mean(vals), confirm_std=statistics.stdev(vals) if len(vals) > 1 else 0.0,
-                       confirm_n=len(vals))
+        conf = confirmed(records, arm)
+        if conf:  # the arm's best confirmed configuration, on validation (as it was chosen)
+            vals = conf[0].values()
+            row.update(confirm_trial=conf[0].source.trial_id, confirm_values=vals, confirm_mean=statistics.mean(vals),
+                       confirm_std=statistics.stdev(vals) if len(vals) > 1 else 0.0, confirm_n=len(vals))
         rows.append(row)
     return rows
 
@@ -129,21 +238,22 @@ def conclusion(rows: list[dict], metric: str) -> str:
     scored = [r for r in rows if "best" in r]
     if not scored:
         return f"No trial has reported {metric} yet."
-    confirmed = [r for r in scored if "confirm_mean" in r]
-    if len(confirmed) >= 2 and len(confirmed) == len(scored):
-        confirmed.sort(key=lambda r: -r["confirm_mean"])
-        top = confirmed[0]
-        lines = [f"Best arm: **{top['arm']}**, {metric} {top['confirm_mean']:.4f} ± {top['confirm_std']:.4f} "
-                 f"(mean ± standard deviation over {top['confirm_n']} seeds)."]
-        close = [r for r in confirmed[1:]
-                 if top["confirm_mean"] - r["confirm_mean"] <= max(top["confirm_std"], r["confirm_std"])]
-        far = [r for r in confirmed[1:] if r not in close]
+    confirmed_rows = [r for r in scored if "confirm_mean" in r]
+    if len(confirmed_rows) >= 2 and len(confirmed_rows) == len(scored):
+        confirmed_rows.sort(key=lambda r: -r["confirm_mean"])
+        top = confirmed_rows[0]
+        lines = [f"Best arm on validation: **{top['arm']}**, {metric} {top['confirm_mean']:.4f} ± "
+                 f"{top['confirm_std']:.4f} (mean ± standard deviation over {top['confirm_n']} seeds)."]
+        close, far = [], []
+        for r in confirmed_rows[1:]:
+            d, lo, hi = welch_interval(top["confirm_values"], r["confirm_values"])
+            (far if _separates(lo, hi) else close).append(
+                f"{r['arm']} ({r['confirm_mean']:.4f} ± {r['confirm_std']:.4f}; gap {d:.4f}, 95% interval "
+                f"{_fmt(lo)} to {_fmt(hi)})")
         if close:
-            lines.append("Not significantly different from it (gap within one standard deviation between seeds): "
-                         + ", ".join(f"{r['arm']} ({r['confirm_mean']:.4f} ± {r['confirm_std']:.4f})" for r in close) + ".")
+            lines.append("Not significantly behind it (the 95% interval of the gap includes zero): " + ", ".join(close) + ".")
         if far:
-            lines.append("Behind it by more than the spread between seeds: "
-                         + ", ".join(f"{r['arm']} ({r['confirm_mean']:.4f} ± {r['confirm_std']:.4f})" for r in far) + ".")
+            lines.append("Behind it beyond the 95% interval: " + ", ".join(far) + ".")
         return " ".join(lines)
     scored.sort(key=lambda r: -r["best"])
     top = scored[0]
@@ -197,6 +307,95 @@ def fig_curves(records, metric_key, label, colours, best_ids, path: Path) -> Non
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def fig_study_curves(records: list[TrialRecord], row: dict, path: Path) -> None:
+    """The study's four curves for one arm: its shared-hyperparameter runs and its tuned
+    configuration's confirmation runs side by side (thin: each seed; bold: the mean over seeds)."""
+    arm = row["arm"]
+    groups = (("shared hyperparameters", "tab:grey",
+               [r for r in records if r.stage == "baseline" and r.arm == arm and r.status == STATUS_FINISHED]),
+              (f"tuned (trial {row['trial']})", "tab:blue",
+               [r for r in records if r.stage == "confirm" and r.source_trial == row["trial"]
+                and r.status == STATUS_FINISHED]))
+    fig, axes = plt.subplots(1, len(CURVES), figsize=(3.4 * len(CURVES), 3.2))
+    for ax, (key, label) in zip(axes, CURVES):
+        for name, colour, runs in groups:
+            for r in runs:
+                ax.plot([h["epoch"] for h in r.history], [h.get(key, math.nan) for h in r.history], color=colour,
+                        lw=0.7, alpha=0.4)
+            n = min((len(r.history) for r in runs), default=0)
+            if n:
+                mean = [statistics.mean(r.history[i].get(key, math.nan) for r in runs) for i in range(n)]
+                ax.plot([runs[0].history[i]["epoch"] for i in range(n)], mean, color=colour, lw=2,
+                        label=f"{name}, mean of {len(runs)}")
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{arm}: validation curves, shared hyperparameters against tuned", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def study_section(records: list[TrialRecord], info: dict, metric: str, tmp: Path, run_dir: Path) -> tuple[list[str], list[str]]:
+    """The report's first section (markdown lines, figure names): the study's question answered."""
+    tested = any(r.test for r in records if r.stage in ("confirm", "baseline"))
+    n_test = info.get("test_images", 0)
+    if tested:
+        scored_on = (f"Scored on {n_test} held-out test images, which chose nothing: each run's epoch was chosen "
+                     f"on the validation images, and so was each arm's configuration.")
+    else:
+        scored_on = ("**Scored on the validation images that selected the configurations** (this run has no test "
+                     "images: set `test_data` or `fixed.test_fraction`): the figures below are optimistic, and more "
+                     "so for arms that had more trials.")
+    md = ["## Shared hyperparameters against a search per arm", "", scored_on, ""]
+    rows = study_rows(records)
+    figures: list[str] = []
+    if not rows:
+        md += ["No arm has both a shared-hyperparameter baseline and a confirmed tuned configuration, so the "
+               "study's comparison cannot be made (a space needs `baseline:` and `confirm:` sections).", ""]
+        return md, figures
+    pairs = flipped_pairs(rows)
+    tau = kendall_tau([r["base_mean"] for r in rows], [r["tuned_mean"] for r in rows])
+    which = "test" if tested else "validation"
+    md += [f"| arm | shared hyperparameters: {which} {metric} | tuned: {which} {metric} | gain (95% interval, Welch) | "
+           "rank shared | rank tuned |", "|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: r["rank_tuned"]):
+        md.append(f"| {r['arm']} | {r['base_mean']:.4f} ± {_fmt(r['base_sd'])} (n={len(r['base'])}) | "
+                  f"{r['tuned_mean']:.4f} ± {_fmt(r['tuned_sd'])} (n={len(r['tuned'])}) | "
+                  f"{r['gain']:+.4f} ({_fmt(r['gain_lo'], '+.4f')} to {_fmt(r['gain_hi'], '+.4f')}) | "
+                  f"{r['rank_base']} | {r['rank_tuned']} |")
+    md += ["", "Mean ± standard deviation over seeds (n = runs); the tuned configuration is the arm's best "
+           "confirmed one on validation. An interval that includes zero means not significant.", ""]
+    if len(rows) >= 2:
+        md.append(f"Kendall's τ between the two rankings: {_fmt(tau, '.2f')} ({len(rows)} arms).")
+        if pairs:
+            md += ["", "| pair whose order changed (ahead after tuning first) | difference tuned (95% interval) | "
+                   "separate? | difference shared (95% interval) | separate? |", "|---|---|---|---|---|"]
+            for p in pairs:
+                md.append(f"| {p['a']} vs {p['b']} | {p['tuned_diff']:+.4f} ({_fmt(p['tuned_lo'], '+.4f')} to "
+                          f"{_fmt(p['tuned_hi'], '+.4f')}) | {'yes' if p['tuned_separate'] else 'no'} | "
+                          f"{p['base_diff']:+.4f} ({_fmt(p['base_lo'], '+.4f')} to {_fmt(p['base_hi'], '+.4f')}) | "
+                          f"{'yes' if p['base_separate'] else 'no'} |")
+        else:
+            md.append("No pair of arms changed order.")
+    md += ["", "**Verdict.** " + study_verdict(rows, pairs, tau, metric), ""]
+    for r in rows:
+        name = f"study_curves_{r['arm']}.png"
+        fig_study_curves(records, r, tmp / name)
+        figures.append(name)
+        md.append(f"![{r['arm']}]({name})")
+    shots = sorted((run_dir / detections.FOLDER).glob("*.png")) if (run_dir / detections.FOLDER).is_dir() else []
+    if shots:
+        md += ["", f"### Detections ({'test' if n_test else 'validation'} images)", ""]
+        for f in shots:
+            shutil.copy(f, tmp / f"detections_{f.name}")
+            figures.append(f"detections_{f.name}")
+            md.append(f"![{f.stem}](detections_{f.name})")
+    md.append("")
+    return md, figures
 
 
 def fig_cost(rows, key, xlabel, metric, colours, path: Path) -> list[str]:
@@ -306,8 +505,11 @@ def write_report(run_dir: Path, out: Path) -> dict:
            f"{len(records)} trials: {sum(r.status == STATUS_FINISHED for r in records)} finished, "
            f"{sum(r.status == STATUS_STOPPED for r in records)} stopped by ASHA, "
            f"{sum(r.status == STATUS_FAILED for r in records)} failed, {n_running} running.", ""]
+    study_md, study_figs = study_section(records, info, metric, tmp, run_dir)
+    md += study_md
+    figures += study_figs
     summary_line = conclusion(rows, metric)
-    md += ["## Conclusion", "", summary_line, ""]
+    md += ["## Conclusion of the search", "", summary_line, ""]
     md += ["## Arms compared", "",
            f"| arm | best {metric} | mean ± sd over seeds | map | map_small | epochs to 95% | s/epoch | train img/s | "
            "inference ms | params total (M) | trainable (M) | peak mem (MB) | trials run / stopped / failed |",

@@ -17,6 +17,10 @@ from detector.metrics import best_epoch
 
 STATUS_FINISHED, STATUS_STOPPED, STATUS_FAILED, STATUS_RUNNING = "finished", "stopped", "failed", "running"
 STATUSES = (STATUS_FINISHED, STATUS_STOPPED, STATUS_FAILED, STATUS_RUNNING)
+# Ray's folder of each stage under the run folder -> the stage's name in records and results.csv.
+STAGE_DIRS = {"trials": "search", "confirm": "confirm", "baseline": "baseline"}
+# Held-out test metrics: reported by confirmation and baseline runs at the epochs validation chose.
+TEST_KEYS = ("map50", "map", "map_small", "iou_per_pred", "iou_per_gt")
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,7 @@ class TrialRecord:
     trial_id: str
     arm: str
     study: str
-    stage: str                 # "search" or "confirm"
+    stage: str                 # "search", "confirm" or "baseline" (STAGE_DIRS)
     metric: str                # the run's metric: what `best` and `last` hold
     status: str                # one of STATUSES (see `outcome`)
     epochs: int                # last epoch reported
@@ -68,18 +72,27 @@ class TrialRecord:
     config: dict
     params: dict
     history: list = field(repr=False, default_factory=list)
+    test: dict = field(default_factory=dict)  # TEST_KEYS on the test images at `best_epoch` (none: empty)
+    source_trial: str = ""     # confirmation runs: the search trial whose configuration they retrain
 
     @staticmethod
     def columns(metric: str) -> tuple[str, ...]:
         return ("trial_id", "arm", "study", "stage", "status", "epochs_run", f"best_{metric}", "best_epoch",
-                f"last_{metric}", "reason", "unreadable_lines")
+                f"last_{metric}", *(f"test_{k}" for k in TEST_KEYS), "source_trial", "reason", "unreadable_lines")
 
     def row(self) -> dict:
         """The record as results.csv and trials.json write it: the same columns (`columns`), named by
         what they hold (`best_map50`, not `best`). The README's "Results" section documents them."""
         values = (self.trial_id, self.arm, self.study, self.stage, self.status, self.epochs, self.best,
-                  self.best_epoch, self.last, self.reason, self.unreadable_lines)
+                  self.best_epoch, self.last, *(self.test.get(k, "") for k in TEST_KEYS), self.source_trial,
+                  self.reason, self.unreadable_lines)
         return dict(zip(self.columns(self.metric), values))
+
+    def score(self) -> float:
+        """What a comparison scores this run by: its `metric` on the test images at the epoch
+        validation chose, or, without test images, its best validation `metric` (optimistic: the
+        same images chose the epoch and the configuration)."""
+        return self.test.get(self.metric, math.nan) if self.test else self.best
 
 
 def read_results(trial_dir: Path) -> tuple[list[dict], int]:
@@ -158,6 +171,7 @@ def read_trial(trial_dir: Path, metric: str, max_epochs: int, ray_status: str | 
     hist = [by_epoch[e] for e in sorted(by_epoch)]
     trial_id = (raw[-1].get("trial_id") if raw else None) or trial_dir.name.split("_", 1)[-1]
     best, best_ep = best_epoch(hist, metric)
+    at_best = next((h for h in hist if int(h["epoch"]) == best_ep), {})
     epochs = int(hist[-1]["epoch"]) if hist else 0
     error_file = trial_dir / "error.txt"
     errored = ray_status == "ERROR" or (ray_status is None and error_file.exists() and epochs < max_epochs)
@@ -169,17 +183,19 @@ def read_trial(trial_dir: Path, metric: str, max_epochs: int, ray_status: str | 
         lines = [ln for ln in error_file.read_text().splitlines() if ln.strip()]
         reason = lines[-1][:300] if lines else reason
     return TrialRecord(trial_id=trial_id, arm=cfgd["arm"], study=cfgd.get("study", cfgd["arm"]),
-                       stage="confirm" if trial_dir.parent.name == "confirm" else "search", metric=metric,
+                       stage=STAGE_DIRS.get(trial_dir.parent.name, "search"), metric=metric,
                        status=result.status, epochs=epochs, best=best,
                        last=hist[-1].get(metric, math.nan) if hist else math.nan, best_epoch=best_ep,
                        reason=reason, unreadable_lines=unreadable, path=str(trial_dir), config=cfgd["cfg"],
-                       params=cfgd.get("params", {}), history=hist)
+                       params=cfgd.get("params", {}), history=hist,
+                       test={k: at_best[f"test_{k}"] for k in TEST_KEYS if f"test_{k}" in at_best},
+                       source_trial=cfgd.get("source_trial", ""))
 
 
 def collect(run_dir: Path, metric: str, max_epochs: int) -> list[TrialRecord]:
-    """Every trial that counts under the run folder (search and confirmation stages), in folder order."""
+    """Every trial that counts under the run folder (every stage: STAGE_DIRS), in folder order."""
     out = []
-    for stage_dir in (run_dir / "trials", run_dir / "confirm"):
+    for stage_dir in (run_dir / d for d in STAGE_DIRS):
         for d, _, ray_status in counted_trials(stage_dir):
             rec = read_trial(d, metric, max_epochs, ray_status)
             if rec is not None:
@@ -195,6 +211,30 @@ def ranked(records: list[TrialRecord], arm: str | None = None) -> list[TrialReco
     ok = [r for r in records if r.stage == "search" and r.status != STATUS_FAILED and math.isfinite(r.best)
           and (arm is None or r.arm == arm)]
     return sorted(ok, key=lambda r: (r.status != STATUS_FINISHED, -r.best))
+
+
+@dataclass
+class Confirmed:
+    """One configuration retrained with the confirmation seeds: its search trial and the runs."""
+
+    source: TrialRecord
+    runs: list
+
+    def values(self, test: bool = False) -> list[float]:
+        """Each finished run's best validation metric, or (`test`) its test score (TrialRecord.score)."""
+        vals = [r.score() if test else r.best for r in self.runs if r.status == STATUS_FINISHED]
+        return [v for v in vals if math.isfinite(v)]
+
+
+def confirmed(records: list[TrialRecord], arm: str) -> list[Confirmed]:
+    """The confirmed configurations of `arm`, best first: by the mean over seeds of the validation
+    metric (never the test score: test images choose nothing), ties in search order (`ranked`).
+    search.export --from confirm and search.report take an arm's tuned configuration from here."""
+    order = ranked(records, arm)
+    runs = [r for r in records if r.stage == "confirm" and r.arm == arm]
+    out = [Confirmed(src, [r for r in runs if r.source_trial == src.trial_id]) for src in order]
+    out = [c for c in out if c.values()]
+    return sorted(out, key=lambda c: -sum(c.values()) / len(c.values()))  # stable: ties keep search order
 
 
 def write_results(run_dir: Path, records: list[TrialRecord], metric: str) -> Path:

@@ -33,6 +33,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--space", required=True, help="space YAML file (see spaces/README.md)")
     p.add_argument("--data", help="COCO JSON / folder / VOC folder; overrides the space's `data`")
     p.add_argument("--val-data", help="separate validation annotations; overrides the space's `val_data`")
+    p.add_argument("--test-data", help="held-out test annotations; overrides the space's `test_data`")
     p.add_argument("--images", help="folder the image file names are relative to")
     p.add_argument("--storage", default="runs", help="folder, or object storage (s3://bucket/prefix), holding runs")
     p.add_argument("--local-dir", default="runs",
@@ -135,42 +136,68 @@ def run_search(space: Space, loc: RunLocation, data, resume: bool, stream=None) 
     tuner.fit()
 
 
-def run_confirm(space: Space, loc: RunLocation, data, resume: bool = False, stream=None) -> None:
-    """Retrain each arm's top configurations for the full budget with several seeds. On --resume,
-    a confirmation stage that had started is continued, never started a second time."""
+def stage_configs(space: Space, stage: str, records) -> list[dict]:
+    """The runs of a stage after the search, each a whole trial config (arm, study, stage, cfg, params):
+
+    - confirm: each arm's top `confirm.top_k` configurations (`results.ranked`) retrained for the
+      full budget with every confirmation seed;
+    - baseline: the space's `baseline` values on every arm (the study's way: one set for all),
+      trained for the full budget with the same seeds, so the two stages are paired by seed.
+
+    The seeds (`Space.eval_seeds`) are never a seed a search trial used."""
+    from search.results import ranked
+
+    seeds = space.eval_seeds({int(r.config["seed"]) for r in records if r.stage == "search"})
+    configs = []
+    for arm in space.arms:
+        if stage == "confirm":
+            for rank, r in enumerate(ranked(records, arm.name)[:space.confirm_top_k]):
+                for s in seeds:
+                    cfg = C.from_dict({**r.config, "seed": s, "epochs": space.max_epochs})
+                    configs.append({"arm": arm.name, "study": arm.name, "stage": stage, "source_trial": r.trial_id,
+                                    "rank": rank, "cfg": C.to_dict(cfg), "params": r.params})
+        elif stage == "baseline":
+            for s in seeds:
+                configs.append({"arm": arm.name, "study": arm.name, "stage": stage, "source_trial": "", "rank": 0,
+                                "cfg": C.to_dict(space.baseline_config(arm, s)),
+                                "params": {p.name: space.baseline[p.name] for p in space.params}})
+        else:
+            raise ValueError(f"unknown stage {stage!r}")
+    return configs
+
+
+def run_stage(space: Space, loc: RunLocation, data, stage: str, resume: bool = False, stream=None) -> None:
+    """One stage after the search (`stage_configs`), in its own Tuner folder RUN_DIR/<stage>. On
+    --resume, a stage that had started is continued, never started a second time. Ray keeps each
+    run's best-epoch checkpoint (the report draws its detections from it)."""
     from ray import tune
 
     from search.progress import ArmTable
-    from search.results import collect, ranked
+    from search.results import collect
 
     trainable = _trainable(space, data)
-    if resume and experiment_state_problem(loc.local, "confirm") is None:
-        tune.Tuner.restore(f"{loc.ray_storage}/confirm", trainable, resume_unfinished=True, resume_errored=True).fit()
+    if resume and experiment_state_problem(loc.local, stage) is None:
+        tune.Tuner.restore(f"{loc.ray_storage}/{stage}", trainable, resume_unfinished=True, resume_errored=True).fit()
         return
     loc.pull()  # with object storage: the search stage's results, to pick the configurations
-    records = collect(loc.local, space.metric, space.max_epochs)
-    configs = []
-    for arm in space.arms:
-        for rank, r in enumerate(ranked(records, arm.name)[:space.confirm_top_k]):
-            for s in range(space.confirm_seeds):
-                cfg = C.from_dict({**r.config, "seed": space.seed * 1000 + s, "epochs": space.max_epochs})
-                configs.append({"arm": arm.name, "study": arm.name, "stage": "confirm", "source_trial": r.trial_id,
-                                "rank": rank, "cfg": C.to_dict(cfg), "params": r.params})
+    configs = stage_configs(space, stage, collect(loc.local, space.metric, space.max_epochs))
     if not configs:
         return
     # One grid axis whose values are whole trial configs (see trainable.train_trial).
     tune.Tuner(trainable, param_space={"trial": tune.grid_search(configs)},
                tune_config=tune.TuneConfig(max_concurrent_trials=space.max_concurrent,
                                            trial_dirname_creator=lambda t: f"{t.config['trial']['arm']}_{t.trial_id}"),
-               run_config=tune.RunConfig(name="confirm", storage_path=loc.ray_storage, verbose=0,
+               run_config=tune.RunConfig(name=stage, storage_path=loc.ray_storage, verbose=0,
                                          callbacks=[ArmTable(space.metric, [a.name for a in space.arms],
                                                              space.max_epochs, stream=stream)],
-                                         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                                         checkpoint_config=tune.CheckpointConfig(
+                                             num_to_keep=1, checkpoint_score_attribute=space.metric,
+                                             checkpoint_score_order="max"),
                                          failure_config=tune.FailureConfig(max_failures=2))).fit()
 
 
 def experiment_state_problem(run_dir: Path, stage: str = "trials") -> str | None:
-    """Why Ray could not resume the stage (`trials`: the search; `confirm`) in `run_dir`, or None.
+    """Why Ray could not resume the stage (`trials`: the search; `confirm`, `baseline`) in `run_dir`, or None.
     Checked before anything is touched."""
     states = sorted((run_dir / stage).glob("experiment_state-*.json")) if (run_dir / stage).is_dir() else []
     if not states:
@@ -238,33 +265,39 @@ def main(argv=None) -> int:
                       file=sys.stderr)
                 return 2
     data_arg = args.data or space.data
+    split = space.split()
     try:  # before the run folder exists: bad data leaves nothing behind
-        train, val = load_splits(data_arg, val_data=args.val_data or space.val_data, images=args.images or space.images,
-                                 val_fraction=space.fixed.get("val_fraction", C.TrainConfig().val_fraction),
-                                 seed=space.seed)
+        splits = load_splits(data_arg, val_data=args.val_data or space.val_data,
+                             test_data=args.test_data or space.test_data, images=args.images or space.images,
+                             val_fraction=split.val_fraction, test_fraction=split.test_fraction, seed=split.split_seed)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = _start_log(run_dir)
     try:
-        return _run(args, space, loc, name, data_arg, train, val)
+        return _run(args, space, loc, name, data_arg, splits)
     finally:
         _stop_log(handler)
 
 
-def _run(args, space: Space, loc: RunLocation, name: str, data_arg, train, val) -> int:
+def _run(args, space: Space, loc: RunLocation, name: str, data_arg, splits) -> int:
     """search.run after its checks: the run folder exists and logs to run.log."""
     run_dir = loc.local
     if not args.resume:
         shutil.copy(args.space, run_dir / "space.yaml")
+    train, val, test = splits
     for kind, pr in train.report.as_dict().items():
         print(f"data: {kind}: {pr['count']} ({pr['meaning']})")
-    fingerprint = f"{train.fingerprint()}-{val.fingerprint()}"
+    fingerprint = splits.fingerprint()
+    split = space.split()
     info = {"space": str(Path(args.space).resolve()), "name": name, "data": data_arg or "(embedded synthetic)",
-            "data_fingerprint": fingerprint, "metric": space.metric, "max_epochs": space.max_epochs,
-            "strategy": space.strategy, "arms": [a.name for a in space.arms], "versions": _versions(),
-            "train_images": len(train), "val_images": len(val)}
+            "val_data": args.val_data or space.val_data, "test_data": args.test_data or space.test_data,
+            "data_fingerprint": fingerprint, "split_seed": split.split_seed, "val_fraction": split.val_fraction,
+            "test_fraction": split.test_fraction, "metric": space.metric, "max_epochs": space.max_epochs,
+            "strategy": space.strategy, "arms": [a.name for a in space.arms], "stages": ["search", *space.eval_stages()],
+            "versions": _versions(), "train_images": len(train), "val_images": len(val),
+            "test_images": len(test) if test is not None else 0}
     run_json = run_dir / "run.json"
     if args.resume and run_json.exists():
         old = json.loads(run_json.read_text())
@@ -275,12 +308,12 @@ def _run(args, space: Space, loc: RunLocation, name: str, data_arg, train, val) 
     run_json.write_text(json.dumps(info, indent=1))
     loc.push(["space.yaml", "run.json"])
     print(f"run folder {loc}\n{len(space.arms)} arm(s), {space.total_trials()} trials, "
-          f"{len(train)} train / {len(val)} val images")
+          f"{len(train)} train / {len(val)} val / {len(test) if test is not None else 0} test images")
     log.info("starting %s (resume=%s)", run_dir, args.resume)
 
     import ray
 
-    from search import latency
+    from search import detections, latency
     from search.results import collect, write_results
     from search.trainable import remove_orphaned_work_dirs
 
@@ -288,15 +321,18 @@ def _run(args, space: Space, loc: RunLocation, name: str, data_arg, train, val) 
     t0 = time.time()
     failed = True
     try:
-        # The decoded data goes into Ray's object store once, for both stages; this process keeps
-        # only the reference (its own copy would double the head node's share of memory).
-        data = ray.put((train, val))
-        del train, val
-        run_search(space, loc, data, args.resume)
-        if space.confirm_top_k:
-            run_confirm(space, loc, data, resume=args.resume)
+        # The decoded data goes into Ray's object store once, for every stage; this process keeps
+        # only the references (its own copy would double the head node's share of memory). The
+        # search stage is handed no reference to the test images.
+        refs = tuple(ray.put(d) for d in splits)
+        del train, val, test, splits
+        run_search(space, loc, refs[:2], args.resume)
+        for stage in space.eval_stages():
+            run_stage(space, loc, refs, stage, resume=args.resume)
         loc.pull()
-        latency.measure(space, loc, data, collect(run_dir, space.metric, space.max_epochs))
+        records = collect(run_dir, space.metric, space.max_epochs)
+        latency.measure(space, loc, refs, records)
+        detections.draw(space, loc, refs, records)
         failed = False
     finally:
         # Ray first: whatever happens below, no Ray is left running behind this command.

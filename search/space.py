@@ -24,14 +24,17 @@ from detector.metrics import METRICS
 
 ARCH_AXES = ("backbone", "version", "weights", "trainable_layers")
 STRATEGIES = ("per-architecture", "joint")
-TOP_KEYS = ("name", "metric", "strategy", "data", "val_data", "images", "arms", "fixed", "params", "budget",
-            "resources", "confirm", "seed")
+TOP_KEYS = ("name", "metric", "strategy", "data", "val_data", "test_data", "images", "arms", "fixed", "params",
+            "baseline", "budget", "resources", "confirm", "seed")
 BUDGET_KEYS = {"max_epochs": 10, "grace_period": 1, "reduction_factor": 3, "trials_per_arm": 8, "max_concurrent": None}
 PARAM_KEYS = {"float": ("type", "low", "high", "log", "step", "when"), "int": ("type", "low", "high", "log", "step", "when"),
               "categorical": ("type", "choices", "when")}
 # Fields a space may not set: the budget owns `epochs`; ASHA, not patience, stops trials early.
 RESERVED = {"epochs": "set by budget.max_epochs", "patience": "early stopping in a search is ASHA's job",
             "metric": "set by the space's top-level `metric`"}
+# The split is the run's: every trial, confirmation and baseline run sees the same images. These may
+# be set under `fixed` only.
+SPLIT_FIELDS = ("val_fraction", "test_fraction", "split_seed")
 
 
 class SpaceError(ValueError):
@@ -96,7 +99,35 @@ class Space:
     confirm_top_k: int = 0
     confirm_seeds: int = 0
     seed: int = 0
+    test_data: str | None = None
+    baseline: dict = field(default_factory=dict)  # one set of values for every arm (the study's way)
     raw: dict = field(default_factory=dict, compare=False)
+
+    def split(self) -> C.TrainConfig:
+        """The split fields of the run (`fixed` or the defaults), as a configuration."""
+        return C.from_dict({k: self.fixed[k] for k in SPLIT_FIELDS if k in self.fixed}, source=f"{self.path}: fixed")
+
+    def baseline_config(self, arm: Arm, seed: int) -> C.TrainConfig:
+        """The shared-hyperparameter configuration of one arm: `fixed`, the arm, the baseline's values,
+        the full budget and `seed` (raises ConfigError on impossible values)."""
+        values = {**self.fixed, **arm.fields(), **self.baseline, "epochs": self.max_epochs, "metric": self.metric,
+                  "seed": seed}
+        return C.from_dict(values, source=self.path)
+
+    def eval_stages(self) -> tuple[str, ...]:
+        """The stages that retrain chosen configurations after the search, in the order they run."""
+        return (("confirm",) if self.confirm_top_k else ()) + (("baseline",) if self.baseline else ())
+
+    def eval_seeds(self, used: set[int]) -> list[int]:
+        """The seeds of the confirmation and baseline runs (the same for both, so their comparison is
+        paired by seed): `confirm.seeds` of them, from 1000 * (seed + 1) upward, skipping every seed in
+        `used` (the search trials' own): a confirmation never repeats the run that chose it."""
+        out, s = [], 1000 * (self.seed + 1)
+        while len(out) < self.confirm_seeds:
+            if s not in used:
+                out.append(s)
+            s += 1
+        return out
 
     def trial_config(self, arm: Arm, params: dict, seed: int | None = None) -> C.TrainConfig:
         """The full training configuration of one trial (raises ConfigError on impossible values)."""
@@ -235,6 +266,8 @@ def load_space(path: str | os.PathLike) -> Space:
                 raise _err(path, f"{section}.{k}", f"may not be set in a space: {RESERVED[k]}")
             if k in ARCH_AXES:
                 raise _err(path, f"{section}.{k}", "is an architecture axis: list it under `arms`")
+            if section == "params" and k in SPLIT_FIELDS:
+                raise _err(path, f"{section}.{k}", "the split is the run's, not a trial's: set it under `fixed`")
     both = sorted(set(fixed) & set(params_raw))
     if both:
         raise _err(path, "params", f"{both} are both fixed and searched")
@@ -289,6 +322,7 @@ def load_space(path: str | os.PathLike) -> Space:
     seed = raw.get("seed", 0)
     if not isinstance(seed, int) or seed < 0:
         raise _err(path, "seed", f"must be an integer >= 0, got {seed!r}")
+    baseline = _parse_baseline(path, raw.get("baseline"), params, confirm)
 
     space = Space(path=path, name=str(raw.get("name") or Path(path).stem), metric=metric, strategy=strategy,
                   data=raw.get("data"), val_data=raw.get("val_data"), images=raw.get("images"),
@@ -296,9 +330,40 @@ def load_space(path: str | os.PathLike) -> Space:
                   max_epochs=budget["max_epochs"], grace_period=budget["grace_period"],
                   reduction_factor=budget["reduction_factor"], trials_per_arm=budget["trials_per_arm"],
                   max_concurrent=mc, cpu=float(res["cpu"]), gpu=float(res["gpu"]),
-                  confirm_top_k=confirm.get("top_k", 0), confirm_seeds=confirm.get("seeds", 0), seed=seed, raw=raw)
+                  confirm_top_k=confirm.get("top_k", 0), confirm_seeds=confirm.get("seeds", 0), seed=seed,
+                  test_data=raw.get("test_data"), baseline=baseline, raw=raw)
     _check_extremes(space)
+    for arm in space.arms:
+        try:
+            space.baseline_config(arm, seed=0)
+        except C.ConfigError as e:  # "FILE: field: rule" -> "FILE: baseline.field: rule (arm ...)"
+            raise SpaceError(f"{path}: baseline.{str(e)[len(path) + 2:]} (arm {arm.name})") from None
     return space
+
+
+def _parse_baseline(path, raw, params: dict, confirm: dict) -> dict:
+    """The `baseline:` section: training fields and values, one set for every arm. It must name a
+    value for every searched parameter (a shared configuration is a complete one), and it runs with
+    the confirmation seeds, so it needs a `confirm` section."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not raw:
+        raise _err(path, "baseline", f"must be a mapping of training fields to values, got {raw!r}")
+    for k in raw:
+        if k not in C.FIELD_NAMES:
+            raise _err(path, f"baseline.{k}", f"is not a training field; valid fields: {list(C.FIELD_NAMES)}")
+        if k in RESERVED:
+            raise _err(path, f"baseline.{k}", f"may not be set in a space: {RESERVED[k]}")
+        if k in ARCH_AXES:
+            raise _err(path, f"baseline.{k}", "is an architecture axis: the baseline runs on every arm")
+        if k in SPLIT_FIELDS or k == "seed":
+            raise _err(path, f"baseline.{k}", "the baseline runs on the run's split with the confirmation seeds")
+    missing = [name for name in params if name not in raw]
+    if missing:
+        raise _err(path, "baseline", f"must give a value for every searched parameter; missing: {missing}")
+    if not confirm:
+        raise _err(path, "baseline", "needs a `confirm` section: the baseline trains with its `seeds`")
+    return dict(raw)
 
 
 def _check_extremes(space: Space) -> None:
@@ -338,4 +403,12 @@ def dry_run_text(space: Space) -> str:
     if space.confirm_top_k:
         lines.append(f"confirmation: top {space.confirm_top_k} per arm x {space.confirm_seeds} seeds, "
                      f"{space.max_epochs} epochs")
+    if space.baseline:
+        lines.append(f"baseline (shared by every arm): {space.baseline}, {space.confirm_seeds} seeds, "
+                     f"{space.max_epochs} epochs")
+    split = space.split()
+    test = space.test_data or (f"{split.test_fraction:g} of the images" if split.test_fraction else
+                               "none (the comparison is scored on the validation images that chose the configurations)")
+    lines.append(f"split: split_seed {split.split_seed}, validation {space.val_data or f'{split.val_fraction:g} of the images'}, "
+                 f"test {test}")
     return "\n".join(lines)

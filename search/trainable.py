@@ -55,12 +55,21 @@ def remove_orphaned_work_dirs(tmp: str | None = None, wait_s: float = 0.0) -> in
         time.sleep(0.5)
 
 
+def resolve(data: tuple) -> tuple:
+    """The datasets behind search.run's object-store references (zero-copy on this node)."""
+    import ray
+
+    return tuple(ray.get(d) if isinstance(d, ray.ObjectRef) else d for d in data)
+
+
 def train_trial(config: dict, data: tuple) -> None:
     """Ray Tune function trainable. `config` comes from search.searcher (arm, study, cfg, params);
-    `data` is (train, val): search.run puts it in the object store and hands `tune.with_parameters`
-    the reference, which Ray resolves here (zero-copy: the arrays map this node's copy)."""
-    train, val = data
-    config = config.get("trial", config)  # the confirmation stage grids over whole trial configs
+    `data` holds the object-store references of (train, val) in the search stage and of
+    (train, val, test) in the stages after it (confirmation, baseline; test may be None): search.run
+    puts each dataset in the object store once, and they are resolved here (zero-copy: the arrays
+    map this node's copy). Search trials are never handed the test images."""
+    train, val, test = (*resolve(data), None)[:3]
+    config = config.get("trial", config)  # the stages after the search grid over whole trial configs
     cfg = C.from_dict(config["cfg"], source=f"trial {tune.get_context().get_trial_id()}")
     remove_orphaned_work_dirs()
     work = Path(tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}-"))
@@ -78,7 +87,7 @@ def train_trial(config: dict, data: tuple) -> None:
                 os.link(ckpt_path, Path(d) / CKPT_NAME)  # same filesystem: no copy until Ray persists it
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
-        fit(cfg, train, val, work, on_epoch=on_epoch, resume=restored is not None)
+        fit(cfg, train, val, work, test=test, on_epoch=on_epoch, resume=restored is not None)
     except (NonFiniteLossError, OutOfMemoryError) as e:
         # Deterministic failures: retrying from the checkpoint would fail the same way, so the trial
         # ends now with its reason (the searcher tells Optuna FAIL) instead of raising into Ray's retries.

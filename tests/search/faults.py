@@ -1,11 +1,14 @@
-"""Faults injected from the tests, never from the production trainable: a wrapper around
-search.trainable.train_trial that raises once, right after a trial reports a given epoch.
+"""Wrappers around search.trainable.train_trial, used from the tests only, never in production: one
+raises once, right after a trial reports a given epoch (a fault); one records which images a trial
+was handed.
 
 search.run builds its trainable from `search.trainable.train_trial` when it starts; a test puts
-`train_trial_failing_once` there (monkeypatch), and Ray ships it to the trial workers. This module is
+a wrapper there (monkeypatch), and Ray ships it to the trial workers. This module is
 pickled by value (`ray.cloudpickle.register_pickle_by_value`), so the workers need not import it."""
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 from ray import tune
@@ -40,3 +43,16 @@ def train_trial_failing_once(config: dict, data) -> None:
         trainable.train_trial(config, data)
     finally:
         trainable.fit = real_fit
+
+
+SEEN_DIR_ENV = "SMALLOBJ_TEST_SEEN_DIR"  # set by the test before Ray starts: its workers inherit it
+
+
+def train_trial_recording_images(config: dict, data) -> None:
+    """`train_trial`, after writing $SMALLOBJ_TEST_SEEN_DIR/<trial id>.json: the image ids of every
+    dataset the trial was handed ({"train": [...], "val": [...], "test": [...] or absent})."""
+    sets = trainable.resolve(data)
+    seen = {name: list(map(int, ds.image_ids)) for name, ds in zip(("train", "val", "test"), sets) if ds is not None}
+    folder = Path(os.environ[SEEN_DIR_ENV])
+    (folder / f"{tune.get_context().get_trial_id()}.json").write_text(json.dumps(seen))
+    trainable.train_trial(config, data)

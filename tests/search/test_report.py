@@ -12,18 +12,25 @@ from search import report
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _trial(run_dir, stage, arm, tid, epochs_map50, params, fail=None, extra_cfg=None):
+def _trial(run_dir, stage, arm, tid, epochs_map50, params, fail=None, extra_cfg=None, source="", test=None, seed=0):
+    """A trial folder as Ray leaves it. `test`: the test mAP50 reported at the best validation epoch
+    (as detector.engine.fit does); `source`: the search trial a confirmation run retrains."""
     d = run_dir / stage / f"{arm}_{tid}"
     d.mkdir(parents=True)
-    cfg = {"epochs": 4, "seed": 0, **(extra_cfg or {})}
+    cfg = {"epochs": 4, "seed": seed, **(extra_cfg or {})}
     (d / "params.json").write_text(json.dumps({"arm": arm, "study": arm, "stage": stage, "cfg": cfg,
+                                               "source_trial": source,
                                                "params": {"lr": 0.01 * (1 + len(epochs_map50))}}))
     lines = []
+    best = max(epochs_map50, default=None)
     for e, m in enumerate(epochs_map50, start=1):
         lines.append({"trial_id": tid, "epoch": float(e), "map50": m, "map": m / 2, "map_small": m / 3,
                       "loss": 2.0 / e, "iou_per_pred": 0.5, "iou_per_gt": m, "epoch_time_s": 10.0,
                       "train_img_per_s": 4.0, "params_total": params,
                       "params_trainable": params / 2, "peak_mem_mb": 500.0})
+        if test is not None and m == best and epochs_map50.index(m) == e - 1:
+            lines[-1].update(test_map50=test, test_map=test / 2, test_map_small=test / 3, test_iou_per_pred=0.5,
+                             test_iou_per_gt=test)
     if fail:
         lines.append({"trial_id": tid, "fail_reason": fail, "epoch": float(len(epochs_map50)), "map50": math.nan})
     (d / "result.json").write_text("".join(json.dumps(x) + "\n" for x in lines))
@@ -36,7 +43,8 @@ def handmade(tmp_path):
     run.mkdir()
     (run / "run.json").write_text(json.dumps({"name": "hand", "metric": "map50", "max_epochs": 4, "strategy":
                                               "per-architecture", "arms": ["A", "B"], "data": "x.json",
-                                              "data_fingerprint": "abc"}))
+                                              "data_fingerprint": "abc", "test_images": 5,
+                                              "versions": {"torch": "x"}}))
     (run / "space.yaml").write_text("budget: {max_epochs: 4, grace_period: 1, reduction_factor: 2}\n")
     _trial(run, "trials", "A", "a1", [0.2, 0.5, 0.7, 0.8], params=41_290_000)
     _trial(run, "trials", "A", "a2", [0.1], params=41_290_000)             # stopped at rung 1
@@ -44,10 +52,15 @@ def handmade(tmp_path):
     _trial(run, "trials", "B", "b1", [0.3, 0.5, 0.6, 0.55], params=28_270_000)
     _trial(run, "trials", "B", "b2", [0.2, 0.3], params=28_270_000)       # stopped at rung 2
     _trial(run, "trials", "B", "b3", [], params=28_270_000, fail="NonFiniteLossError: boom")
-    for tid, v in (("c1", 0.76), ("c2", 0.80)):
-        _trial(run, "confirm", "A", tid, [0.5, 0.6, 0.7, v], params=41_290_000)
-    for tid, v in (("c3", 0.58), ("c4", 0.60)):
-        _trial(run, "confirm", "B", tid, [0.4, 0.5, 0.55, v], params=28_270_000)
+    # Confirmation (validation best, test at that epoch) and the shared-hyperparameter baseline:
+    # B is ahead under shared hyperparameters (test 0.61 vs 0.52), A after tuning (0.72 vs 0.59).
+    for tid, v, t, seed in (("c1", 0.76, 0.70, 1000), ("c2", 0.80, 0.74, 1001)):
+        _trial(run, "confirm", "A", tid, [0.5, 0.6, 0.7, v], params=41_290_000, source="a1", test=t, seed=seed)
+    for tid, v, t, seed in (("c3", 0.58, 0.58, 1000), ("c4", 0.60, 0.60, 1001)):
+        _trial(run, "confirm", "B", tid, [0.4, 0.5, 0.55, v], params=28_270_000, source="b1", test=t, seed=seed)
+    for arm, tid, t, seed in (("A", "d1", 0.50, 1000), ("A", "d2", 0.54, 1001), ("B", "d3", 0.60, 1000),
+                              ("B", "d4", 0.62, 1001)):
+        _trial(run, "baseline", arm, tid, [0.4, 0.5, 0.55, 0.6], params=28_270_000, test=t, seed=seed)
     # Measured after the search (search.latency), one model at a time: B's model is the faster one.
     (run / "latency.json").write_text(json.dumps({
         "A": {"trial_id": "a1", "latency_ms": 30.0, "latency_n": 20, "device": "cpu"},
@@ -66,8 +79,8 @@ def test_table_values_figures_and_conclusion_from_known_numbers(handmade):
     assert a["confirm_mean"] == pytest.approx(0.78) and a["confirm_std"] == pytest.approx(0.028284, abs=1e-5)
     assert b["confirm_mean"] == pytest.approx(0.59)
     text = (handmade / "report" / "report.md").read_text()
-    assert "Best arm: **A**, map50 0.7800 ± 0.0283" in text
-    assert "Behind it by more than the spread between seeds: B (0.5900" in text
+    assert "Best arm on validation: **A**, map50 0.7800 ± 0.0283" in text
+    assert "Behind it beyond the 95% interval: B (0.5900 ± 0.0141; gap 0.1900, 95% interval" in text
     assert "| A | 0.8000 | 0.7800 ± 0.0283 (n=2) | 0.4000 |" in text and "| 41.29 | 20.64 |" in text
     assert "b3 (B): NonFiniteLossError: boom" in text
     # Pareto front: B is faster and smaller, A more accurate: both on it.
@@ -77,6 +90,66 @@ def test_table_values_figures_and_conclusion_from_known_numbers(handmade):
     for name in res["figures"]:
         assert (handmade / "report" / name).read_bytes()[:8] == PNG_MAGIC
     assert {"curves_map50.png", "curves_loss.png", "cost_latency.png", "cost_params.png"} <= set(res["figures"])
+
+
+def test_study_table_from_known_numbers(handmade):
+    from scipy import stats
+
+    res = report.write_report(handmade, handmade / "report")
+    text = (handmade / "report" / "report.md").read_text()
+    first = text.split("## ")[1]
+    assert first.startswith("Shared hyperparameters against a search per arm")
+    assert "Scored on 5 held-out test images, which chose nothing" in first
+    rows = {r["arm"]: r for r in report.study_rows(res["records"])}
+    a, b = rows["A"], rows["B"]
+    assert a["base"] == [0.50, 0.54] and a["tuned"] == [0.70, 0.74] and a["trial"] == "a1"
+    assert (a["rank_base"], a["rank_tuned"], b["rank_base"], b["rank_tuned"]) == (2, 1, 1, 2)
+    assert a["gain"] == pytest.approx(0.20) and b["gain"] == pytest.approx(-0.02)
+    for r in (a, b):  # Welch's interval, against scipy's own t-test
+        ci = stats.ttest_ind(r["tuned"], r["base"], equal_var=False).confidence_interval(0.95)
+        assert (r["gain_lo"], r["gain_hi"]) == (pytest.approx(ci.low), pytest.approx(ci.high))
+    assert a["gain_lo"] == pytest.approx(0.0783, abs=1e-4) and a["gain_hi"] == pytest.approx(0.3217, abs=1e-4)
+    assert "| A | 0.5200 ± 0.0283 (n=2) | 0.7200 ± 0.0283 (n=2) | +0.2000 (+0.0783 to +0.3217) | 2 | 1 |" in first
+    assert "Kendall's τ between the two rankings: -1.00 (2 arms)" in first
+    [pair] = report.flipped_pairs(list(rows.values()))
+    assert (pair["a"], pair["b"]) == ("A", "B") and pair["tuned_diff"] == pytest.approx(0.13)
+    assert pair["base_diff"] == pytest.approx(-0.09)
+    ci = stats.ttest_ind([0.70, 0.74], [0.58, 0.60], equal_var=False).confidence_interval(0.95)
+    assert pair["tuned_separate"] == (ci.low > 0) and pair["tuned_lo"] == pytest.approx(ci.low)
+    assert "| A vs B | +0.1300" in first
+    assert "Tuning raised map50 beyond its 95% interval for 1 of 2 arm(s) (A)" in first
+    assert "It changed the ranking (Kendall's τ = -1.00): 1 pair(s) swapped order" in first
+    assert "Each mean is over 2 seed(s); intervals are Welch's t." in first
+    assert {"study_curves_A.png", "study_curves_B.png"} <= set(res["figures"])
+
+
+def test_without_test_images_the_report_says_what_scored_it(handmade):
+    for f in handmade.glob("*/*/result.json"):
+        f.write_text("".join(json.dumps({k: v for k, v in json.loads(x).items() if not k.startswith("test_")}) + "\n"
+                             for x in f.read_text().splitlines()))
+    res = report.write_report(handmade, handmade / "report")
+    text = (handmade / "report" / "report.md").read_text()
+    assert "**Scored on the validation images that selected the configurations**" in text.split("## ")[1]
+    rows = {r["arm"]: r for r in report.study_rows(res["records"])}
+    assert rows["A"]["tuned"] == [0.76, 0.80] and rows["A"]["base"] == [0.6, 0.6]
+
+
+def test_export_takes_the_confirmation_s_ranking_unless_told_otherwise(handmade, tmp_path):
+    import yaml
+
+    from search import export
+
+    export.export(handmade, tmp_path / "c")
+    meta = yaml.safe_load((tmp_path / "c" / "best.yaml").read_text())["search"]
+    assert meta["trial_id"] == "a1" and meta["selected_by"] == "confirm" and meta["split_seed"] == 0
+    assert meta["confirmation"] == {"seeds": [1000, 1001], "mean": 0.78, "sd": pytest.approx(0.028284, abs=1e-6), "n": 2}
+    assert meta["test"]["map50"]["mean"] == pytest.approx(0.72) and meta["data_fingerprint"] == "abc"
+    export.export(handmade, tmp_path / "s", source="search")
+    meta = yaml.safe_load((tmp_path / "s" / "best.yaml").read_text())["search"]
+    assert meta["selected_by"] == "search" and "confirmation" not in meta and meta["trial_id"] == "a1"
+    shutil.rmtree(handmade / "confirm")
+    with pytest.raises(ValueError, match="--from confirm: the run has no confirmation stage"):
+        export.export(handmade, tmp_path / "x", source="confirm")
 
 
 def test_latency_comes_from_the_measurement_after_the_search_only(handmade):

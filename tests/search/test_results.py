@@ -109,3 +109,45 @@ def test_results_csv_and_trials_json_use_the_same_named_columns(tmp_path):
 def test_results_csv_has_its_header_with_no_trial(tmp_path):
     R.write_results(tmp_path, [], "map50")
     assert (tmp_path / "results.csv").read_text().startswith("trial_id,arm,study,stage,status,epochs_run,best_map50,")
+
+
+def _record(tid, arm, seed, best, stage="search", status=R.STATUS_FINISHED, source=""):
+    cfg = {"backbone": "resnet18", "version": "v1", "weights": "none", "trainable_layers": 5, "epochs": 4,
+           "seed": seed, "lr": 0.01}
+    return R.TrialRecord(trial_id=tid, arm=arm, study=arm, stage=stage, metric="map50", status=status, epochs=4,
+                         best=best, last=best, best_epoch=4, reason="", unreadable_lines=0, path="", config=cfg,
+                         params={"lr": 0.01}, source_trial=source)
+
+
+def test_confirmation_and_baseline_seeds_never_repeat_a_search_trial_s(tmp_path):
+    from search.run import stage_configs
+
+    space_file = tmp_path / "s.yaml"
+    space_file.write_text(
+        "arms: {backbone: [resnet18], version: [v1], weights: [none]}\n"
+        "params:\n  lr: {type: float, low: 0.001, high: 0.1, log: true}\n"
+        "budget: {max_epochs: 4, grace_period: 1, reduction_factor: 2, trials_per_arm: 3}\n"
+        "confirm: {top_k: 2, seeds: 2}\nbaseline: {lr: 0.02}\n")
+    space = load_space(space_file)
+    # Search trials that used the seeds a naive rule would give the confirmation (0, 1000, 1001).
+    records = [_record("t1", ARM, 0, 0.5), _record("t2", ARM, 1000, 0.7), _record("t3", ARM, 1001, 0.6)]
+    confirm, baseline = stage_configs(space, "confirm", records), stage_configs(space, "baseline", records)
+    seeds = {c["cfg"]["seed"] for c in confirm + baseline}
+    assert seeds == {1002, 1003} and not seeds & {0, 1000, 1001}
+    assert [(c["source_trial"], c["cfg"]["seed"]) for c in confirm] == [("t2", 1002), ("t2", 1003), ("t3", 1002),
+                                                                         ("t3", 1003)]
+    assert all(c["cfg"]["lr"] == 0.02 and c["cfg"]["epochs"] == 4 for c in baseline) and len(baseline) == 2
+
+
+def test_an_arm_s_tuned_configuration_is_chosen_on_validation_only():
+    """Confirmed configurations are ordered by their mean validation metric over seeds; the test
+    scores (which would order them the other way here) choose nothing."""
+    records = [_record("t1", ARM, 0, 0.8), _record("t2", ARM, 0, 0.7)]
+    for tid, src, val, test in (("c1", "t1", 0.60, 0.9), ("c2", "t1", 0.62, 0.9), ("c3", "t2", 0.70, 0.1),
+                                ("c4", "t2", 0.66, 0.1)):
+        r = _record(tid, ARM, 1000, val, stage="confirm", source=src)
+        r.test = {"map50": test}
+        records.append(r)
+    [first, second] = R.confirmed(records, ARM)
+    assert first.source.trial_id == "t2" and first.values() == [0.70, 0.66] and first.values(test=True) == [0.1, 0.1]
+    assert second.source.trial_id == "t1"

@@ -64,6 +64,21 @@ def test_arms_are_the_product_minus_impossible_combinations(tmp_path):
     (("budget:", "fixed: {metric: map}\nbudget:"), "x.yaml: fixed.metric: may not be set in a space: set by the space's top-level `metric`"),
     (("budget:", "metric: accuracy\nbudget:"), "x.yaml: metric: must be one of ['map50'"),
     (("budget:", "resources: {cpu: 0}\nbudget:"), "x.yaml: resources.cpu: must be a number > 0"),
+    (("budget:", "confirm: {top_k: 1, seeds: 2}\nbaseline: {lr: -1}\nbudget:"),
+     "x.yaml: baseline.lr: must be a number > 0, got -1.0 (arm resnet18-v1-none-t5)"),
+    (("budget:", "confirm: {top_k: 1, seeds: 2}\nbaseline: {lr: 0.01, learning_rate: 2}\nbudget:"),
+     "x.yaml: baseline.learning_rate: is not a training field"),
+    (("budget:", "confirm: {top_k: 1, seeds: 2}\nbaseline: {momentum: 0.9}\nbudget:"),
+     "x.yaml: baseline: must give a value for every searched parameter; missing: ['lr']"),
+    (("budget:", "baseline: {lr: 0.01}\nbudget:"), "x.yaml: baseline: needs a `confirm` section"),
+    (("budget:", "confirm: {top_k: 1, seeds: 2}\nbaseline: {lr: 0.01, split_seed: 3}\nbudget:"),
+     "x.yaml: baseline.split_seed: the baseline runs on the run's split"),
+    (("budget:", "confirm: {top_k: 1, seeds: 2}\nbaseline: {lr: 0.01, backbone: resnet50}\nbudget:"),
+     "x.yaml: baseline.backbone: is an architecture axis"),
+    (("params:\n", "params:\n  split_seed: {type: int, low: 0, high: 3}\n"),
+     "x.yaml: params.split_seed: the split is the run's, not a trial's: set it under `fixed`"),
+    (("budget:", "fixed: {val_fraction: 0.5, test_fraction: 0.5}\nbudget:"),
+     "test_fraction: val_fraction + test_fraction must be < 1"),
 ])
 def test_bad_spaces_are_rejected_with_the_rule(tmp_path, edit, message):
     old, new = edit
@@ -90,6 +105,20 @@ def test_values_no_trial_could_train_with_fail_at_load(tmp_path):
         "budget:", "fixed: {optimizer: adamw}\nbudget:")
     with pytest.raises(SpaceError, match="nesterov: needs optimizer 'sgd'"):
         load_space(_write(tmp_path, bad))
+
+
+def test_baseline_is_one_configuration_for_every_arm_and_seeds_skip_the_search_s(tmp_path):
+    text = BASE.replace("backbone: [resnet18]", "backbone: [resnet18, resnet34]").replace(
+        "budget:", "fixed: {split_seed: 7, test_fraction: 0.2}\nconfirm: {top_k: 1, seeds: 3}\n"
+                   "baseline: {lr: 0.02, optimizer: sgd}\nbudget:")
+    s = load_space(_write(tmp_path, text))
+    cfgs = [s.baseline_config(arm, seed=1000) for arm in s.arms]
+    assert [c.backbone for c in cfgs] == ["resnet18", "resnet34"]
+    assert all(c.lr == 0.02 and c.epochs == 4 and c.split_seed == 7 and c.test_fraction == 0.2 for c in cfgs)
+    assert s.eval_stages() == ("confirm", "baseline")
+    assert s.eval_seeds(set()) == [1000, 1001, 1002]
+    assert s.eval_seeds({0, 1000, 1002}) == [1001, 1003, 1004]
+    assert "baseline (shared by every arm)" in dry_run_text(s) and "split: split_seed 7" in dry_run_text(s)
 
 
 def test_the_space_s_metric_is_every_trial_s_metric(tmp_path):
