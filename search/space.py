@@ -258,16 +258,8 @@ def load_space(path: str | os.PathLike) -> Space:
     params_raw = raw.get("params") or {}
     if not isinstance(params_raw, dict):
         raise _err(path, "params", "must be a mapping of training fields to parameter specs")
-    for section, keys in (("fixed", fixed), ("params", params_raw)):
-        for k in keys:
-            if k not in C.FIELD_NAMES:
-                raise _err(path, f"{section}.{k}", f"is not a training field; valid fields: {list(C.FIELD_NAMES)}")
-            if k in RESERVED:
-                raise _err(path, f"{section}.{k}", f"may not be set in a space: {RESERVED[k]}")
-            if k in ARCH_AXES:
-                raise _err(path, f"{section}.{k}", "is an architecture axis: list it under `arms`")
-            if section == "params" and k in SPLIT_FIELDS:
-                raise _err(path, f"{section}.{k}", "the split is the run's, not a trial's: set it under `fixed`")
+    _check_field_keys(path, "fixed", fixed)
+    _check_field_keys(path, "params", params_raw)
     both = sorted(set(fixed) & set(params_raw))
     if both:
         raise _err(path, "params", f"{both} are both fixed and searched")
@@ -341,6 +333,26 @@ def load_space(path: str | os.PathLike) -> Space:
     return space
 
 
+# Fields a section may not set, beyond RESERVED and the arm axes: (fields, why).
+NOT_IN_SECTION = {"params": (SPLIT_FIELDS, "the split is the run's, not a trial's: set it under `fixed`"),
+                  "baseline": ((*SPLIT_FIELDS, "seed"), "the baseline runs on the run's split with the confirmation seeds")}
+
+
+def _check_field_keys(path, section: str, keys) -> None:
+    """Every key of `fixed`, `params` or `baseline` is a training field that section may set."""
+    banned, why = NOT_IN_SECTION.get(section, ((), ""))
+    for k in keys:
+        if k not in C.FIELD_NAMES:
+            raise _err(path, f"{section}.{k}", f"is not a training field; valid fields: {list(C.FIELD_NAMES)}")
+        if k in RESERVED:
+            raise _err(path, f"{section}.{k}", f"may not be set in a space: {RESERVED[k]}")
+        if k in ARCH_AXES:
+            raise _err(path, f"{section}.{k}", "is an architecture axis: "
+                       + ("the baseline runs on every arm" if section == "baseline" else "list it under `arms`"))
+        if k in banned:
+            raise _err(path, f"{section}.{k}", why)
+
+
 def _parse_baseline(path, raw, params: dict, confirm: dict) -> dict:
     """The `baseline:` section: training fields and values, one set for every arm. It must name a
     value for every searched parameter (a shared configuration is a complete one), and it runs with
@@ -349,15 +361,7 @@ def _parse_baseline(path, raw, params: dict, confirm: dict) -> dict:
         return {}
     if not isinstance(raw, dict) or not raw:
         raise _err(path, "baseline", f"must be a mapping of training fields to values, got {raw!r}")
-    for k in raw:
-        if k not in C.FIELD_NAMES:
-            raise _err(path, f"baseline.{k}", f"is not a training field; valid fields: {list(C.FIELD_NAMES)}")
-        if k in RESERVED:
-            raise _err(path, f"baseline.{k}", f"may not be set in a space: {RESERVED[k]}")
-        if k in ARCH_AXES:
-            raise _err(path, f"baseline.{k}", "is an architecture axis: the baseline runs on every arm")
-        if k in SPLIT_FIELDS or k == "seed":
-            raise _err(path, f"baseline.{k}", "the baseline runs on the run's split with the confirmation seeds")
+    _check_field_keys(path, "baseline", raw)
     missing = [name for name in params if name not in raw]
     if missing:
         raise _err(path, "baseline", f"must give a value for every searched parameter; missing: {missing}")

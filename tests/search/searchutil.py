@@ -44,6 +44,13 @@ def write_space(folder: Path, data, body: str, name: str = "s.yaml") -> Path:
     return p
 
 
+def write_experiment_state(stage_dir: Path, statuses: dict[str, str]) -> None:
+    """A Ray Tune experiment state holding only what search.results.ray_statuses reads:
+    {trial id: status} (PENDING, RUNNING, PAUSED, TERMINATED, ERROR)."""
+    data = [[json.dumps({"trial_id": t, "status": s}), "{}"] for t, s in statuses.items()]
+    (stage_dir / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trial_data": data}))
+
+
 def result_rows(run_dir: Path) -> list[dict]:
     with open(run_dir / "results.csv") as f:
         return list(csv.DictReader(f))

@@ -15,6 +15,8 @@ from search.progress import ArmTable
 from search.searcher import ArmSearcher
 from search.space import load_space
 
+from searchutil import write_experiment_state
+
 ARM = "resnet18-v1-none-t5"
 
 
@@ -24,12 +26,6 @@ def _trial_dir(stage_dir, tid, lines, arm=ARM, raw_tail=""):
     (d / "params.json").write_text(json.dumps({"arm": arm, "study": arm, "cfg": {"epochs": 4}, "params": {}}))
     (d / "result.json").write_text("".join(json.dumps({"trial_id": tid, **x}) + "\n" for x in lines) + raw_tail)
     return d
-
-
-def _state(stage_dir, statuses: dict[str, str]):
-    """An experiment state as Ray writes it (only what results.ray_statuses reads)."""
-    data = [[json.dumps({"trial_id": t, "status": s}), "{}"] for t, s in statuses.items()]
-    (stage_dir / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trial_data": data}))
 
 
 def test_ties_keep_the_earliest_epoch(tmp_path):
@@ -56,7 +52,7 @@ def test_trials_missing_from_the_experiment_state_do_not_count(tmp_path):
     stage = tmp_path / "trials"
     _trial_dir(stage, "a", [{"epoch": 1.0, "map50": 0.2}])
     _trial_dir(stage, "lost", [{"epoch": 1.0, "map50": 0.9}])  # started after Ray's last checkpoint
-    _state(stage, {"a": "TERMINATED"})
+    write_experiment_state(stage, {"a": "TERMINATED"})
     assert [tid for _, tid, _ in R.counted_trials(stage)] == ["a"]
     assert [r.trial_id for r in R.collect(tmp_path, "map50", 4)] == ["a"]
 
@@ -86,7 +82,7 @@ def test_searcher_progress_table_and_results_agree_on_a_trial_s_outcome(tmp_path
     (table.on_trial_error if error else table.on_trial_complete)(0, [], trial)
 
     d = _trial_dir(tmp_path / "trials", "t", lines)
-    _state(tmp_path / "trials", {"t": "ERROR" if error else "TERMINATED"})
+    write_experiment_state(tmp_path / "trials", {"t": "ERROR" if error else "TERMINATED"})
     rec = R.read_trial(d, "map50", 4, R.ray_statuses(tmp_path / "trials")["t"])
 
     assert rec.status == table.status["t"] == expected

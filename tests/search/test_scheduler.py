@@ -7,6 +7,8 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 from search.scheduler import PerArmASHA
 from search.space import load_space
 
+from searchutil import write_experiment_state
+
 
 def _trial(study: str, tid: str) -> Trial:
     return Trial("fake_trainable", config={"study": study, "arm": study}, trial_id=tid, stub=True)
@@ -93,13 +95,6 @@ def _store(run_dir, study, tid, values, config=None):
                                            for e, v in enumerate(values, start=1)))
 
 
-def _experiment_state(run_dir, statuses):
-    import json
-
-    data = [[json.dumps({"trial_id": t, "status": s}), "{}"] for t, s in statuses.items()]
-    (run_dir / "trials" / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trial_data": data}))
-
-
 def test_the_rung_rebuild_counts_exactly_the_trials_results_count(tmp_path):
     """A trial folder left by a driver that died before Ray's next experiment checkpoint is not a
     trial (results.csv skips it; its Optuna trial is handed to a new trial): it must not sit in a rung."""
@@ -113,7 +108,7 @@ def test_the_rung_rebuild_counts_exactly_the_trials_results_count(tmp_path):
     blank = pickle.dumps(PerArmASHA(space, run_dir))
     _store(run_dir, study, "a", [0.3, 0.4])
     _store(run_dir, study, "lost", [0.9, 0.95])
-    _experiment_state(run_dir, {"a": "RUNNING"})
+    write_experiment_state(run_dir / "trials", {"a": "RUNNING"})
     restored = pickle.loads(blank)
     restored.on_trial_add(None, _trial(study, "b"))  # the first call rebuilds
     counted = {r.trial_id for r in collect(run_dir, "map50", 4)}
@@ -147,7 +142,7 @@ def test_a_trial_stopped_after_the_last_experiment_checkpoint_stays_stopped_on_r
         trials[tid] = Trial("fake_trainable", config=config, trial_id=tid, stub=True)
         scheduler.on_trial_add(None, trials[tid])
     searcher.save(str(tmp_path / "searcher-state.json"))  # Ray's last experiment checkpoint: all three live
-    _experiment_state(run_dir, {tid: "RUNNING" for tid in trials})
+    write_experiment_state(run_dir / "trials", {tid: "RUNNING" for tid in trials})
     decisions = {}
     for tid, v in (("t0", 0.5), ("t1", 0.6), ("t2", 0.1)):
         _store(run_dir, study, tid, [v], config=trials[tid].config)
