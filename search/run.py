@@ -324,7 +324,7 @@ def _run(args, space: Space, loc: RunLocation, name: str, data_arg, splits) -> i
         # The decoded data goes into Ray's object store once, for every stage; this process keeps
         # only the references (its own copy would double the head node's share of memory). The
         # search stage is handed no reference to the test images.
-        refs = tuple(ray.put(d) for d in splits)
+        refs = tuple(None if d is None else ray.put(d) for d in splits)  # (no test images: None)
         del train, val, test, splits
         run_search(space, loc, refs[:2], args.resume)
         for stage in space.eval_stages():

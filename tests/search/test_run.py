@@ -104,6 +104,14 @@ def test_each_arm_s_best_model_is_timed_after_the_search(searched):
 
 
 @pytest.mark.slow
+def test_without_test_images_each_arm_s_detections_are_drawn_on_validation_images(searched):
+    space, run_dir = searched
+    assert json.loads((run_dir / "run.json").read_text())["test_images"] == 0
+    for arm in space.arms:  # the tuned model only: this space has no baseline
+        assert (run_dir / "detections" / f"{arm.name}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
 def test_export_round_trip_trains(searched, tmp_path):
     space, run_dir = searched
     paths = export.export(run_dir, tmp_path / "exp")
