@@ -192,7 +192,8 @@ confirm: {top_k: 1, seeds: 2}
     assert len(search_rows) == 3
     arms_searched = {r["arm"] for r in search_rows}
     assert len(confirm_rows) == 2 * len(arms_searched)  # top 1 of every arm that ran, x 2 seeds
-    assert sorted({r["seed"] for r in confirm_rows}) == ["0", "1"]
+    # Never a search trial's seed (0 here): the first seeds from 1000 upward that no search trial used.
+    assert sorted({r["seed"] for r in confirm_rows}) == ["1000", "1001"]
     for r in confirm_rows:
         assert r["status"] == "finished" and r["epochs_run"] == "1"
 
@@ -247,29 +248,35 @@ def test_scratch_folders_of_dead_workers_are_removed(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_during_the_confirmation_stage_continues_it(tiny_data, tmp_path):
-    """Killed while the confirmation stage runs, then --resume: the finished search stage is left
-    as it is and the confirmation stage continues (never started a second time beside the first)."""
+def test_resume_during_a_stage_after_the_search_continues_it(tiny_data, tmp_path):
+    """Killed while the baseline stage runs (after the search and the confirmation), then --resume:
+    the finished stages are left as they are and the baseline stage continues (never started a
+    second time beside the first)."""
     space = _space(tmp_path, tiny_data, """
 arms: {backbone: [resnet18]}
 params:
   lr: {type: float, low: 0.005, high: 0.02, log: true}
 budget: {max_epochs: 2, grace_period: 2, reduction_factor: 2, trials_per_arm: 2, max_concurrent: 2}
 confirm: {top_k: 1, seeds: 2}
+baseline: {lr: 0.01}
 """)
     args = ["--space", str(space), "--storage", str(tmp_path / "runs"), "--name", "cf", "--num-cpus", "2"]
     run_dir = tmp_path / "runs" / "cf"
     with SearchProcess(*args, log=tmp_path / "search.log") as search:
-        wait_until(lambda: any(reported_epochs(run_dir / "confirm").values()), 300,
-                   "a confirmation trial reported an epoch", search.proc)
-        kill_between_snapshots(search, run_dir / "confirm")
+        wait_until(lambda: any(reported_epochs(run_dir / "baseline").values()), 400,
+                   "a baseline run reported an epoch", search.proc)
+        kill_between_snapshots(search, run_dir / "baseline")
+    confirm_before = sorted(d.name for d in (run_dir / "confirm").iterdir() if d.is_dir())
     assert run.main(args + ["--resume"]) == 0
     rows = _rows(run_dir)
     assert len([r for r in rows if r["stage"] == "search"]) == 2
-    confirm = [r for r in rows if r["stage"] == "confirm"]
-    assert len(confirm) == 2 and sorted(r["seed"] for r in confirm) == ["0", "1"], confirm
-    assert all(r["status"] == "finished" for r in confirm)
-    assert len([d for d in (run_dir / "confirm").iterdir() if d.is_dir()]) == 2  # one folder per trial
+    for stage in ("confirm", "baseline"):
+        mine = [r for r in rows if r["stage"] == stage]
+        assert len(mine) == 2 and sorted(r["seed"] for r in mine) == ["1000", "1001"], mine
+        assert all(r["status"] == "finished" and r["epochs_run"] == "2" for r in mine)
+        assert len([d for d in (run_dir / stage).iterdir() if d.is_dir()]) == 2  # one folder per run
+    assert sorted(d.name for d in (run_dir / "confirm").iterdir() if d.is_dir()) == confirm_before
+    assert all(r["lr"] == "0.01" for r in rows if r["stage"] == "baseline")
 
 
 @pytest.mark.slow
