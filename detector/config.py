@@ -250,6 +250,13 @@ def _validate(c: TrainConfig) -> None:
 FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
 
 
+def arm_name(backbone: str, version: str, weights: str, trainable_layers: Any) -> str:
+    """What files, tables and trackers call an architecture, e.g. `resnet50-v2-coco-t5` (a checkpoint
+    path as weights is `ckpt`)."""
+    w = weights if weights in WEIGHT_SOURCES else "ckpt"
+    return f"{backbone}-{version}-{w}-t{trainable_layers}"
+
+
 def from_dict(data: dict, source: str = "config") -> TrainConfig:
     """Build a configuration from a plain mapping (as read from YAML).
 

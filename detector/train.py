@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from detector import config as C
+from detector import tracking
 from detector.data import DataError, load_splits
 from detector.engine import NonFiniteLossError, OutOfMemoryError, fit
 
@@ -40,6 +41,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--print-config", action="store_true", help="print the default configuration as commented YAML")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--log", action="append", default=[], metavar="TRACKER",
+                   help="also send the training to a tracker: mlflow[=TRACKING_URI], wandb[=PROJECT], tensorboard "
+                        "(repeatable; see detector/tracking.py)")
     return p.parse_args(argv)
 
 
@@ -75,9 +79,10 @@ def main(argv=None) -> int:
         return 0
     try:
         cfg = resolve_config(args)
+        trackers = tracking.parse(args.log)
         splits = load_splits(args.data, val_data=args.val_data, test_data=args.test_data, images=args.images,
                              val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.split_seed)
-    except (C.ConfigError, DataError) as e:
+    except (C.ConfigError, DataError, tracking.TrackerError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     train, val, test = splits
@@ -92,12 +97,19 @@ def main(argv=None) -> int:
     print(f"training {cfg.backbone} {cfg.version} weights={cfg.weights} on {len(train)} images, "
           f"validating on {len(val)}" + (f", testing on {len(test)}" if test is not None else "")
           + f"; output {args.out}", file=sys.stderr)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    runs = tracking.Runs(trackers, cfg, Path(args.out), name=Path(args.out).name)
+    ok = False
     try:
         summary = fit(cfg, train, val, Path(args.out), test=test, device=args.device, resume=args.resume,
-                      progress=not args.quiet, log=lambda s: print(s, file=sys.stderr))
+                      progress=not args.quiet, log=lambda s: print(s, file=sys.stderr),
+                      on_epoch=lambda m, _: runs.log(m, int(m["epoch"])))
+        ok = True
     except (NonFiniteLossError, OutOfMemoryError, C.ConfigError) as e:
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
+    finally:
+        runs.end(ok)
     best = summary["best"]
     print(json.dumps({"metric": cfg.metric, "best_epoch": summary["best_epoch"], cfg.metric: best.get(cfg.metric),
                       "map50": best.get("map50"), "map": best.get("map"), "epochs_run": summary["epochs_run"],

@@ -44,6 +44,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="with --address: --storage is a folder every node mounts at the same path (NFS, EFS)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all of this machine's)")
     p.add_argument("--resume", action="store_true", help="continue the run STORAGE/NAME where it stopped")
+    p.add_argument("--log", action="append", default=[], metavar="TRACKER",
+                   help="also send every trial to a tracker: mlflow[=TRACKING_URI], wandb[=PROJECT], tensorboard "
+                        "(repeatable; see search/trackers.py)")
     p.add_argument("--dry-run", action="store_true", help="print arms, skipped combinations and budget; run nothing")
     return p.parse_args(argv)
 
@@ -99,8 +102,16 @@ def _trainable(space: Space, data):
     return tune.with_resources(tune.with_parameters(train_trial, data=data), {"cpu": space.cpu, "gpu": space.gpu})
 
 
-def run_search(space: Space, loc: RunLocation, data, resume: bool, stream=None) -> None:
-    """The search stage: one Tuner over every arm."""
+def _tracker_callbacks(trackers, loc: RunLocation) -> list:
+    """Ray callbacks of the --log trackers (search/trackers.py), for a run named after its folder."""
+    from search import trackers as T
+
+    return T.callbacks(trackers or [], loc.local.name)
+
+
+def run_search(space: Space, loc: RunLocation, data, resume: bool, stream=None, trackers=None) -> None:
+    """The search stage: one Tuner over every arm. On --resume Ray restores the run's own callbacks
+    (the progress table, the trackers it was started with)."""
     from ray import tune
 
     from search.progress import ArmTable
@@ -128,7 +139,8 @@ def run_search(space: Space, loc: RunLocation, data, resume: bool, stream=None) 
                                         reuse_actors=True,
                                         trial_dirname_creator=lambda t: f"{t.config['arm']}_{t.trial_id}"),
             run_config=tune.RunConfig(
-                name="trials", storage_path=loc.ray_storage, verbose=0, callbacks=[table],
+                name="trials", storage_path=loc.ray_storage, verbose=0,
+                callbacks=[table, *_tracker_callbacks(trackers, loc)],
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=space.metric,
                                                         checkpoint_score_order="max"),
                 failure_config=tune.FailureConfig(max_failures=2)),
@@ -166,7 +178,8 @@ def stage_configs(space: Space, stage: str, records) -> list[dict]:
     return configs
 
 
-def run_stage(space: Space, loc: RunLocation, data, stage: str, resume: bool = False, stream=None) -> None:
+def run_stage(space: Space, loc: RunLocation, data, stage: str, resume: bool = False, stream=None,
+              trackers=None) -> None:
     """One stage after the search (`stage_configs`), in its own Tuner folder RUN_DIR/<stage>. On
     --resume, a stage that had started is continued, never started a second time. Ray keeps each
     run's best-epoch checkpoint (the report draws its detections from it)."""
@@ -189,7 +202,8 @@ def run_stage(space: Space, loc: RunLocation, data, stage: str, resume: bool = F
                                            trial_dirname_creator=lambda t: f"{t.config['trial']['arm']}_{t.trial_id}"),
                run_config=tune.RunConfig(name=stage, storage_path=loc.ray_storage, verbose=0,
                                          callbacks=[ArmTable(space.metric, [a.name for a in space.arms],
-                                                             space.max_epochs, stream=stream)],
+                                                             space.max_epochs, stream=stream),
+                                                    *_tracker_callbacks(trackers, loc)],
                                          checkpoint_config=tune.CheckpointConfig(
                                              num_to_keep=1, checkpoint_score_attribute=space.metric,
                                              checkpoint_score_order="max"),
@@ -227,9 +241,12 @@ def main(argv=None) -> int:
         return 0
     from search import compat  # imports Ray and Optuna, which --dry-run does not need
 
+    from search import trackers
+
     try:
         compat.check()  # a Ray or Optuna this project does not fit fails here, not mid-search
-    except compat.IncompatibleVersion as e:
+        args.trackers = trackers.parse(args.log)  # a tracker that is not installed is refused now
+    except (compat.IncompatibleVersion, trackers.TrackerError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.resume and not args.name:
@@ -296,7 +313,8 @@ def _run(args, space: Space, loc: RunLocation, name: str, data_arg, splits) -> i
             "data_fingerprint": fingerprint, "split_seed": split.split_seed, "val_fraction": split.val_fraction,
             "test_fraction": split.test_fraction, "metric": space.metric, "max_epochs": space.max_epochs,
             "strategy": space.strategy, "arms": [a.name for a in space.arms], "stages": ["search", *space.eval_stages()],
-            "versions": _versions(), "train_images": len(train), "val_images": len(val),
+            "versions": _versions(), "trackers": [t.name for t in args.trackers],  # names only: no URI, no key
+            "train_images": len(train), "val_images": len(val),
             "test_images": len(test) if test is not None else 0}
     run_json = run_dir / "run.json"
     if args.resume and run_json.exists():
@@ -326,9 +344,9 @@ def _run(args, space: Space, loc: RunLocation, name: str, data_arg, splits) -> i
         # search stage is handed no reference to the test images.
         refs = tuple(None if d is None else ray.put(d) for d in splits)  # (no test images: None)
         del train, val, test, splits
-        run_search(space, loc, refs[:2], args.resume)
+        run_search(space, loc, refs[:2], args.resume, trackers=args.trackers)
         for stage in space.eval_stages():
-            run_stage(space, loc, refs, stage, resume=args.resume)
+            run_stage(space, loc, refs, stage, resume=args.resume, trackers=args.trackers)
         loc.pull()
         records = collect(run_dir, space.metric, space.max_epochs)
         latency.measure(space, loc, refs, records)

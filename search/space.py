@@ -69,8 +69,7 @@ class Arm:
 
     @property
     def name(self) -> str:
-        w = self.weights if self.weights in C.WEIGHT_SOURCES else "ckpt"
-        return f"{self.backbone}-{self.version}-{w}-t{self.trainable_layers}"
+        return C.arm_name(self.backbone, self.version, self.weights, self.trainable_layers)
 
     def fields(self) -> dict:
         return {k: getattr(self, k) for k in ARCH_AXES}

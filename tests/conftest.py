@@ -26,6 +26,37 @@ def tiny_data(tmp_path_factory) -> Path:
     return synth.write_dataset(out, n_images=10, size=64, seed=3)
 
 
+def wandb_records(path) -> list:
+    """The records of a W&B run file (`run-*.wandb`, what offline mode writes and `wandb sync` uploads),
+    as wandb's own protobuf `Record`s. The file is LevelDB's log format (32 KiB blocks of records with
+    a 7-byte header: checksum, length, type FULL/FIRST/MIDDLE/LAST) after a 7-byte W&B header; wandb
+    no longer ships a Python reader for it (its Go core reads it)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data = Path(path).read_bytes()
+    ident, magic, _ = struct.unpack("<4sHB", data[:7])
+    assert ident == b":W&B" and magic == 0xBEE1, f"{path}: not a W&B run file"
+    out, pos, block, parts = [], 7, 32768, b""
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:  # the rest of a block too small for a header is padding
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if kind == 0 and length == 0:
+            break
+        parts += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # FULL or LAST: a whole record
+            rec = wandb_internal_pb2.Record()
+            rec.ParseFromString(parts)
+            out.append(rec)
+            parts = b""
+    return out
+
+
 def write_fake_hub_file(hub_checkpoints: Path, wf, state: dict) -> Path:
     """Save `state` under the exact file name torch hub uses for `wf` (a detector.weights.WeightFile)."""
     hub_checkpoints.mkdir(parents=True, exist_ok=True)

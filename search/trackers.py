@@ -1,0 +1,80 @@
+"""Send a search to the trackers users already watch, through Ray Tune's own callbacks.
+
+    python -m search.run --space S --log mlflow[=TRACKING_URI] --log wandb[=PROJECT] --log tensorboard
+
+- mlflow: Ray's `MLflowLoggerCallback`. One MLflow run per trial (every stage), in an experiment
+  named after the search; its whole configuration as parameters, every epoch's metrics (step =
+  epoch), tags `arm`, `stage`, `search`. The tracking URI is the one given, else MLflow's own
+  (`MLFLOW_TRACKING_URI`, ...).
+- wandb: Ray's `WandbLoggerCallback`. One W&B run per trial, grouped by the search's name, in the
+  project given (else `WANDB_PROJECT`, else "smallobj-search"); tags `arm:...`, `stage:...`,
+  `search:...`. `WANDB_MODE=offline` keeps the runs in each trial's folder for `wandb sync`.
+- tensorboard: Ray's `TBXLoggerCallback` (Ray adds it anyway when tensorboardX is installed; asking
+  for it makes sure and checks that `tensorboard` is there to read the files).
+
+Credentials come from the environment or each tool's own login (`wandb login`, MLflow's
+`MLFLOW_TRACKING_TOKEN` / `MLFLOW_TRACKING_USERNAME`...): nothing here reads, passes or writes them.
+"""
+from __future__ import annotations
+
+# Ray's integrations import mlflow and wandb only when a callback is set up.
+from ray.air.integrations.mlflow import MLflowLoggerCallback
+from ray.air.integrations.wandb import WandbLoggerCallback
+from ray.tune.logger import TBXLoggerCallback
+
+from detector import tracking as T
+
+# The tracker names, their packages and extras, and the --log check are detector.tracking's (one
+# definition for search.run and detector.train).
+TRACKERS, Tracker, TrackerError, parse = T.TRACKERS, T.Tracker, T.TrackerError, T.parse
+
+
+def trial_tags(config: dict, search: str) -> dict[str, str]:
+    """The tags of a trial's tracked run: its arm, its stage and the search's name."""
+    config = config.get("trial", config)  # the stages after the search nest the trial's config
+    return {"arm": str(config.get("arm")), "stage": str(config.get("stage", "search")), "search": search}
+
+
+class MLflowCallback(MLflowLoggerCallback):
+    """Ray's MLflow callback, with each trial's own tags (Ray gives every run the same ones)."""
+
+    def __init__(self, search: str, tracking_uri: str | None = None):
+        super().__init__(tracking_uri=tracking_uri, experiment_name=search, tags={"search": search})
+        self.search = search
+
+    def log_trial_start(self, trial):
+        shared = self.tags
+        self.tags = {**shared, **trial_tags(trial.config, self.search)}
+        try:
+            super().log_trial_start(trial)
+        finally:
+            self.tags = shared
+
+
+class WandbCallback(WandbLoggerCallback):
+    """Ray's W&B callback, with each trial's own tags (Ray gives every run the same ones)."""
+
+    def __init__(self, search: str, project: str):
+        super().__init__(project=project, group=search)
+        self.search = search
+
+    def log_trial_start(self, trial):
+        shared = self.kwargs
+        self.kwargs = {**shared, "tags": [f"{k}:{v}" for k, v in trial_tags(trial.config, self.search).items()]}
+        try:
+            super().log_trial_start(trial)
+        finally:
+            self.kwargs = shared
+
+
+def callbacks(trackers: list[Tracker], search: str) -> list:
+    """Ray Tune callbacks for `trackers`, for a search named `search`."""
+    out = []
+    for t in trackers:
+        if t.name == "mlflow":
+            out.append(MLflowCallback(search, t.target))
+        elif t.name == "wandb":
+            out.append(WandbCallback(search, T.wandb_project(t.target)))
+        else:
+            out.append(TBXLoggerCallback())
+    return out
