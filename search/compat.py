@@ -95,6 +95,17 @@ def frozen_trial(study: optuna.Study, trial_id: int) -> optuna.trial.FrozenTrial
 
 
 # ----------------------------------------------------------------------------------------------
+# Ray Tune: where a trial's folder is stored
+
+
+def trial_storage(trial) -> tuple:
+    """(pyarrow filesystem, path inside it) of a Ray trial's folder in the run's storage (a local
+    folder or object storage); `trial.local_path` is the driver's staging copy Ray uploads from."""
+    storage = _require(trial, "storage", "ray", ray.__version__, "Trial")
+    return _require(storage, "storage_filesystem", "ray", ray.__version__, "StorageContext"), trial.path
+
+
+# ----------------------------------------------------------------------------------------------
 
 
 def check() -> None:

@@ -17,12 +17,15 @@ Credentials come from the environment or each tool's own login (`wandb login`, M
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 # Ray's integrations import mlflow and wandb only when a callback is set up.
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.air.integrations.wandb import WandbLoggerCallback
 from ray.tune.logger import TBXLoggerCallback
 
 from detector import tracking as T
+from search import compat
 
 # The tracker names, their packages and extras, and the --log check are detector.tracking's (one
 # definition for search.run and detector.train).
@@ -52,7 +55,8 @@ class MLflowCallback(MLflowLoggerCallback):
 
 
 class WandbCallback(WandbLoggerCallback):
-    """Ray's W&B callback, with each trial's own tags (Ray gives every run the same ones)."""
+    """Ray's W&B callback, with each trial's own tags (Ray gives every run the same ones), and each
+    trial's W&B files in the run folder once its run is finished (`on_experiment_end`)."""
 
     def __init__(self, search: str, project: str):
         super().__init__(project=project, group=search)
@@ -65,6 +69,22 @@ class WandbCallback(WandbLoggerCallback):
             super().log_trial_start(trial)
         finally:
             self.kwargs = shared
+
+    def on_experiment_end(self, trials, **info):
+        """Wait for every logging actor's `wandb.finish()` (Ray's), then copy each trial's `wandb/`
+        folder to the run's storage again. The logging actors write into Ray's staging copy of the
+        trial folder, and Ray uploads that copy for the last time *before* this call: the runs of the
+        trials that ended last in a stage were kept unfinished, without their last epochs (seen here
+        in three offline runs out of three before this copy)."""
+        super().on_experiment_end(trials, **info)
+        import pyarrow.fs
+
+        for trial in trials:
+            src = Path(trial.local_path) / "wandb"
+            if src.is_dir():
+                fs, path = compat.trial_storage(trial)
+                pyarrow.fs.copy_files(str(src), f"{path}/wandb", source_filesystem=pyarrow.fs.LocalFileSystem(),
+                                      destination_filesystem=fs)
 
 
 def callbacks(trackers: list[Tracker], search: str) -> list:
