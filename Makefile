@@ -5,7 +5,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: demo test test-fast venv clean bench-demo bench-loop bench-overhead bench-memory bench-parity bench-gpu-smoke
+.PHONY: demo test test-fast venv clean bench-demo bench-loop bench-overhead bench-memory bench-parity bench-gpu-smoke \
+	bench-curves bench-replay bench-replay-speed
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +37,13 @@ bench-overhead: $(STAMP)
 	$(PY) bench/search_overhead.py
 bench-memory: $(STAMP)
 	$(PY) bench/memory.py
+# Replay (issue 16): record full curves once (about an hour on 2 cores), replay them (seconds).
+bench-curves: $(STAMP)
+	$(PY) bench/record_curves.py
+bench-replay: $(STAMP)
+	$(PY) -m search.replay bench/curves --out bench/out/replay --repeats 50 --jobs 2
+bench-replay-speed: $(STAMP)
+	$(PY) bench/replay_speed.py
 # The benchmarks' own extra (pycocotools), once.
 $(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install -e '.[test,bench]'

@@ -113,6 +113,7 @@ def run_search(space: Space, loc: RunLocation, data, resume: bool, stream=None, 
     """The search stage: one Tuner over every arm. On --resume Ray restores the run's own callbacks
     (the progress table, the trackers it was started with)."""
     from ray import tune
+    from ray.tune.schedulers import FIFOScheduler
 
     from search.progress import ArmTable
     from search.scheduler import PerArmASHA
@@ -129,7 +130,8 @@ def run_search(space: Space, loc: RunLocation, data, resume: bool, stream=None, 
         # With object storage the searcher copies the journal into every experiment checkpoint,
         # which Ray uploads: the studies are never behind Ray's trials in the bucket.
         searcher = ArmSearcher(space, run_dir / "optuna.journal", snapshot_journal=loc.uri is not None)
-        scheduler = PerArmASHA(space, run_dir)
+        # budget.stopping: none records full learning curves (the input of search.replay).
+        scheduler = PerArmASHA(space, run_dir) if space.stopping == "asha" else FIFOScheduler()
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=space.total_trials(),

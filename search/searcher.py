@@ -35,8 +35,9 @@ def study_names(space: Space) -> list[str]:
     return [a.name for a in space.arms] if space.strategy == "per-architecture" else [JOINT]
 
 
-def _storage(journal: Path) -> JournalStorage:
-    return JournalStorage(JournalFileBackend(str(journal)))
+def _storage(journal: Path | None):
+    """The journal file's storage; None: in memory (search.replay's simulated searches)."""
+    return optuna.storages.InMemoryStorage() if journal is None else JournalStorage(JournalFileBackend(str(journal)))
 
 
 def ended_in_studies(space: Space, journal: Path) -> set[str]:
@@ -54,7 +55,17 @@ def ended_in_studies(space: Space, journal: Path) -> set[str]:
     return ended
 
 
-def open_studies(space: Space, journal: Path) -> dict[str, optuna.Study]:
+def make_sampler(space: Space, seed: int) -> optuna.samplers.BaseSampler:
+    """The space's sampler (budget.sampler): TPE as a search uses it, or random proposals."""
+    if space.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    with warnings.catch_warnings():  # multivariate/group TPE is marked experimental; conditional spaces need it
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
+                                          n_startup_trials=min(10, max(2, space.trials_per_arm // 3)))
+
+
+def open_studies(space: Space, journal: Path | None) -> dict[str, optuna.Study]:
     """The run's studies (created on first use, loaded on resume), each with its own seeded TPE.
 
     A sampler's random state is not saved: reseeded as on the first start, a resumed study would
@@ -64,11 +75,7 @@ def open_studies(space: Space, journal: Path) -> dict[str, optuna.Study]:
     held = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     studies = {}
     for i, name in enumerate(study_names(space)):
-        seed = space.seed + i + 10007 * held.get(name, 0)
-        with warnings.catch_warnings():  # multivariate/group TPE is marked experimental; conditional spaces need it
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
-                                                 n_startup_trials=min(10, max(2, space.trials_per_arm // 3)))
+        sampler = make_sampler(space, seed=space.seed + i + 10007 * held.get(name, 0))
         studies[name] = optuna.create_study(study_name=name, storage=storage, direction="maximize",
                                             sampler=sampler, load_if_exists=True)
     return studies
@@ -102,9 +109,10 @@ class ArmSearcher(Searcher):
 
     def __init__(self, space: Space, journal: Path, snapshot_journal: bool = False):
         super().__init__(metric=space.metric, mode="max")
-        self.space, self.journal = space, Path(journal)
+        self.space, self.journal = space, None if journal is None else Path(journal)  # None: studies in memory
         self.snapshot_journal = snapshot_journal  # copy the journal into each experiment checkpoint
         self.started = {name: 0 for name in study_names(space)}
+        self.trials_per_arm: int | None = space.trials_per_arm  # None: no limit (search.replay's budget ends it)
         self.live: dict[str, tuple[str, int]] = {}  # Ray trial id -> (study name, Optuna trial id)
         self.orphans: dict[str, list[int]] = {}     # study -> Optuna trial ids to hand out again
         self._studies: dict[str, optuna.Study] | None = None
@@ -114,8 +122,10 @@ class ArmSearcher(Searcher):
         return {k: v for k, v in self.__dict__.items() if k != "_studies"} | {"_studies": None}
 
     def __setstate__(self, state):
+        state.setdefault("trials_per_arm", state["space"].trials_per_arm)  # saved before the field existed
         self.__dict__.update(state)
-        self.journal = relocated(self.journal.parent) / self.journal.name
+        if self.journal is not None:
+            self.journal = relocated(self.journal.parent) / self.journal.name
 
     @property
     def studies(self) -> dict[str, optuna.Study]:
@@ -127,7 +137,7 @@ class ArmSearcher(Searcher):
         return True  # the metric is the space's; the searcher needs no param_space
 
     def _next_study(self) -> str | None:
-        open_ = [n for n, k in self.started.items() if k < self.space.trials_per_arm]
+        open_ = [n for n, k in self.started.items() if self.trials_per_arm is None or k < self.trials_per_arm]
         return min(open_, key=lambda n: self.started[n]) if open_ else None  # round-robin: fewest started first
 
     def suggest(self, trial_id: str):

@@ -26,7 +26,12 @@ ARCH_AXES = ("backbone", "version", "weights", "trainable_layers")
 STRATEGIES = ("per-architecture", "joint")
 TOP_KEYS = ("name", "metric", "strategy", "data", "val_data", "test_data", "images", "arms", "fixed", "params",
             "baseline", "budget", "resources", "confirm", "seed")
-BUDGET_KEYS = {"max_epochs": 10, "grace_period": 1, "reduction_factor": 3, "trials_per_arm": 8, "max_concurrent": None}
+BUDGET_KEYS = {"max_epochs": 10, "grace_period": 1, "reduction_factor": 3, "trials_per_arm": 8, "max_concurrent": None,
+               "stopping": "asha", "sampler": "tpe"}
+# budget.stopping: "asha" stops weak trials early; "none" runs every trial to max_epochs (full learning
+# curves: what search.replay scores strategies on). budget.sampler: Optuna's TPE, or random proposals.
+STOPPING = ("asha", "none")
+SAMPLERS = ("tpe", "random")
 PARAM_KEYS = {"float": ("type", "low", "high", "log", "step", "when"), "int": ("type", "low", "high", "log", "step", "when"),
               "categorical": ("type", "choices", "when")}
 # Fields a space may not set: the budget owns `epochs`; ASHA, not patience, stops trials early.
@@ -100,6 +105,8 @@ class Space:
     seed: int = 0
     test_data: str | None = None
     baseline: dict = field(default_factory=dict)  # one set of values for every arm (the study's way)
+    stopping: str = "asha"
+    sampler: str = "tpe"
     raw: dict = field(default_factory=dict, compare=False)
 
     def split(self) -> C.TrainConfig:
@@ -141,7 +148,7 @@ class Space:
     def asha_rungs(self) -> list[int]:
         """Epochs at which ASHA compares trials: grace_period * reduction_factor**k < max_epochs."""
         rungs, r = [], self.grace_period
-        while r < self.max_epochs:
+        while self.stopping == "asha" and r < self.max_epochs:
             rungs.append(r)
             r *= self.reduction_factor
         return rungs
@@ -287,6 +294,9 @@ def load_space(path: str | os.PathLike) -> Space:
     if budget["grace_period"] > budget["max_epochs"]:
         raise _err(path, "budget.grace_period", f"`grace_period <= max_epochs` must hold, got "
                    f"grace_period={budget['grace_period']} max_epochs={budget['max_epochs']}")
+    for k, allowed in (("stopping", STOPPING), ("sampler", SAMPLERS)):
+        if budget[k] not in allowed:
+            raise _err(path, f"budget.{k}", f"must be one of {list(allowed)}, got {budget[k]!r}")
     mc = budget["max_concurrent"]
     if mc is not None and (not isinstance(mc, int) or mc < 1):
         raise _err(path, "budget.max_concurrent", f"must be null or an integer >= 1, got {mc!r}")
@@ -322,7 +332,8 @@ def load_space(path: str | os.PathLike) -> Space:
                   reduction_factor=budget["reduction_factor"], trials_per_arm=budget["trials_per_arm"],
                   max_concurrent=mc, cpu=float(res["cpu"]), gpu=float(res["gpu"]),
                   confirm_top_k=confirm.get("top_k", 0), confirm_seeds=confirm.get("seeds", 0), seed=seed,
-                  test_data=raw.get("test_data"), baseline=baseline, raw=raw)
+                  test_data=raw.get("test_data"), baseline=baseline, stopping=budget["stopping"],
+                  sampler=budget["sampler"], raw=raw)
     _check_extremes(space)
     for arm in space.arms:
         try:
@@ -397,8 +408,10 @@ def dry_run_text(space: Space) -> str:
     lines.append(f"skipped combinations ({len(space.skipped)}):")
     lines += [f"  {a}: {r.split(': ', 1)[-1]}" for a, r in space.skipped] or ["  (none)"]
     per = "per arm" if space.strategy == "per-architecture" else "in all"
-    lines += [f"budget: {space.trials_per_arm} trials {per}, up to {space.max_epochs} epochs each; ASHA rungs at "
-              f"epochs {space.asha_rungs() or '(none)'} (reduction factor {space.reduction_factor})",
+    stopping = (f"ASHA rungs at epochs {space.asha_rungs() or '(none)'} (reduction factor {space.reduction_factor})"
+                if space.stopping == "asha" else "no early stopping (budget.stopping: none)")
+    lines += [f"budget: {space.trials_per_arm} trials {per}, up to {space.max_epochs} epochs each; {stopping}; "
+              f"proposals: {space.sampler}",
               f"trials: {space.total_trials()}, trial-epochs between {lo} (all stopped at the first rung) and {hi}",
               f"resources per trial: cpu {space.cpu:g}, gpu {space.gpu:g}; at most "
               f"{space.max_concurrent or 'as many as fit'} at once",

@@ -85,7 +85,9 @@ def train_trial(config: dict, data: tuple) -> None:
             last_epoch = int(metrics["epoch"])
             with tempfile.TemporaryDirectory(prefix="smallobj-ckpt-") as d:
                 os.link(ckpt_path, Path(d) / CKPT_NAME)  # same filesystem: no copy until Ray persists it
-                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+                # reported_at: the order of every trial's results in time, which search.replay needs to
+                # reproduce the scheduler's decisions (Ray's own `timestamp` has whole seconds).
+                tune.report({**metrics, "reported_at": time.time()}, checkpoint=tune.Checkpoint.from_directory(d))
 
         fit(cfg, train, val, work, test=test, on_epoch=on_epoch, resume=restored is not None)
     except (NonFiniteLossError, OutOfMemoryError) as e:

@@ -58,6 +58,10 @@ def test_arms_are_the_product_minus_impossible_combinations(tmp_path):
     (("low: 0.001", "low: 0.0"), "x.yaml: params.lr: `low > 0` must hold when log is true, got low=0.0"),
     (("reduction_factor: 2", "reduction_factor: 1"), "x.yaml: budget.reduction_factor: must be an integer >= 2, got 1"),
     (("grace_period: 1", "grace_period: 9"), "x.yaml: budget.grace_period: `grace_period <= max_epochs` must hold"),
+    (("trials_per_arm: 2", "trials_per_arm: 2, stopping: hyperband"),
+     "x.yaml: budget.stopping: must be one of ['asha', 'none'], got 'hyperband'"),
+    (("trials_per_arm: 2", "trials_per_arm: 2, sampler: cmaes"),
+     "x.yaml: budget.sampler: must be one of ['tpe', 'random'], got 'cmaes'"),
     (("weights: [none]", "weights: [none], depth: [3]"), "x.yaml: arms: unknown axis/axes ['depth']"),
     (("budget:", "fixed: {epochs: 3}\nbudget:"), "x.yaml: fixed.epochs: may not be set in a space: set by budget.max_epochs"),
     (("budget:", "fixed: {optimizer: adam}\nbudget:"), "optimizer: must be one of ['sgd', 'adamw'], got 'adam'"),
@@ -126,3 +130,12 @@ def test_the_space_s_metric_is_every_trial_s_metric(tmp_path):
     s = load_space(_write(tmp_path, BASE.replace("budget:", "metric: iou_per_gt\nbudget:", 1)))
     cfg = s.trial_config(s.arms[0], {"lr": 0.01})
     assert cfg.metric == "iou_per_gt" == s.metric
+
+
+def test_stopping_none_has_no_rungs_and_the_dry_run_says_so(tmp_path):
+    space = load_space(_write(tmp_path, BASE.replace("trials_per_arm: 2", "trials_per_arm: 2, stopping: none, sampler: random")))
+    assert (space.stopping, space.sampler, space.asha_rungs()) == ("none", "random", [])
+    assert space.trial_epoch_estimate() == (8, 8)
+    text = dry_run_text(space)
+    assert "no early stopping (budget.stopping: none); proposals: random" in text
+    assert "ASHA rungs at epochs [1, 2] (reduction factor 2); proposals: tpe" in dry_run_text(load_space(_write(tmp_path, BASE)))

@@ -1,0 +1,93 @@
+"""Speed of search.replay (issue 16's goal: 1,000 trials x 60 epochs x 100 repeats of one strategy in
+at most 60 s on a 2-core CPU).
+
+    .venv/bin/python bench/replay_speed.py [--repeats 100] [--jobs 2] [--strategy asha-tpe:5:3]
+                                           [--budget 0.2] [--configs-per-arm 27]
+
+The recording is synthetic (a replay's cost does not depend on what the numbers are): the space of
+spaces/full.yaml (38 arms, 60 epochs, its 7 parameters, conditional ones included) with
+--configs-per-arm random configurations per arm (27: 1,026 trials of 60 epochs), saturating curves
+whose height depends on lr and the arm, and 20-40 s epochs. The budget, a fraction of the grid's
+GPU-time, sets how many trials a repeat simulates: 0.2 is about what spaces/full.yaml's own search
+spends (912 trials, ASHA 5/3). Prints one JSON line: wall time, simulated trials and epochs per
+repeat, and the time per trial.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from search import replay as R  # noqa: E402
+from search.space import load_space  # noqa: E402
+
+
+def synthetic_recording(folder: Path, per_arm: int, seed: int = 0) -> Path:
+    text = (ROOT / "spaces" / "full.yaml").read_text()
+    (folder / "space.yaml").write_text(text)
+    space = load_space(folder / "space.yaml")
+    rng = np.random.default_rng(seed)
+    trials = []
+    for a, arm in enumerate(space.arms):
+        offset = rng.uniform(-0.1, 0.1)
+        for i in range(per_arm):
+            params: dict = {}
+            for p in space.params:
+                if not p.active(params):
+                    continue
+                if p.type == "categorical":
+                    params[p.name] = p.choices[rng.integers(len(p.choices))]
+                elif p.log:
+                    params[p.name] = float(math.exp(rng.uniform(math.log(p.low), math.log(p.high))))
+                else:
+                    params[p.name] = float(rng.uniform(p.low, p.high))
+            top = 0.55 + offset - 0.08 * abs(math.log10(params["lr"]) - math.log10(0.004)) + rng.normal(0, 0.02)
+            rate = rng.uniform(0.03, 0.3)
+            epochs = np.arange(1, space.max_epochs + 1)
+            values = np.clip(top * (1 - np.exp(-rate * epochs)) + rng.normal(0, 0.005, len(epochs)), 0, 1)
+            trials.append({"trial_id": f"a{a:02d}-{i:03d}", "arm": arm.name, "params": params, "status": "finished",
+                           "values": [round(float(v), 5) for v in values],
+                           "costs": [round(float(c), 2) for c in rng.uniform(20, 40, len(epochs))], "reported_at": []})
+    doc = {"format": R.FORMAT, "metric": space.metric, "space_sha256": hashlib.sha256(text.encode()).hexdigest(),
+           "command": "bench/replay_speed.py (synthetic)", "source": "synthetic", "trials": trials}
+    (folder / R.CURVES).write_text(json.dumps(doc))
+    return folder
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeats", type=int, default=100)
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--strategy", default="asha-tpe:5:3")
+    ap.add_argument("--budget", type=float, default=0.2)
+    ap.add_argument("--configs-per-arm", type=int, default=27)
+    ap.add_argument("--workers", type=int, default=16)
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory() as d:
+        rec = R.load_recording(synthetic_recording(Path(d), args.configs_per_arm))
+        t0 = time.perf_counter()
+        outs = R.replay(rec, [args.strategy], args.repeats, args.workers, args.budget, jobs=args.jobs)[args.strategy]
+        wall = time.perf_counter() - t0
+    trials = [o.trials for o in outs]
+    epochs = [o.epochs for o in outs]
+    print(json.dumps({"strategy": args.strategy, "recording": f"{len(rec.curves)} trials x {rec.space.max_epochs} epochs, "
+                      f"{len(rec.arms())} arms", "repeats": args.repeats, "jobs": args.jobs, "budget": args.budget,
+                      "wall_s": round(wall, 1), "trials_per_repeat": float(np.median(trials)),
+                      "epochs_per_repeat": float(np.median(epochs)),
+                      "ms_per_trial": round(1000 * wall * args.jobs / max(1, sum(trials)), 3),
+                      "goal_s": 60, "met": wall <= 60}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
