@@ -4,6 +4,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
+import ray
 
 
 @pytest.fixture(autouse=True)
@@ -15,3 +16,10 @@ def _drop_checkpoints_after_each_test(tmp_path):
     for d in sorted(tmp_path.rglob("checkpoint_*"), reverse=True):
         if d.is_dir():
             shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_ray_left_behind():
+    """Every search test module shuts Ray down when it ends, whether its runs started Ray or not."""
+    yield
+    ray.shutdown()

@@ -24,12 +24,6 @@ from searchutil import (ROOT, SearchProcess, assert_every_trial_once, kill_betwe
 
 pytestmark = pytest.mark.slow  # every test here runs whole searches
 
-@pytest.fixture(scope="module", autouse=True)
-def _no_ray_left_behind():
-    yield
-    ray.shutdown()
-
-
 @pytest.fixture
 def cluster():
     """A head with no CPU for trials (as in cluster.yaml) and two 1-CPU worker nodes."""

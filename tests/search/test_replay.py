@@ -9,7 +9,6 @@ import math
 from pathlib import Path
 
 import pytest
-import ray
 
 from search import replay as R
 from search import run
@@ -25,12 +24,6 @@ params:
 budget: {max_epochs: 8, grace_period: 1, reduction_factor: 2, trials_per_arm: 3, max_concurrent: 2, stopping: none}
 """
 LRS = (0.001, 0.01, 0.1)  # a third of the log range apart: every proposal lands near one of them
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _no_ray_left_behind():
-    yield
-    ray.shutdown()
 
 
 def saturating(top: float, rate: float = 0.5) -> list[float]:

@@ -24,12 +24,6 @@ from searchutil import (SearchProcess, assert_every_trial_once, kill_between_sna
                         result_rows as _rows, wait_until, write_space as _space)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _no_ray_left_behind():
-    yield
-    ray.shutdown()
-
-
 @pytest.fixture(scope="module")
 def searched(tiny_data, tmp_path_factory):
     """One per-architecture search: two arms, three trials each, ASHA rungs at epochs 1 and 2."""

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-import ray
 
 from search import storage
 from searchutil import ROOT, SearchProcess, assert_every_trial_once, wait_until, write_space
@@ -24,12 +23,6 @@ budget: {max_epochs: 3, grace_period: 1, reduction_factor: 2, trials_per_arm: 3,
 
 
 pytestmark = pytest.mark.slow  # every test here runs whole searches
-
-@pytest.fixture(scope="module", autouse=True)
-def _no_ray_left_behind():
-    yield
-    ray.shutdown()
-
 
 @pytest.fixture(scope="module")
 def bucket():

@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-import ray
 import yaml
 
 from detector import config as C
@@ -20,12 +19,6 @@ from search.results import collect, ranked
 from searchutil import write_space
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _no_ray_left_behind():
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

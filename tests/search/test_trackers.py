@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import pytest
-import ray
 
 from search import export, run, trackers
 from search.results import collect
@@ -18,12 +17,6 @@ from searchutil import write_space
 SECRET = "5ec7e7aa5ec7e7aa5ec7e7aa5ec7e7aa5ec7e7aa"
 ENV = {"WANDB_API_KEY": SECRET, "WANDB_MODE": "offline", "MLFLOW_TRACKING_TOKEN": SECRET,
        "WANDB_SILENT": "true"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _no_ray_left_behind():
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
