@@ -18,7 +18,6 @@ Retrain with: python -m detector.train --config DIR/best.yaml
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -26,14 +25,12 @@ from pathlib import Path
 import yaml
 
 from detector import config as C
-from search.results import STATUS_FINISHED, TEST_KEYS, Confirmed, TrialRecord, collect, confirmed, ranked
+from search.results import (STATUS_FINISHED, TEST_KEYS, Confirmed, TrialRecord, collect, confirmed, ranked,
+                            read_run_info)
 
 
 def _load_run(run_dir: Path) -> tuple[dict, list[TrialRecord]]:
-    info_file = run_dir / "run.json"
-    if not info_file.exists():
-        raise FileNotFoundError(f"{run_dir}: not a run folder (no run.json)")
-    info = json.loads(info_file.read_text())
+    info = read_run_info(run_dir)
     return info, collect(run_dir, info["metric"], info["max_epochs"])
 
 

@@ -9,7 +9,6 @@ nothing outside DIR; a rewritten report replaces the old one whole.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import shutil
 import statistics
@@ -25,7 +24,7 @@ import numpy as np  # noqa: E402
 
 from search import detections, latency  # noqa: E402
 from search.results import (STATUS_FAILED, STATUS_FINISHED, STATUS_RUNNING, STATUS_STOPPED, TrialRecord,  # noqa: E402
-                            collect, confirmed, ranked)
+                            collect, confirmed, ranked, read_run_info)
 
 CURVES = (("loss", "training loss"), ("iou_per_pred", "IoU per prediction"), ("iou_per_gt", "IoU per ground truth"),
           ("map50", "mAP50"))
@@ -474,7 +473,7 @@ def _fmt(v, spec=".4f") -> str:
 
 
 def write_report(run_dir: Path, out: Path) -> dict:
-    info = json.loads((run_dir / "run.json").read_text())
+    info = read_run_info(run_dir)
     metric, max_epochs = info["metric"], info["max_epochs"]
     # results.csv is written when the search command ends (also after an error or Ctrl-C).
     state_done = (run_dir / "results.csv").exists()
@@ -580,11 +579,12 @@ def main(argv=None) -> int:
     p.add_argument("--out", help="output folder (default: RUN_DIR/report)")
     a = p.parse_args(argv)
     run_dir = Path(a.run_dir)
-    if not (run_dir / "run.json").exists():
-        print(f"error: {run_dir}: not a run folder (no run.json)", file=sys.stderr)
-        return 2
     out = Path(a.out) if a.out else run_dir / "report"
-    res = write_report(run_dir, out)
+    try:
+        res = write_report(run_dir, out)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"report ({res['status']}): {out / 'report.md'}")
     for r in sorted(res["rows"], key=lambda r: -r.get("best", -1)):
         print(f"  {r['arm']:<24} best {_fmt(r.get('best'))}  trials {r['trials']} "

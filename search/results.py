@@ -95,6 +95,15 @@ class TrialRecord:
         return self.test.get(self.metric, math.nan) if self.test else self.best
 
 
+def read_run_info(run_dir: Path) -> dict:
+    """A run folder's run.json (what search.run recorded of the run); FileNotFoundError naming the
+    folder when it is not a run folder."""
+    f = Path(run_dir) / "run.json"
+    if not f.exists():
+        raise FileNotFoundError(f"{run_dir}: not a run folder (no run.json)")
+    return json.loads(f.read_text())
+
+
 def read_results(trial_dir: Path) -> tuple[list[dict], int]:
     """(the trial's reported results in order, how many lines of `result.json` could not be read).
 

@@ -11,15 +11,16 @@ never an open port. Reads run.json only; starts nothing.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
+
+from search.results import read_run_info
 
 PORTS = {"tensorboard": 6006, "optuna-dashboard": 8080, "mlflow": 5000, "ray": 8265}
 
 
 def watch_text(run_dir: Path, cluster: str | None = None) -> str:
-    info = json.loads((run_dir / "run.json").read_text())
+    info = read_run_info(run_dir)
     arms = info.get("arms", [])
     used = info.get("trackers", [])
     lines = [f"Watching run {info.get('name', run_dir.name)} ({run_dir}); every server below listens on localhost.", ""]
@@ -63,11 +64,11 @@ def main(argv=None) -> int:
     p.add_argument("run_dir")
     p.add_argument("--cluster", help="the cluster file the run's cluster was started with (ray up FILE)")
     a = p.parse_args(argv)
-    run_dir = Path(a.run_dir)
-    if not (run_dir / "run.json").exists():
-        print(f"error: {run_dir}: not a run folder (no run.json)", file=sys.stderr)
+    try:
+        print(watch_text(Path(a.run_dir), a.cluster))
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
-    print(watch_text(run_dir, a.cluster))
     return 0
 
 

@@ -147,3 +147,13 @@ def test_an_arm_s_tuned_configuration_is_chosen_on_validation_only():
     [first, second] = R.confirmed(records, ARM)
     assert first.source.trial_id == "t2" and first.values() == [0.70, 0.66] and first.values(test=True) == [0.1, 0.1]
     assert second.source.trial_id == "t1"
+
+
+@pytest.mark.parametrize("module", ["report", "export", "watch"])
+def test_a_folder_without_run_json_is_refused_by_every_command_with_its_name(module, tmp_path, capsys):
+    import importlib
+
+    mod = importlib.import_module(f"search.{module}")
+    args = [str(tmp_path)] + (["--out", str(tmp_path / "o")] if module == "export" else [])
+    assert mod.main(args) == 2
+    assert f"{tmp_path}: not a run folder (no run.json)" in capsys.readouterr().err
