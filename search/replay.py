@@ -623,19 +623,34 @@ def summarise(rec: Recording, results: dict[str, list[Outcome]], tol: float) -> 
     return rows
 
 
+def _rank_key(r: dict) -> tuple:
+    """How strategies compare: fewer epochs to the tolerance, then lower final regret, then the
+    ranking kept more often."""
+    return r["median_fraction_to_tol"], r["median_final_regret"], -r["p_ranking"]
+
+
+def figure_strategies(rows: list[dict]) -> list[str]:
+    """The strategies the figure shows: the best per-arm ASHA + TPE setting and every scorable other
+    strategy (a dozen overlapping bands would hide each other)."""
+    ok = [r for r in rows if r["scorable"]]
+    asha = [r for r in ok if r["strategy"].startswith("asha-tpe")]
+    return ([min(asha, key=_rank_key)["strategy"]] if asha else []) + \
+        [r["strategy"] for r in ok if not r["strategy"].startswith("asha-tpe")]
+
+
 def recommend(rows: list[dict], tol: float, goal: float = 0.25) -> list[str]:
     """The closing lines of replay.md: the ASHA settings to ship for this data, and why."""
     asha = [r for r in rows if r["scorable"] and r["strategy"].startswith("asha-tpe")]
     if not asha:
         return ["No per-arm ASHA + TPE strategy could be scored on this recording: no recommendation."]
-    key = lambda r: (r["median_fraction_to_tol"], r["median_final_regret"], -r["p_ranking"])  # noqa: E731
+    key = _rank_key
     best = min(asha, key=key)
     _, g, rf = best["strategy"].split(":")
     frac = best["median_fraction_to_tol"]
     lines = [f"Recommended for this data: `grace_period: {g}`, `reduction_factor: {rf}` ({best['strategy']}): "
              + (f"every arm's pick within {tol:g} of its recorded best after {frac:.0%} of the grid's epochs "
                 f"(median over {best['repeats']} repeats)" if math.isfinite(frac) else
-                f"no repeat in the median came within {tol:g} of every arm's best inside the budget")
+                f"the median repeat did not come within {tol:g} of every arm's best inside the budget")
              + f", the arms ranked as recorded in {best['p_ranking']:.0%} of repeats, final regret "
                f"{best['median_final_regret']:.4f} (median of the mean over arms)."]
     lines.append(f"Goal (per-arm ASHA + TPE within {tol:g} of every arm's best with at most {goal:.0%} of the "
@@ -669,7 +684,8 @@ def fig_regret(rec: Recording, results: dict[str, list[Outcome]], path: Path) ->
     budget = max((o.spent_s for outs in results.values() for o in outs), default=1.0)
     xs = np.linspace(0, budget, 200)
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
-    for name, outs in results.items():
+    colours = plt.get_cmap("tab10").colors
+    for k, (name, outs) in enumerate(results.items()):
         curves = {p: [] for p in panels}
         for o in outs:
             per_arm = {arm: _step(o, arm, rec.best(arm), xs) for arm in arms}
@@ -677,9 +693,10 @@ def fig_regret(rec: Recording, results: dict[str, list[Outcome]], path: Path) ->
                 curves[p].append(np.mean(list(per_arm.values()), axis=0) if p == "mean over arms" else per_arm[p])
         for ax, p in zip(axes[0], panels):
             ys = np.array(curves[p])
-            line, = ax.plot(xs / 3600, np.median(ys, axis=0), label=name, lw=1.3)
+            colour = colours[k % len(colours)]
+            ax.plot(xs / 3600, np.median(ys, axis=0), label=name, lw=1.3, color=colour)
             ax.fill_between(xs / 3600, np.percentile(ys, 10, axis=0), np.percentile(ys, 90, axis=0),
-                            color=line.get_color(), alpha=0.15, lw=0)
+                            color=colour, alpha=0.12, lw=0)
     for ax, p in zip(axes[0], panels):
         ax.set_title(p, fontsize=9)
         ax.set_xlabel("simulated GPU-hours")
@@ -703,7 +720,8 @@ def write_report(rec: Recording, results: dict[str, list[Outcome]], out: Path, t
                  elapsed_s: float, decisions: str) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     rows = summarise(rec, results, tol)
-    fig_regret(rec, results, out / "regret.png")
+    shown = figure_strategies(rows)
+    fig_regret(rec, {name: results[name] for name in shown}, out / "regret.png")
     arms = rec.arms()
     short = rec.short()
     lines = [f"# Replay of {rec.source}", "", f"`{args_text}`: {elapsed_s:.1f} s.", "",
@@ -712,8 +730,9 @@ def write_report(rec: Recording, results: dict[str, list[Outcome]], out: Path, t
              f"{rec.grid_cost() / 3600:.3f} GPU-hours. Each arm's recorded best (`{rec.space.metric}`): "
              + ", ".join(f"{a} {rec.best(a):.4f}" for a in arms) + "."]
     if short:
-        lines += ["", f"{len(short)} trials did not run the full budget (ASHA stopped them), so epochs after "
-                  f"theirs were never recorded: {', '.join(f'{c.trial_id} ({len(c.values)})' for c in short[:20])}"
+        lines += ["", f"{len(short)} trials did not run the full budget (stopped early, or still running when "
+                  f"the recording was read), so epochs after theirs were never recorded: "
+                  f"{', '.join(f'{c.trial_id} ({len(c.values)}, {c.status})' for c in short[:20])}"
                   f"{' ...' if len(short) > 20 else ''}. A strategy that asks for one of those epochs cannot be "
                   f"scored and is marked so below; only decisions that need no missing epoch are counted."]
     if decisions:
@@ -727,11 +746,15 @@ def write_report(rec: Recording, results: dict[str, list[Outcome]], out: Path, t
               f"worst arm (median) | trials (median) | match distance (median) |",
               "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['strategy']} | {'yes' if r['scorable'] else 'no: ' + r['unrecorded']} | "
+        if not r["scorable"]:  # its numbers would mix repeats cut short with complete ones
+            lines.append(f"| {r['strategy']} | no: needs epochs never recorded, {r['unrecorded']} |" + " - |" * 7)
+            continue
+        lines.append(f"| {r['strategy']} | yes | "
                      f"{_frac(r['median_fraction_to_tol'])} | {r['reached']}/{r['repeats']} | {r['p_ranking']:.2f} | "
                      f"{r['median_final_regret']:.4f} | {r['median_worst_arm_regret']:.4f} | "
                      f"{r['median_trials']:.0f} | {r['median_match_distance']:.3f} |")
-    lines += ["", "![regret](regret.png)", "", "Regret: an arm's recorded best minus the best value observed for the "
+    lines += ["", "![regret](regret.png)", "", f"The figure shows {', '.join(shown) or 'nothing (no strategy is scorable)'} "
+              "(of the per-arm ASHA + TPE settings, the best one). Regret: an arm's recorded best minus the best value observed for the "
               "configuration the strategy would pick there so far (results.ranked's "
               "rule: a full-budget trial first). Lines: median over repeats; bands: 10-90%.", "", "## Recommendation", ""]
     lines += recommend(rows, tol)

@@ -197,5 +197,5 @@ def test_a_recorded_asha_run_replayed_in_its_order_stops_the_same_trials_at_the_
                    "asha-tpe:1:2"]) == 0
     md = (tmp_path / "o" / "replay.md").read_text()
     assert f"{len(short)} trials did not run the full budget" in md
-    assert "| grid | no: 2 of 2 repeats" in md
+    assert "| grid | no: needs epochs never recorded, 2 of 2 repeats" in md
     assert f"{len(rec.curves)} of {len(rec.curves)} trials stopped at the same epoch" in md
