@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from search.results import STATUS_FAILED, STATUS_STOPPED, collect
+from search.results import STATUS_FAILED, collect
 from search.space import Space, SpaceError, load_space
 
 CURVES = "curves.json"
@@ -287,12 +287,12 @@ class SearchStrategy:
 
         kind, grace, rf = _parse_strategy(name, rec.space)
         stopping = "none" if kind == "tpe-full" else "asha"
-        space = dataclasses.replace(rec.space, stopping=stopping, sampler="random" if kind == "asha-random" else "tpe",
-                                    strategy="joint" if kind == "joint-asha-tpe" else "per-architecture",
-                                    grace_period=grace, reduction_factor=rf, seed=seed)
         # Only the arms recorded can be searched; the budget, not a trial count, ends a replay.
         recorded = set(rec.arms())
-        space = dataclasses.replace(space, arms=tuple(a for a in space.arms if a.name in recorded))
+        space = dataclasses.replace(rec.space, stopping=stopping, sampler="random" if kind == "asha-random" else "tpe",
+                                    strategy="joint" if kind == "joint-asha-tpe" else "per-architecture",
+                                    grace_period=grace, reduction_factor=rf, seed=seed,
+                                    arms=tuple(a for a in rec.space.arms if a.name in recorded))
         self.space, self.metric, self.max_epochs = space, space.metric, space.max_epochs
         self.searcher = ArmSearcher(space, journal=None)
         self.searcher.trials_per_arm = None  # the GPU-time budget, not a trial count, ends a replay
