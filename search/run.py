@@ -23,7 +23,7 @@ from pathlib import Path
 from detector import config as C
 from detector.data import DataError, load_splits
 from search.space import Space, SpaceError, dry_run_text, load_space
-from search.storage import RunLocation, resuming_in
+from search.storage import JOURNAL, RunLocation, resuming_in
 
 log = logging.getLogger("search")
 
@@ -129,7 +129,7 @@ def run_search(space: Space, loc: RunLocation, data, resume: bool, stream=None, 
     else:
         # With object storage the searcher copies the journal into every experiment checkpoint,
         # which Ray uploads: the studies are never behind Ray's trials in the bucket.
-        searcher = ArmSearcher(space, run_dir / "optuna.journal", snapshot_journal=loc.uri is not None)
+        searcher = ArmSearcher(space, run_dir / JOURNAL, snapshot_journal=loc.uri is not None)
         # budget.stopping: none records full learning curves (the input of search.replay).
         scheduler = PerArmASHA(space, run_dir) if space.stopping == "asha" else FIFOScheduler()
         tuner = tune.Tuner(
@@ -335,6 +335,7 @@ def _run(args, space: Space, loc: RunLocation, name: str, data_arg, splits) -> i
 
     from search import detections, latency
     from search.results import collect, write_results
+    from search.searcher import reconcile_studies
     from search.trainable import remove_orphaned_work_dirs
 
     _init_ray(args, space)
@@ -351,6 +352,9 @@ def _run(args, space: Space, loc: RunLocation, name: str, data_arg, splits) -> i
             run_stage(space, loc, refs, stage, resume=args.resume, trackers=args.trackers)
         loc.pull()
         records = collect(run_dir, space.metric, space.max_epochs)
+        fixed = reconcile_studies(space, run_dir / JOURNAL, records)
+        if any(fixed.values()):
+            log.warning("studies brought in line with the trials' stored results: %s", fixed)
         latency.measure(space, loc, refs, records)
         detections.draw(space, loc, refs, records)
         failed = False

@@ -24,7 +24,7 @@ from ray.tune.search import Searcher
 
 from detector import config as C
 from search import compat
-from search.results import STATUS_FAILED, STATUS_FINISHED, outcome
+from search.results import STATUS_FAILED, STATUS_FINISHED, STATUS_RUNNING, counted_trials, outcome, read_history
 from search.space import Space
 from search.storage import relocated
 
@@ -227,6 +227,11 @@ class ArmSearcher(Searcher):
             tmp.replace(snap)
 
     def restore(self, checkpoint_path: str) -> None:
+        """Back from Ray's last experiment checkpoint. That checkpoint, this searcher's state and the
+        journal are separate files which Ray uploads to object storage together but not atomically
+        (and reads from its staging folder while the driver may already be writing the next ones), so
+        after a head node is lost any of them may be one checkpoint older than the others. The
+        studies are made to agree with the trials Ray has, read from their stored results."""
         with open(checkpoint_path) as f:
             state = json.load(f)
         self.started = {k: int(v) for k, v in state["started"].items()}
@@ -235,10 +240,85 @@ class ArmSearcher(Searcher):
         # experiment checkpoint: Ray brings it back as running, the scheduler stops it again at its
         # first result (search.scheduler), and Optuna hears nothing more of it (a report to an
         # ended trial would raise UpdateFinishedTrialError).
-        running = {name: {compat.optuna_trial_id(t) for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        running = {name: {compat.optuna_trial_id(t): t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
                    for name, study in self.studies.items()}
-        self.live = {k: (name, otid) for k, (name, otid) in self.live.items() if otid in running.get(name, ())}
+        self.live = {k: (name, otid) for k, (name, otid) in self.live.items() if otid in running.get(name, {})}
+        known = self._stored_trials()  # Ray trial id -> its folder, for the trials Ray's state holds
+        owned = set(self.live.values())
+        for name, trials in running.items():
+            for otid, t in trials.items():
+                ray_id = t.user_attrs.get("ray_trial_id")
+                if (name, otid) not in owned and ray_id in known:
+                    # Asked for after this searcher's saved state but held by Ray's (the newer file):
+                    # Ray resumes it, so its results must reach its Optuna trial.
+                    self.live[ray_id] = (name, otid)
         # Optuna trials still RUNNING that no restored Ray trial owns were asked for after Ray's last
         # experiment checkpoint; they are not counted in `started`, so they are reused first.
         owned = set(self.live.values())
         self.orphans = {name: sorted(otid for otid in ids if (name, otid) not in owned) for name, ids in running.items()}
+        for name, study in self.studies.items():
+            # Every ask is in the journal at once: when the saved state is the older file it undercounts.
+            asked = len(study.get_trials(deepcopy=False)) - len(self.orphans.get(name, []))
+            self.started[name] = max(self.started.get(name, 0), asked)
+        # A journal older than Ray's state lacks the epochs a resumed trial will not train again
+        # (it continues from a later checkpoint): they are taken from the trial's stored results.
+        for ray_id, (name, otid) in self.live.items():
+            if ray_id in known:
+                trial = compat.attach_trial(self.studies[name], otid)
+                held = running[name][otid].intermediate_values
+                for r in read_history(known[ray_id]):
+                    if "epoch" in r and int(r["epoch"]) not in held and "fail_reason" not in r:
+                        self._report(trial, r)
+
+    def _stored_trials(self) -> dict[str, Path]:
+        """{Ray trial id: folder} of the search trials in Ray's newest experiment state (none in memory)."""
+        if self.journal is None:
+            return {}
+        return {trial_id: d for d, trial_id, _ in counted_trials(self.journal.parent / "trials")}
+
+
+def reconcile_studies(space: Space, journal: Path, records) -> dict[str, int]:
+    """After the search: every ended search trial in `records` (search.results.collect, the run's one
+    account of its trials) ends in its study as it ended in Ray, with its per-epoch values.
+
+    A driver lost while Ray was uploading its experiment checkpoint can leave a journal older than
+    Ray's state: a trial Ray saw end may still be RUNNING in its study, or missing from it. Such a
+    trial gets its stored epochs and its end here; one missing is added with its own parameters.
+    Returns {"ended": n, "added": n}."""
+    searcher = ArmSearcher(space, journal)
+    counts = {"ended": 0, "added": 0}
+    by_ray_id = {}
+    for name, study in searcher.studies.items():
+        for t in study.get_trials(deepcopy=False):
+            if "ray_trial_id" in t.user_attrs:
+                by_ray_id[t.user_attrs["ray_trial_id"]] = (name, t)
+    for r in records:
+        if r.stage != "search" or r.status == STATUS_RUNNING or r.study not in searcher.studies:
+            continue
+        name, frozen = by_ray_id.get(r.trial_id, (r.study, None))
+        study = searcher.studies[name]
+        if frozen is None:
+            fixed = {k: (str(list(v)) if isinstance(v, (list, tuple)) else v) for k, v in r.params.items()}
+            if name == JOINT:
+                fixed["arm"] = r.arm
+            study.enqueue_trial(fixed, skip_if_exists=False)
+            trial = study.ask()
+            if name == JOINT:
+                trial.suggest_categorical("arm", [a.name for a in space.arms])
+            _suggest(trial, space)
+            trial.set_user_attr("ray_trial_id", r.trial_id)
+            trial.set_user_attr("arm", r.arm)
+            counts["added"] += 1
+        elif frozen.state == TrialState.RUNNING:
+            trial = compat.attach_trial(study, compat.optuna_trial_id(frozen))
+            counts["ended"] += 1
+        else:
+            continue
+        searcher.live[r.trial_id] = (name, compat.optuna_trial_id(trial))
+        for h in r.history:
+            if int(h["epoch"]) not in (frozen.intermediate_values if frozen else {}):
+                searcher._report(trial, h)
+        last = r.history[-1] if r.history else {}
+        fail = r.reason if r.status == STATUS_FAILED else None
+        searcher.on_trial_complete(r.trial_id, {**last, "epoch": r.epochs, **({"fail_reason": fail} if fail else {})})
+    return counts

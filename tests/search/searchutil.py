@@ -85,7 +85,7 @@ def assert_every_trial_once(run_dir: Path, n_trials: int, max_epochs: int, repea
             assert row["arm"] == arm
             expected = TrialState.COMPLETE if row["status"] == "finished" else TrialState.PRUNED
             assert t.state == expected, (row, t.state)
-            assert sorted(t.intermediate_values) == list(range(1, int(row["epochs_run"]) + 1))
+            assert sorted(t.intermediate_values) == list(range(1, int(row["epochs_run"]) + 1)), (row, t.intermediate_values)
             seen.add(row["trial_id"])
     assert seen == set(by_id)  # every Ray trial is in its study exactly once
     return rows
