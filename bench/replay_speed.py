@@ -15,9 +15,7 @@ per repeat, and the CPU time per simulated trial.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import math
 import sys
 import tempfile
 import time
@@ -29,39 +27,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from search import replay as R  # noqa: E402
-from search.space import load_space  # noqa: E402
-
-
-def synthetic_recording(folder: Path, per_arm: int, seed: int = 0) -> Path:
-    text = (ROOT / "spaces" / "full.yaml").read_text()
-    (folder / "space.yaml").write_text(text)
-    space = load_space(folder / "space.yaml")
-    rng = np.random.default_rng(seed)
-    trials = []
-    for a, arm in enumerate(space.arms):
-        offset = rng.uniform(-0.1, 0.1)
-        for i in range(per_arm):
-            params: dict = {}
-            for p in space.params:
-                if not p.active(params):
-                    continue
-                if p.type == "categorical":
-                    params[p.name] = p.choices[rng.integers(len(p.choices))]
-                elif p.log:
-                    params[p.name] = float(math.exp(rng.uniform(math.log(p.low), math.log(p.high))))
-                else:
-                    params[p.name] = float(rng.uniform(p.low, p.high))
-            top = 0.55 + offset - 0.08 * abs(math.log10(params["lr"]) - math.log10(0.004)) + rng.normal(0, 0.02)
-            rate = rng.uniform(0.03, 0.3)
-            epochs = np.arange(1, space.max_epochs + 1)
-            values = np.clip(top * (1 - np.exp(-rate * epochs)) + rng.normal(0, 0.005, len(epochs)), 0, 1)
-            trials.append({"trial_id": f"a{a:02d}-{i:03d}", "arm": arm.name, "params": params, "status": "finished",
-                           "values": [round(float(v), 5) for v in values],
-                           "costs": [round(float(c), 2) for c in rng.uniform(20, 40, len(epochs))], "reported_at": []})
-    doc = {"format": R.FORMAT, "metric": space.metric, "space_sha256": hashlib.sha256(text.encode()).hexdigest(),
-           "command": "bench/replay_speed.py (synthetic)", "source": "synthetic", "trials": trials}
-    (folder / R.CURVES).write_text(json.dumps(doc))
-    return folder
 
 
 def _cpu_s() -> float:
@@ -83,7 +48,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=16)
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as d:
-        rec = R.load_recording(synthetic_recording(Path(d), args.configs_per_arm))
+        rec = R.load_recording(R.synthetic_recording(ROOT / "spaces" / "full.yaml", Path(d), args.configs_per_arm,
+                                                        command="bench/replay_speed.py (synthetic)"))
         t0, c0 = time.perf_counter(), _cpu_s()
         outs = R.replay(rec, [args.strategy], args.repeats, args.workers, args.budget, jobs=args.jobs)[args.strategy]
         wall, cpu = time.perf_counter() - t0, _cpu_s() - c0

@@ -128,16 +128,42 @@ def read_history(trial_dir: Path) -> list[dict]:
     return read_results(trial_dir)[0]
 
 
-def ray_statuses(stage_dir: Path) -> dict[str, str]:
-    """{trial id: Ray's status (PENDING, RUNNING, PAUSED, TERMINATED, ERROR)} from the newest readable
-    experiment state of a Tuner folder; empty when there is none."""
+def ray_trials(stage_dir: Path) -> dict[str, dict]:
+    """{trial id: Ray's saved state of the trial (its `status`: PENDING, RUNNING, PAUSED, TERMINATED,
+    ERROR; its `config`...)} from the newest readable experiment state of a Tuner folder; empty when
+    there is none."""
     for f in sorted(stage_dir.glob("experiment_state-*.json"), reverse=True):
         try:
             state = json.loads(f.read_text())
-            return {t["trial_id"]: t["status"] for t in (json.loads(td[0]) for td in state["trial_data"])}
+            return {t["trial_id"]: t for t in (json.loads(td[0]) for td in state["trial_data"])}
         except (json.JSONDecodeError, KeyError, TypeError, IndexError):
             continue
     return {}
+
+
+def ray_statuses(stage_dir: Path) -> dict[str, str]:
+    """{trial id: Ray's status} (see `ray_trials`)."""
+    return {k: t["status"] for k, t in ray_trials(stage_dir).items()}
+
+
+def read_params(trial_dir: Path) -> dict | None:
+    """The trial's config as the searcher suggested it (`params.json`), or None when the folder has none.
+
+    Ray copies its staging folder over the run folder at every experiment snapshot, rewriting each
+    file in place: a driver killed during that copy leaves some `params.json` empty (seen in
+    tests/search/test_scale.py). The same config is in Ray's experiment state, read then instead."""
+    f = trial_dir / "params.json"
+    if not f.exists():
+        return None
+    try:
+        return json.loads(f.read_text())
+    except json.JSONDecodeError:
+        trial_id = trial_dir.name.split("_", 1)[-1]
+        saved = ray_trials(trial_dir.parent).get(trial_id, {}).get("config")
+        if isinstance(saved, dict):
+            return saved
+        raise ValueError(f"{f}: not readable JSON, and Ray's experiment state in {trial_dir.parent} does not hold "
+                         f"trial {trial_id}'s config either") from None
 
 
 def counted_trials(stage_dir: Path) -> list[tuple[Path, str, str | None]]:
@@ -168,10 +194,9 @@ def read_trial(trial_dir: Path, metric: str, max_epochs: int, ray_status: str | 
     """One trial's record. `ray_status` (from the experiment state) tells a running trial from a
     stopped one and a retried-then-finished trial from a failed one; without it, a trial that left
     an error file and did not finish counts as failed."""
-    params_file = trial_dir / "params.json"
-    if not params_file.exists():
+    cfgd = read_params(trial_dir)
+    if cfgd is None:
         return None
-    cfgd = json.loads(params_file.read_text())
     cfgd = cfgd.get("trial", cfgd)  # confirmation-stage trials hold their config under "trial"
     raw, unreadable = read_results(trial_dir)
     hist = [h for h in raw if "fail_reason" not in h]

@@ -48,6 +48,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="also send every trial to a tracker: mlflow[=TRACKING_URI], wandb[=PROJECT], tensorboard "
                         "(repeatable; see search/trackers.py)")
     p.add_argument("--dry-run", action="store_true", help="print arms, skipped combinations and budget; run nothing")
+    p.add_argument("--replay-curves", metavar="DIR",
+                   help="benchmarks: trials replay the recorded curves in DIR (curves.json + space.yaml, or a run "
+                        "folder) instead of training (search/curve_trainable.py); no latency or detection figures")
+    p.add_argument("--time-scale", type=float, default=1.0,
+                   help="with --replay-curves: each replayed epoch sleeps its recorded cost times this")
     return p.parse_args(argv)
 
 
@@ -93,23 +98,46 @@ def _init_ray(args, space: Space) -> None:
                  log_to_driver=False)
 
 
-def _trainable(space: Space, data):
-    """The trial function with the data's object-store reference and the space's resources."""
+def _trainable(space: Space, data, replay: dict | None = None):
+    """The trial function with the data's object-store reference and the space's resources; with
+    `replay` ({"curves_dir", "time_scale"}: --replay-curves), the curve-replaying one."""
     from ray import tune
 
-    from search.trainable import train_trial
+    if replay:
+        from search.curve_trainable import replay_trial
 
-    return tune.with_resources(tune.with_parameters(train_trial, data=data), {"cpu": space.cpu, "gpu": space.gpu})
+        fn = tune.with_parameters(replay_trial, data=data, **replay)
+    else:
+        from search.trainable import train_trial
+
+        fn = tune.with_parameters(train_trial, data=data)
+    return tune.with_resources(fn, {"cpu": space.cpu, "gpu": space.gpu})
 
 
 def _tracker_callbacks(trackers, loc: RunLocation) -> list:
-    """Ray callbacks of the --log trackers (search/trackers.py), for a run named after its folder."""
+    """Ray's result logger and the --log trackers' callbacks (search/trackers.py), for a run named
+    after its folder.
+
+    Of the loggers Ray adds by default (JSON, CSV, TensorBoard) only the JSON one is read here
+    (every trial's result.json); the other two cost the driver a file write per result for each
+    trial (the TensorBoard one, a flush: the largest share of Ray's result handling in bench/scale.py's
+    profile) and Ray copies their files with every experiment checkpoint. So search.run turns Ray's
+    defaults off (`TUNE_DISABLE_AUTO_CALLBACK_LOGGERS`, see `quiet_ray_loggers`) and adds the JSON
+    logger itself; `--log tensorboard` brings the TensorBoard one back."""
+    from ray.tune.logger import JsonLoggerCallback
+
     from search import trackers as T
 
-    return T.callbacks(trackers or [], loc.local.name)
+    return [JsonLoggerCallback(), *T.callbacks(trackers or [], loc.local.name)]
 
 
-def run_search(space: Space, loc: RunLocation, data, resume: bool, stream=None, trackers=None) -> None:
+def quiet_ray_loggers() -> None:
+    """Ray adds no logger of its own to the Tuners of this process (see `_tracker_callbacks`)."""
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+
+
+def run_search(space: Space, loc: RunLocation, data, resume: bool, stream=None, trackers=None,
+               replay: dict | None = None) -> None:
     """The search stage: one Tuner over every arm. On --resume Ray restores the run's own callbacks
     (the progress table, the trackers it was started with)."""
     from ray import tune
@@ -119,7 +147,7 @@ def run_search(space: Space, loc: RunLocation, data, resume: bool, stream=None, 
     from search.scheduler import PerArmASHA
     from search.searcher import ArmSearcher
 
-    trainable = _trainable(space, data)
+    trainable = _trainable(space, data, replay)
     table = ArmTable(space.metric, [a.name for a in space.arms], space.max_epochs, stream=stream)
     run_dir = loc.local
     if resume:
@@ -181,7 +209,7 @@ def stage_configs(space: Space, stage: str, records) -> list[dict]:
 
 
 def run_stage(space: Space, loc: RunLocation, data, stage: str, resume: bool = False, stream=None,
-              trackers=None) -> None:
+              trackers=None, replay: dict | None = None) -> None:
     """One stage after the search (`stage_configs`), in its own Tuner folder RUN_DIR/<stage>. On
     --resume, a stage that had started is continued, never started a second time. Ray keeps each
     run's best-epoch checkpoint (the report draws its detections from it)."""
@@ -190,7 +218,7 @@ def run_stage(space: Space, loc: RunLocation, data, stage: str, resume: bool = F
     from search.progress import ArmTable
     from search.results import collect
 
-    trainable = _trainable(space, data)
+    trainable = _trainable(space, data, replay)
     if resume and experiment_state_problem(loc.local, stage) is None:
         tune.Tuner.restore(f"{loc.ray_storage}/{stage}", trainable, resume_unfinished=True, resume_errored=True).fit()
         return
@@ -210,6 +238,24 @@ def run_stage(space: Space, loc: RunLocation, data, stage: str, resume: bool = F
                                              num_to_keep=1, checkpoint_score_attribute=space.metric,
                                              checkpoint_score_order="max"),
                                          failure_config=tune.FailureConfig(max_failures=2))).fit()
+
+
+def replay_problem(space: Space, curves_dir: str, time_scale: float) -> str | None:
+    """Why a recording cannot stand in for training in this space (None: it can)."""
+    from search import replay as R
+
+    if not time_scale >= 0:
+        return f"--time-scale {time_scale}: must be 0 or more"
+    try:
+        rec = R.load_recording(curves_dir)
+    except (R.ReplayError, OSError) as e:
+        return str(e)
+    if rec.space.metric != space.metric:
+        return f"its metric is {rec.space.metric}, the space's is {space.metric}"
+    missing = [a.name for a in space.arms if not rec.of(a.name)]
+    if missing:
+        return f"no recorded curve for {len(missing)} of the space's arms ({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''})"
+    return None
 
 
 def experiment_state_problem(run_dir: Path, stage: str = "trials") -> str | None:
@@ -251,6 +297,11 @@ def main(argv=None) -> int:
     except (compat.IncompatibleVersion, trackers.TrackerError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.replay_curves:
+        problem = replay_problem(space, args.replay_curves, args.time_scale)
+        if problem:
+            print(f"error: --replay-curves {args.replay_curves}: {problem}", file=sys.stderr)
+            return 2
     if args.resume and not args.name:
         print("error: --resume needs --name: the run to continue (STORAGE/NAME)", file=sys.stderr)
         return 2
@@ -319,12 +370,21 @@ def _run(args, space: Space, loc: RunLocation, name: str, data_arg, splits) -> i
             "train_images": len(train), "val_images": len(val),
             "test_images": len(test) if test is not None else 0}
     run_json = run_dir / "run.json"
+    replay = {"curves_dir": str(Path(args.replay_curves).resolve()), "time_scale": args.time_scale} \
+        if args.replay_curves else None
     if args.resume and run_json.exists():
         old = json.loads(run_json.read_text())
         if old.get("data_fingerprint") != fingerprint:
             print(f"error: --resume: the data differs from the run's (fingerprint {old.get('data_fingerprint')} "
                   f"vs {fingerprint})", file=sys.stderr)
             return 2
+        replay = replay or old.get("replay")  # a replayed run resumes replaying, with its own curves
+    info["replay"] = replay
+    # A run started before search.run added the JSON logger itself resumes with its pickled callbacks,
+    # which lack it: Ray's default loggers stay on for it.
+    info["ray_loggers"] = old.get("ray_loggers", "default") if args.resume and run_json.exists() else "json"
+    if info["ray_loggers"] == "json":
+        quiet_ray_loggers()
     run_json.write_text(json.dumps(info, indent=1))
     loc.push(["space.yaml", "run.json"])
     print(f"run folder {loc}\n{len(space.arms)} arm(s), {space.total_trials()} trials, "
@@ -347,16 +407,17 @@ def _run(args, space: Space, loc: RunLocation, name: str, data_arg, splits) -> i
         # search stage is handed no reference to the test images.
         refs = tuple(None if d is None else ray.put(d) for d in splits)  # (no test images: None)
         del train, val, test, splits
-        run_search(space, loc, refs[:2], args.resume, trackers=args.trackers)
+        run_search(space, loc, refs[:2], args.resume, trackers=args.trackers, replay=replay)
         for stage in space.eval_stages():
-            run_stage(space, loc, refs, stage, resume=args.resume, trackers=args.trackers)
+            run_stage(space, loc, refs, stage, resume=args.resume, trackers=args.trackers, replay=replay)
         loc.pull()
         records = collect(run_dir, space.metric, space.max_epochs)
         fixed = reconcile_studies(space, run_dir / JOURNAL, records)
         if any(fixed.values()):
             log.warning("studies brought in line with the trials' stored results: %s", fixed)
-        latency.measure(space, loc, refs, records)
-        detections.draw(space, loc, refs, records)
+        if replay is None:  # replayed trials leave no model to time or to draw detections with
+            latency.measure(space, loc, refs, records)
+            detections.draw(space, loc, refs, records)
         failed = False
     finally:
         # Ray first: whatever happens below, no Ray is left running behind this command.

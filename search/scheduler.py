@@ -7,13 +7,12 @@ study (per arm, or one in the joint strategy) and routes each trial to its own.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
 from search import compat
-from search.results import counted_trials, read_history
+from search.results import counted_trials, read_history, read_params
 from search.searcher import ended_in_studies, study_names
 from search.space import Space
 from search.storage import JOURNAL, relocated
@@ -68,7 +67,7 @@ class PerArmASHA(FIFOScheduler):
         results replayed."""
         replayed = 0
         for d, trial_id, _ in counted_trials(Path(self.run_dir) / "trials"):
-            study = json.loads((d / "params.json").read_text()).get("study")
+            study = (read_params(d) or {}).get("study")
             if study not in self.ashas:
                 continue
             seen = set()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import time
 import warnings
 from pathlib import Path
 
@@ -141,6 +142,7 @@ class ArmSearcher(Searcher):
         return min(open_, key=lambda n: self.started[n]) if open_ else None  # round-robin: fewest started first
 
     def suggest(self, trial_id: str):
+        t0 = time.perf_counter()
         name = self._next_study()
         if name is None:
             return Searcher.FINISHED
@@ -164,6 +166,7 @@ class ArmSearcher(Searcher):
             return self.suggest(trial_id)
         trial.set_user_attr("ray_trial_id", trial_id)
         trial.set_user_attr("arm", arm.name)
+        trial.set_user_attr("suggest_s", round(time.perf_counter() - t0, 6))  # the searcher's cost (bench/scale.py)
         self.started[name] += 1
         self.live[trial_id] = (name, compat.optuna_trial_id(trial))
         return {"arm": arm.name, "study": name, "cfg": C.to_dict(cfg), "params": params}

@@ -9,8 +9,9 @@
 - wandb: Ray's `WandbLoggerCallback`. One W&B run per trial, grouped by the search's name, in the
   project given (else `WANDB_PROJECT`, else "smallobj-search"); tags `arm:...`, `stage:...`,
   `search:...`. `WANDB_MODE=offline` keeps the runs in each trial's folder for `wandb sync`.
-- tensorboard: Ray's `TBXLoggerCallback` (Ray adds it anyway when tensorboardX is installed; asking
-  for it makes sure and checks that `tensorboard` is there to read the files).
+- tensorboard: Ray's `TBXLoggerCallback`: event files in every trial's folder (`tensorboard --logdir
+  RUN_DIR`). search.run turns Ray's default loggers off (they cost the driver a write per result),
+  so TensorBoard files are written only when asked for.
 
 Credentials come from the environment or each tool's own login (`wandb login`, MLflow's
 `MLFLOW_TRACKING_TOKEN` / `MLFLOW_TRACKING_USERNAME`...): nothing here reads, passes or writes them.

@@ -157,3 +157,26 @@ def test_a_folder_without_run_json_is_refused_by_every_command_with_its_name(mod
     args = [str(tmp_path)] + (["--out", str(tmp_path / "o")] if module == "export" else [])
     assert mod.main(args) == 2
     assert f"{tmp_path}: not a run folder (no run.json)" in capsys.readouterr().err
+
+
+def test_an_empty_params_json_is_read_from_rays_experiment_state(tmp_path):
+    """A driver killed while Ray copied its staging folder over the run folder left empty params.json
+    files (seen in tests/search/test_scale.py): the trial still counts, with the config Ray saved."""
+    import json
+
+    from search.results import collect, read_params
+
+    stage = tmp_path / "trials"
+    config = {"arm": "resnet18-v1-none-t5", "study": "resnet18-v1-none-t5", "cfg": {"seed": 3}, "params": {"lr": 0.01}}
+    d = stage / "resnet18-v1-none-t5_abc"
+    d.mkdir(parents=True)
+    (d / "params.json").write_text("")
+    (d / "result.json").write_text(json.dumps({"trial_id": "abc", "epoch": 1.0, "map50": 0.25}) + "\n")
+    state = {"trial_data": [[json.dumps({"trial_id": "abc", "status": "TERMINATED", "config": config}), "{}"]]}
+    (stage / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps(state))
+    assert read_params(d) == config
+    (rec,) = collect(tmp_path, "map50", 4)
+    assert rec.trial_id == "abc" and rec.params == {"lr": 0.01} and rec.best == 0.25
+    (stage / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trial_data": []}))
+    with pytest.raises(ValueError, match="params.json: not readable JSON"):
+        read_params(d)

@@ -1,0 +1,78 @@
+"""search.run with the curve-replaying trainable (`--replay-curves`, bench/scale.py's trials): the real
+search around trials that sleep instead of training, on a real local Ray."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from search import replay as R
+from search.curve_trainable import NOISE
+from search.results import collect
+
+from searchutil import SearchProcess, assert_every_trial_once, kill_between_snapshots, wait_until
+
+pytestmark = pytest.mark.slow  # whole searches (of sleeping trials)
+
+SPACE = """
+name: replayed
+arms: {backbone: [resnet18], version: [v1, v2]}
+params:
+  lr: {type: float, low: 0.0005, high: 0.03, log: true}
+  optimizer: {type: categorical, choices: [sgd, adamw]}
+budget: {max_epochs: 6, grace_period: 2, reduction_factor: 2, trials_per_arm: TPA, max_concurrent: 4}
+resources: {cpu: 1, gpu: 0}
+confirm: {top_k: 1, seeds: 2}
+"""
+
+
+def _setup(tmp_path, trials_per_arm: int):
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE.replace("TPA", str(trials_per_arm)))
+    curves = R.synthetic_recording(space, tmp_path / "curves", per_arm=6, command="test")
+    return space, curves
+
+
+def _search(tmp_path, space, curves, time_scale: float = 0.01):
+    return SearchProcess("--space", str(space), "--storage", str(tmp_path / "runs"), "--name", "r", "--num-cpus", "4",
+                         "--replay-curves", str(curves), "--time-scale", str(time_scale), log_dir=tmp_path)
+
+
+def test_a_replayed_search_runs_every_stage_and_reports_its_matched_curves(tmp_path):
+    space, curves = _setup(tmp_path, trials_per_arm=4)
+    with _search(tmp_path, space, curves) as search:
+        assert search.wait(600) == 0, search.output
+    run = tmp_path / "runs" / "r"
+    assert_every_trial_once(run, n_trials=8, max_epochs=6)
+    records = collect(run, "map50", 6)
+    assert sum(r.stage == "confirm" for r in records) == 2 * 1 * 2  # 2 arms x top 1 x 2 seeds
+    recorded = {c.trial_id: c for c in R.load_recording(curves).curves}
+    for r in records:
+        curve = recorded[r.history[0]["replayed_from"]]
+        assert curve.arm == r.arm  # the curve of the trial's own arm...
+        for h in r.history:  # ...epoch by epoch, within the per-seed noise
+            assert abs(h["map50"] - curve.values[int(h["epoch"]) - 1]) < 6 * NOISE, (r.trial_id, h)
+    info = json.loads((run / "run.json").read_text())
+    assert info["replay"]["curves_dir"] == str(curves.resolve()) and info["ray_loggers"] == "json"
+    assert not (run / "latency.json").exists()  # no model to time
+    trial_dir = next((run / "trials").glob("resnet18-*"))
+    assert (trial_dir / "result.json").exists() and not list(trial_dir.glob("events.out.*"))
+    assert not (trial_dir / "progress.csv").exists()  # Ray's default loggers are off
+
+
+def test_a_replayed_search_killed_mid_way_resumes_with_nothing_lost(tmp_path):
+    """The fault test of the issue at a size CI affords (30 trials over 2 arms); `--resume` needs no
+    --replay-curves: the run remembers what its trials replay. Epochs of 1-2 s leave quiet moments
+    between Ray's folder copies to kill in (see searchutil.kill_between_snapshots: a kill inside a copy,
+    which 0.2-0.4 s epochs made likely, truncated trial files)."""
+    space, curves = _setup(tmp_path, trials_per_arm=15)
+    with _search(tmp_path, space, curves, time_scale=0.05) as search:
+        wait_until(lambda: len(list((tmp_path / "runs" / "r" / "trials").glob("resnet18-*/result.json"))) >= 12,
+                   300, "twelve trials started", search.proc)
+        kill_between_snapshots(search, tmp_path / "runs" / "r" / "trials")
+    with SearchProcess("--space", str(space), "--storage", str(tmp_path / "runs"), "--name", "r", "--num-cpus", "4",
+                       "--resume", log_dir=tmp_path) as resumed:
+        assert resumed.wait(900) == 0, resumed.output
+    run = tmp_path / "runs" / "r"
+    assert_every_trial_once(run, n_trials=30, max_epochs=6, repeats=True)
+    assert sum(r.stage == "confirm" for r in collect(run, "map50", 6)) == 4
