@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
 .PHONY: demo test test-fast venv clean bench-demo bench-loop bench-overhead bench-memory bench-parity bench-gpu-smoke \
-	bench-curves bench-replay bench-replay-speed
+	bench-curves bench-replay bench-replay-speed bench-scale
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,8 @@ bench-replay: $(STAMP)
 	$(PY) -m search.replay bench/curves --out bench/out/replay --repeats 50 --jobs 2
 bench-replay-speed: $(STAMP)
 	$(PY) bench/replay_speed.py
+bench-scale: $(STAMP)
+	$(PY) bench/scale.py
 # The benchmarks' own extra (pycocotools), once.
 $(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install -e '.[test,bench]'

@@ -1,8 +1,8 @@
 """The full space at full scale: what the search machinery costs at 100, 300 and 1,000 trials over
 spaces/full.yaml's 38 arms (issue 17).
 
-    .venv/bin/python bench/scale.py [--sizes 100 300 1000] [--concurrency 16] [--time-scale 0.01]
-                                    [--out bench/out/scale]
+    .venv/bin/python bench/scale.py [--sizes 100 300 1000] [--concurrency 16] [--time-scale 0.02]
+                                    [--confirm TOP_K SEEDS] [--out bench/out/scale]
 
 Each size is one real `python -m search.run` of spaces/full.yaml's arms, parameters, ASHA settings
 and confirmation stage, with `trials_per_arm` = ceil(size / 38), `max_concurrent` = --concurrency
@@ -48,14 +48,16 @@ from search.space import load_space  # noqa: E402
 FULL = ROOT / "spaces" / "full.yaml"
 
 
-def scaled_space(out: Path, size: int, concurrency: int) -> Path:
-    """spaces/full.yaml with trials_per_arm for `size` trials, the given concurrency and one CPU
-    (no GPU) per trial; everything else as the file says."""
+def scaled_space(out: Path, size: int, concurrency: int, confirm: tuple[int, int] | None) -> Path:
+    """spaces/full.yaml with trials_per_arm for `size` trials, the given concurrency, one CPU (no
+    GPU) per trial and, when given, confirm = (top_k, seeds); everything else as the file says."""
     doc = yaml.safe_load(FULL.read_text())
     arms = len(load_space(FULL).arms)
     doc["name"] = f"scale{size}"
     doc["budget"].update(trials_per_arm=math.ceil(size / arms), max_concurrent=concurrency)
     doc["resources"] = {"cpu": 1, "gpu": 0}
+    if confirm:
+        doc["confirm"] = {"top_k": confirm[0], "seeds": confirm[1]}
     path = out / f"scale{size}.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
@@ -104,7 +106,7 @@ def timed(cmd: list[str], log: Path) -> float:
 
 def one_size(size: int, args, curves: Path) -> dict:
     out = Path(args.out)
-    space_file = scaled_space(out, size, args.concurrency)
+    space_file = scaled_space(out, size, args.concurrency, args.confirm)
     space = load_space(space_file)
     name = f"scale{size}-{int(time.time())}"
     usage = DriverUsage()
@@ -136,7 +138,8 @@ def one_size(size: int, args, curves: Path) -> dict:
     ideal = slept / args.concurrency + startup
     gap, tail = slot_idle(intervals, args.concurrency)
     by_stage = {s: sum(r.stage == s for r in records) for s in sorted({r.stage for r in records})}
-    return {"size": size, "trials": len(records), "by_stage": by_stage, "arms": len(space.arms),
+    return {"size": size, "confirm": [space.confirm_top_k, space.confirm_seeds], "trials": len(records),
+            "by_stage": by_stage, "arms": len(space.arms),
             "concurrency": args.concurrency, "time_scale": args.time_scale, "wall_s": round(wall, 1),
             "slept_s": round(slept, 1), "startup_s": round(startup, 1), "ideal_s": round(ideal, 1),
             "wall_over_ideal": round(wall / ideal, 3), "goal": 1.10,
@@ -152,7 +155,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 300, 1000])
     ap.add_argument("--concurrency", type=int, default=16)
-    ap.add_argument("--time-scale", type=float, default=0.01)
+    ap.add_argument("--time-scale", type=float, default=0.02)
+    ap.add_argument("--confirm", type=int, nargs=2, metavar=("TOP_K", "SEEDS"),
+                    help="confirmation stage (default: spaces/full.yaml's, 2 x 3 per arm)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "scale"))
     args = ap.parse_args(argv)
     out = Path(args.out)

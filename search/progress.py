@@ -1,8 +1,14 @@
 """A compact terminal table instead of Ray's wall of text: per arm, trials running, finished,
-stopped and failed, the best metric so far, and the elapsed time."""
+stopped and failed, the best metric so far; a totals line; the elapsed time.
+
+Arms are sorted by their best metric (arms with no result yet last, in the space's order), so with
+the full space's 38 arms the leaders stay on top. On a terminal too short for every arm, the rows
+that fit are shown and one line sums up the rest. In a log (not a terminal) the whole table is
+appended at most every `every_s` seconds, so a 1,000-trial search does not write a table per trial."""
 from __future__ import annotations
 
 import math
+import shutil
 import sys
 import time
 from collections import defaultdict
@@ -21,10 +27,15 @@ class ArmTable(Callback):
     """Prints the table when something changed, at most every `every_s` seconds (and at the end).
 
     On a terminal the table is redrawn in place; in a log it is appended.
+    `max_rows`: arm rows shown at most (default: what the terminal's height leaves room for).
     """
 
-    def __init__(self, metric: str, arms: list[str], max_epochs: int, every_s: float = 5.0, stream=None):
+    max_rows: int | None = None  # also for a table pickled (with a run's tuner) before the field existed
+
+    def __init__(self, metric: str, arms: list[str], max_epochs: int, every_s: float = 5.0, stream=None,
+                 max_rows: int | None = None):
         self.metric, self.arms, self.max_epochs, self.every_s = metric, arms, max_epochs, every_s
+        self.max_rows = max_rows
         self._stream = stream  # None: sys.stdout at print time (a stream object cannot be pickled with the tuner)
         self.t0 = time.monotonic()
         self.status: dict[str, str] = {}
@@ -53,7 +64,6 @@ class ArmTable(Callback):
                                               fail_reason=last.get("fail_reason")).status
         self._arm(trial)
         self._dirty = True
-        self.print(force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
@@ -67,27 +77,39 @@ class ArmTable(Callback):
     def on_experiment_end(self, trials, **info):
         self.print(force=True)
 
-    def render(self) -> list[str]:
+    def render(self, max_rows: int | None = None) -> list[str]:
         counts: dict[str, dict[str, int]] = {a: defaultdict(int) for a in self.arms}
         for tid, st in self.status.items():
             counts.setdefault(self.arm_of.get(tid, "?"), defaultdict(int))[st] += 1
-        width = max([len(a) for a in counts] + [3])
-        lines = [f"{'arm':<{width}}  running  finished  stopped  failed  best {self.metric}",
-                 "-" * (width + 48)]
-        for arm, c in counts.items():
-            best = self.best.get(arm, -math.inf)
-            lines.append(f"{arm:<{width}}  {c['running']:>7}  {c['finished']:>8}  {c['stopped']:>7}  {c['failed']:>6}  "
-                         f"{'-' if best == -math.inf else f'{best:.4f}':>10}")
-        lines.append(f"elapsed {time.monotonic() - self.t0:6.0f} s")
+        order = sorted(counts, key=lambda a: -self.best.get(a, -math.inf))  # stable: no result yet keeps space order
+        width = max([len(a) for a in counts] + [len("all arms")])
+
+        def row(name: str, c, best: float) -> str:
+            return (f"{name:<{width}}  {c['running']:>7}  {c['finished']:>8}  {c['stopped']:>7}  {c['failed']:>6}  "
+                    f"{'-' if best == -math.inf else f'{best:.4f}':>10}")
+
+        lines = [f"{'arm':<{width}}  running  finished  stopped  failed  best {self.metric}", "-" * (width + 48)]
+        shown = order if max_rows is None or len(order) <= max_rows else order[:max(1, max_rows - 1)]
+        lines += [row(arm, counts[arm], self.best.get(arm, -math.inf)) for arm in shown]
+        rest = order[len(shown):]
+        if rest:
+            c = {k: sum(counts[a][k] for a in rest) for k in ("running", "finished", "stopped", "failed")}
+            lines.append(row(f"{len(rest)} more", c, max(self.best.get(a, -math.inf) for a in rest)))
+        total = {k: sum(counts[a][k] for a in order) for k in ("running", "finished", "stopped", "failed")}
+        lines += ["-" * (width + 48), row("all arms", total, max([self.best.get(a, -math.inf) for a in order] + [-math.inf])),
+                  f"elapsed {time.monotonic() - self.t0:6.0f} s"]
         return lines
 
     def print(self, force: bool = False) -> None:
         now = time.monotonic()
         if not force and (not self._dirty or now - self._last_print < self.every_s):
             return
-        lines = self.render()
         stream = self._stream or sys.stdout
         tty = getattr(stream, "isatty", lambda: False)()
+        rows = self.max_rows
+        if rows is None and tty:
+            rows = max(3, shutil.get_terminal_size().lines - 6)  # header, rule, rule, totals, elapsed, prompt
+        lines = self.render(rows)
         if tty and self._lines:
             stream.write(f"\x1b[{self._lines}F\x1b[J")  # move up and clear: redraw in place
         stream.write("\n".join(lines) + "\n")

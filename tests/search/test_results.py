@@ -180,3 +180,23 @@ def test_an_empty_params_json_is_read_from_rays_experiment_state(tmp_path):
     (stage / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trial_data": []}))
     with pytest.raises(ValueError, match="params.json: not readable JSON"):
         read_params(d)
+
+
+def test_the_progress_table_sorts_arms_by_best_and_sums_up_what_does_not_fit():
+    import io
+
+    arms = [f"arm{i}" for i in range(6)]
+    table = ArmTable("map50", arms, max_epochs=4, stream=io.StringIO(), max_rows=3)
+    for i, arm in enumerate(arms[:5]):
+        trial = Trial("fake_trainable", config={"arm": arm}, trial_id=f"t{i}", stub=True)
+        table.on_trial_start(0, [], trial)
+        table.on_trial_result(0, [], trial, {"map50": [0.3, 0.9, 0.1, 0.5, 0.7][i]})
+        if i < 2:
+            trial.run_metadata.last_result = {"epoch": 4.0, "map50": 0.5}
+            table.on_trial_complete(0, [], trial)
+    lines = table.render(max_rows=3)
+    names = [ln.split()[0] for ln in lines[2:5]]
+    assert names == ["arm1", "arm4", "4"]  # the two best, then "4 more" for the rest
+    assert lines[4].split()[:6] == ["4", "more", "2", "1", "0", "0"] and lines[4].endswith("0.5000")
+    assert lines[6].split()[:6] == ["all", "arms", "3", "2", "0", "0"] and lines[6].endswith("0.9000")
+    assert [ln.split()[0] for ln in table.render()[2:8]] == ["arm1", "arm4", "arm3", "arm0", "arm2", "arm5"]
