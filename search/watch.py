@@ -2,7 +2,8 @@
 
     python -m search.watch RUN_DIR [--cluster cluster.yaml]
 
-Prints, for the run folder: TensorBoard (every trial's event files, written by Ray Tune), optuna-
+Prints, for the run folder: TensorBoard (every trial's event files, written by Ray Tune when the run
+was started with `--log tensorboard`, or by a run older than that option's default), optuna-
 dashboard (the run's Optuna journal: one study per arm), MLflow and W&B when the run was started
 with `--log mlflow` / `--log wandb`, and Ray's dashboard on a cluster. Every server listens on
 localhost; on a cluster the ports go through SSH (`ray dashboard`, `ray attach --port-forward`),
@@ -24,9 +25,12 @@ def watch_text(run_dir: Path, cluster: str | None = None) -> str:
     arms = info.get("arms", [])
     used = info.get("trackers", [])
     lines = [f"Watching run {info.get('name', run_dir.name)} ({run_dir}); every server below listens on localhost.", ""]
-    lines += ["TensorBoard: every trial's per-epoch metrics (Ray Tune writes the event files into each trial folder)",
-              f"  tensorboard --logdir {run_dir} --port {PORTS['tensorboard']}     # http://localhost:{PORTS['tensorboard']}",
-              "  (pip install '.[tensorboard]' if the command is missing)", ""]
+    if "tensorboard" in used or info.get("ray_loggers", "default") == "default":  # (Ray's defaults wrote them)
+        lines += ["TensorBoard: every trial's per-epoch metrics (Ray Tune writes the event files into each trial folder)",
+                  f"  tensorboard --logdir {run_dir} --port {PORTS['tensorboard']}     # http://localhost:{PORTS['tensorboard']}",
+                  "  (pip install '.[tensorboard]' if the command is missing)", ""]
+    else:
+        lines += ["TensorBoard: this run wrote no event files (start a search with --log tensorboard).", ""]
     lines += [f"optuna-dashboard: the run's Optuna studies, one per arm ({len(arms)}: {', '.join(arms)})",
               f"  optuna-dashboard {run_dir / 'optuna.journal'} --port {PORTS['optuna-dashboard']}"
               f"     # http://localhost:{PORTS['optuna-dashboard']}",

@@ -185,3 +185,17 @@ def test_a_tracker_that_is_not_installed_is_refused_before_anything_runs(monkeyp
     space.write_text("arms: {backbone: [resnet18]}\n")
     assert run.main(["--space", str(space), "--storage", str(tmp_path / "runs"), "--log", "wandb"]) == 2
     assert "pip install '.[wandb]'" in capsys.readouterr().err and not (tmp_path / "runs").exists()
+
+
+def test_watch_says_when_a_run_wrote_no_tensorboard_files(tmp_path):
+    """Ray's own TensorBoard logger is off unless asked for (search.run turns its default loggers off)."""
+    import json
+
+    from search import watch
+
+    (tmp_path / "run.json").write_text(json.dumps({"name": "r", "arms": ["a"], "trackers": [], "ray_loggers": "json"}))
+    text = watch.watch_text(tmp_path)
+    assert "TensorBoard: this run wrote no event files (start a search with --log tensorboard)" in text
+    assert "tensorboard --logdir" not in text
+    (tmp_path / "run.json").write_text(json.dumps({"name": "r", "arms": ["a"], "trackers": []}))  # an older run
+    assert "tensorboard --logdir" in watch.watch_text(tmp_path)
