@@ -4,7 +4,7 @@ stopped and failed, the best metric so far; a totals line; the elapsed time.
 Arms are sorted by their best metric (arms with no result yet last, in the space's order), so with
 the full space's 38 arms the leaders stay on top. On a terminal too short for every arm, the rows
 that fit are shown and one line sums up the rest. In a log (not a terminal) the whole table is
-appended at most every `every_s` seconds, so a 1,000-trial search does not write a table per trial."""
+appended at most every `LOG_EVERY_S` seconds, so a 1,000-trial search does not write a table per trial."""
 from __future__ import annotations
 
 import math
@@ -16,6 +16,8 @@ from collections import defaultdict
 from ray.tune import Callback
 
 from search.results import STATUS_RUNNING, outcome
+
+LOG_EVERY_S = 30.0  # the shortest interval between two tables appended to a log (not a terminal)
 
 
 def _own_config(trial) -> dict:
@@ -102,10 +104,11 @@ class ArmTable(Callback):
 
     def print(self, force: bool = False) -> None:
         now = time.monotonic()
-        if not force and (not self._dirty or now - self._last_print < self.every_s):
-            return
         stream = self._stream or sys.stdout
         tty = getattr(stream, "isatty", lambda: False)()
+        every = self.every_s if tty else max(self.every_s, LOG_EVERY_S)
+        if not force and (not self._dirty or now - self._last_print < every):
+            return
         rows = self.max_rows
         if rows is None and tty:
             rows = max(3, shutil.get_terminal_size().lines - 6)  # header, rule, rule, totals, elapsed, prompt
