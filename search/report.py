@@ -285,24 +285,47 @@ def _colours(arms: list[str]) -> dict[str, tuple]:
     return {a: cmap(i % cmap.N) for i, a in enumerate(arms)}
 
 
+FACET_OVER = 10  # more arms than this: one panel per backbone (38 arms in one legend cannot be read)
+
+
 def fig_curves(records, metric_key, label, colours, best_ids, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for r in records:
-        if r.stage != "search" or not r.history:
-            continue
-        x = [h["epoch"] for h in r.history]
-        y = [h.get(metric_key, math.nan) for h in r.history]
-        bold = r.trial_id in best_ids
-        ax.plot(x, y, color=colours[r.arm], lw=2.4 if bold else 0.9, alpha=1.0 if bold else 0.3,
-                label=f"{r.arm} (best trial)" if bold else None)
-        if r.status == STATUS_STOPPED:
-            ax.plot(x[-1], y[-1], marker="x", color=colours[r.arm], alpha=0.6, ms=6)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(label)
-    ax.set_title(f"{label} per epoch (bold: best trial of each arm; x: stopped by ASHA)")
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7, loc="best")
+    """Every search trial's curve, thin, its arm's best bold; with more than FACET_OVER arms, one panel
+    per backbone, each with its own colours and legend."""
+    order = {a: i for i, a in enumerate(colours)}  # the space's order of arms
+    shown = sorted((r for r in records if r.stage == "search" and r.history), key=lambda r: order.get(r.arm, len(order)))
+    arms = list(dict.fromkeys(r.arm for r in shown))
+    if len(arms) > FACET_OVER:
+        groups: dict[str, list[str]] = {}
+        for r in shown:
+            groups.setdefault(str(r.config.get("backbone", "?")), [])
+            if r.arm not in groups[str(r.config.get("backbone", "?"))]:
+                groups[str(r.config.get("backbone", "?"))].append(r.arm)
+    else:
+        groups = {"": arms}
+    cols = min(2, len(groups))
+    rows = math.ceil(len(groups) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(7 * cols, 4.2 * rows), squeeze=False, sharey=True)
+    for ax, (group, members) in zip(axes.flat, groups.items()):
+        own = colours if not group else _colours(members)
+        for r in (r for r in shown if r.arm in members):
+            x = [h["epoch"] for h in r.history]
+            y = [h.get(metric_key, math.nan) for h in r.history]
+            bold = r.trial_id in best_ids
+            name = r.arm.removeprefix(f"{group}-") if group else r.arm
+            ax.plot(x, y, color=own[r.arm], lw=2.4 if bold else 0.9, alpha=1.0 if bold else 0.3,
+                    label=f"{name} (best trial)" if bold else None)
+            if r.status == STATUS_STOPPED:
+                ax.plot(x[-1], y[-1], marker="x", color=own[r.arm], alpha=0.6, ms=6)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        if group:
+            ax.set_title(group, fontsize=10)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="lower right", ncol=2 if len(members) > 7 else 1)
+    for ax in list(axes.flat)[len(groups):]:
+        ax.axis("off")
+    fig.suptitle(f"{label} per epoch (bold: best trial of each arm; x: stopped by ASHA)", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
