@@ -294,14 +294,10 @@ def fig_curves(records, metric_key, label, colours, best_ids, path: Path) -> Non
     order = {a: i for i, a in enumerate(colours)}  # the space's order of arms
     shown = sorted((r for r in records if r.stage == "search" and r.history), key=lambda r: order.get(r.arm, len(order)))
     arms = list(dict.fromkeys(r.arm for r in shown))
-    if len(arms) > FACET_OVER:
-        groups: dict[str, list[str]] = {}
-        for r in shown:
-            groups.setdefault(str(r.config.get("backbone", "?")), [])
-            if r.arm not in groups[str(r.config.get("backbone", "?"))]:
-                groups[str(r.config.get("backbone", "?"))].append(r.arm)
-    else:
-        groups = {"": arms}
+    groups: dict[str, list[str]] = {}
+    backbone = {r.arm: str(r.config.get("backbone", "?")) for r in shown} if len(arms) > FACET_OVER else {}
+    for arm in arms:
+        groups.setdefault(backbone.get(arm, ""), []).append(arm)
     cols = min(2, len(groups))
     rows = math.ceil(len(groups) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(7 * cols, 4.2 * rows), squeeze=False, sharey=True)

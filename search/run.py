@@ -372,6 +372,7 @@ def _run(args, space: Space, loc: RunLocation, name: str, data_arg, splits) -> i
     run_json = run_dir / "run.json"
     replay = {"curves_dir": str(Path(args.replay_curves).resolve()), "time_scale": args.time_scale} \
         if args.replay_curves else None
+    ray_loggers = "json"
     if args.resume and run_json.exists():
         old = json.loads(run_json.read_text())
         if old.get("data_fingerprint") != fingerprint:
@@ -379,11 +380,11 @@ def _run(args, space: Space, loc: RunLocation, name: str, data_arg, splits) -> i
                   f"vs {fingerprint})", file=sys.stderr)
             return 2
         replay = replay or old.get("replay")  # a replayed run resumes replaying, with its own curves
-    info["replay"] = replay
-    # A run started before search.run added the JSON logger itself resumes with its pickled callbacks,
-    # which lack it: Ray's default loggers stay on for it.
-    info["ray_loggers"] = old.get("ray_loggers", "default") if args.resume and run_json.exists() else "json"
-    if info["ray_loggers"] == "json":
+        # A run started before search.run added the JSON logger itself resumes with its pickled
+        # callbacks, which lack it: Ray's default loggers stay on for it.
+        ray_loggers = old.get("ray_loggers", "default")
+    info.update(replay=replay, ray_loggers=ray_loggers)
+    if ray_loggers == "json":
         quiet_ray_loggers()
     run_json.write_text(json.dumps(info, indent=1))
     loc.push(["space.yaml", "run.json"])

@@ -182,6 +182,12 @@ class ArmSearcher(Searcher):
         if trial is not None:
             self._report(trial, result)
 
+    def _report_missing(self, trial: optuna.Trial, held: dict, history: list[dict]) -> None:
+        """Report the epochs of a stored `history` that the trial's intermediate values (`held`) lack."""
+        for r in history:
+            if "epoch" in r and int(r["epoch"]) not in held and "fail_reason" not in r:
+                self._report(trial, r)
+
     def _report(self, trial: optuna.Trial, result: dict | None) -> None:
         value = (result or {}).get(self.space.metric)
         if value is not None and math.isfinite(value) and "epoch" in result:
@@ -267,11 +273,8 @@ class ArmSearcher(Searcher):
         # (it continues from a later checkpoint): they are taken from the trial's stored results.
         for ray_id, (name, otid) in self.live.items():
             if ray_id in known:
-                trial = compat.attach_trial(self.studies[name], otid)
-                held = running[name][otid].intermediate_values
-                for r in read_history(known[ray_id]):
-                    if "epoch" in r and int(r["epoch"]) not in held and "fail_reason" not in r:
-                        self._report(trial, r)
+                self._report_missing(compat.attach_trial(self.studies[name], otid),
+                                     running[name][otid].intermediate_values, read_history(known[ray_id]))
 
     def _stored_trials(self) -> dict[str, Path]:
         """{Ray trial id: folder} of the search trials in Ray's newest experiment state (none in memory)."""
@@ -318,9 +321,7 @@ def reconcile_studies(space: Space, journal: Path, records) -> dict[str, int]:
         else:
             continue
         searcher.live[r.trial_id] = (name, compat.optuna_trial_id(trial))
-        for h in r.history:
-            if int(h["epoch"]) not in (frozen.intermediate_values if frozen else {}):
-                searcher._report(trial, h)
+        searcher._report_missing(trial, frozen.intermediate_values if frozen else {}, r.history)
         last = r.history[-1] if r.history else {}
         fail = r.reason if r.status == STATUS_FAILED else None
         searcher.on_trial_complete(r.trial_id, {**last, "epoch": r.epochs, **({"fail_reason": fail} if fail else {})})
