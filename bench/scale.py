@@ -16,7 +16,10 @@ Recorded per size (one JSON object per size, on stdout and in OUT/scale-SIZE.jso
 - wall / ideal: the command's wall time over (the trials' slept time / concurrency + start-up), the
   start-up being the command's start to the first trial's first epoch (Ray's own bar for its
   bookkeeping is 1.28; issue 17's goal is 1.10);
-- the driver's (search.run's process) CPU seconds and peak resident memory, in all and per trial;
+- the driver's (search.run's process) CPU seconds and peak resident memory, in all, per trial and
+  per epoch reported;
+- how many checkpoints the search stage still holds at the end (search.checkpoints keeps each
+  arm's best trial's);
 - the searcher's `suggest` time (Optuna user attribute `suggest_s`) against how many trials its
   study already held: median over the first and the last fifth of each study's trials;
 - the Optuna journal's size; the time of results.csv (collect + write), `search.report` and
@@ -138,13 +141,19 @@ def one_size(size: int, args, curves: Path) -> dict:
     ideal = slept / args.concurrency + startup
     gap, tail = slot_idle(intervals, args.concurrency)
     by_stage = {s: sum(r.stage == s for r in records) for s in sorted({r.stage for r in records})}
+    epochs = sum(len(r.history) for r in records)
+    # search.checkpoints: what the search stage still holds at the end (each arm's best trial's).
+    kept = [d for d in (run_dir / "trials").glob("*/checkpoint_*") if d.is_dir()]
+    kept_trials = len({d.parent for d in kept})
     return {"size": size, "confirm": [space.confirm_top_k, space.confirm_seeds], "trials": len(records),
             "by_stage": by_stage, "arms": len(space.arms),
             "concurrency": args.concurrency, "time_scale": args.time_scale, "wall_s": round(wall, 1),
             "slept_s": round(slept, 1), "startup_s": round(startup, 1), "ideal_s": round(ideal, 1),
             "wall_over_ideal": round(wall / ideal, 3), "goal": 1.10,
             "gap_slot_s": round(gap, 1), "tail_slot_s": round(tail, 1),
+            "epochs": epochs, "search_trials_with_checkpoints": kept_trials, "search_checkpoints": len(kept),
             "driver_cpu_s": round(usage.cpu_s, 1), "driver_cpu_ms_per_trial": round(1000 * usage.cpu_s / len(records), 1),
+            "driver_cpu_ms_per_epoch": round(1000 * usage.cpu_s / epochs, 1),
             "driver_peak_rss_mb": round(usage.peak_rss_mb), **suggest_times(run_dir / "optuna.journal", space_file),
             "journal_kb": round((run_dir / "optuna.journal").stat().st_size / 1024),
             "results_csv_s": round(results_s, 2), "report_s": round(report_s, 1), "export_s": round(export_s, 1),

@@ -134,11 +134,20 @@ def ray_trials(stage_dir: Path) -> dict[str, dict]:
     there is none."""
     for f in sorted(stage_dir.glob("experiment_state-*.json"), reverse=True):
         try:
-            state = json.loads(f.read_text())
-            return {t["trial_id"]: t for t in (json.loads(td[0]) for td in state["trial_data"])}
-        except (json.JSONDecodeError, KeyError, TypeError, IndexError):
+            return parse_experiment_state(f.read_text())
+        except ValueError:
             continue
     return {}
+
+
+def parse_experiment_state(text: str) -> dict[str, dict]:
+    """{trial id: Ray's saved state of the trial} from the text of one experiment state file;
+    ValueError when it is not a readable one (cut by a crash or caught mid-copy)."""
+    try:
+        state = json.loads(text)
+        return {t["trial_id"]: t for t in (json.loads(td[0]) for td in state["trial_data"])}
+    except (json.JSONDecodeError, KeyError, TypeError, IndexError) as e:
+        raise ValueError(f"not a readable Ray experiment state ({type(e).__name__}: {e})") from None
 
 
 def ray_statuses(stage_dir: Path) -> dict[str, str]:
@@ -244,7 +253,13 @@ def ranked(records: list[TrialRecord], arm: str | None = None) -> list[TrialReco
     in the run. The confirmation stage, search.export and search.report all take their choice from here."""
     ok = [r for r in records if r.stage == "search" and r.status != STATUS_FAILED and math.isfinite(r.best)
           and (arm is None or r.arm == arm)]
-    return sorted(ok, key=lambda r: (r.status != STATUS_FINISHED, -r.best))
+    return sorted(ok, key=lambda r: rank_key(r.status, r.best))
+
+
+def rank_key(status: str, best: float) -> tuple:
+    """`ranked`'s order of two trials of an arm (smaller first), also used by search.checkpoints to
+    tell which ended trials can no longer be their arm's best."""
+    return (status != STATUS_FINISHED, -best)
 
 
 @dataclass

@@ -143,6 +143,7 @@ def run_search(space: Space, loc: RunLocation, data, resume: bool, stream=None, 
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
+    from search.checkpoints import SEARCH_KEEP, PruneEndedCheckpoints, checkpoint_config
     from search.progress import ArmTable
     from search.scheduler import PerArmASHA
     from search.searcher import ArmSearcher
@@ -170,9 +171,9 @@ def run_search(space: Space, loc: RunLocation, data, resume: bool, stream=None, 
                                         trial_dirname_creator=lambda t: f"{t.config['arm']}_{t.trial_id}"),
             run_config=tune.RunConfig(
                 name="trials", storage_path=loc.ray_storage, verbose=0,
-                callbacks=[table, *_tracker_callbacks(trackers, loc)],
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=space.metric,
-                                                        checkpoint_score_order="max"),
+                callbacks=[table, PruneEndedCheckpoints(space.metric, space.max_epochs),
+                           *_tracker_callbacks(trackers, loc)],
+                checkpoint_config=checkpoint_config(space.metric, SEARCH_KEEP),
                 failure_config=tune.FailureConfig(max_failures=2)),
         )
     tuner.fit()
@@ -215,6 +216,7 @@ def run_stage(space: Space, loc: RunLocation, data, stage: str, resume: bool = F
     run's best-epoch checkpoint (the report draws its detections from it)."""
     from ray import tune
 
+    from search.checkpoints import STAGE_KEEP, checkpoint_config
     from search.progress import ArmTable
     from search.results import collect
 
@@ -234,9 +236,7 @@ def run_stage(space: Space, loc: RunLocation, data, stage: str, resume: bool = F
                                          callbacks=[ArmTable(space.metric, [a.name for a in space.arms],
                                                              space.max_epochs, stream=stream),
                                                     *_tracker_callbacks(trackers, loc)],
-                                         checkpoint_config=tune.CheckpointConfig(
-                                             num_to_keep=1, checkpoint_score_attribute=space.metric,
-                                             checkpoint_score_order="max"),
+                                         checkpoint_config=checkpoint_config(space.metric, STAGE_KEEP),
                                          failure_config=tune.FailureConfig(max_failures=2))).fit()
 
 

@@ -3,12 +3,14 @@ search around trials that sleep instead of training, on a real local Ray."""
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
 from search import replay as R
 from search.curve_trainable import NOISE
-from search.results import collect
+from search.results import collect, rank_key, ranked
 
 from searchutil import SearchProcess, assert_every_trial_once, kill_between_snapshots, wait_until
 
@@ -33,9 +35,24 @@ def _setup(tmp_path, trials_per_arm: int):
     return space, curves
 
 
-def _search(tmp_path, space, curves, time_scale: float = 0.01):
+def _search(tmp_path, space, curves, time_scale: float = 0.01, env=None):
     return SearchProcess("--space", str(space), "--storage", str(tmp_path / "runs"), "--name", "r", "--num-cpus", "4",
-                         "--replay-curves", str(curves), "--time-scale", str(time_scale), log_dir=tmp_path)
+                         "--replay-curves", str(curves), "--time-scale", str(time_scale), log_dir=tmp_path, env=env)
+
+
+def _has_checkpoint(record) -> bool:
+    return any(Path(record.path).glob("checkpoint_*"))
+
+
+def assert_only_each_arms_best_keeps_checkpoints(records) -> None:
+    """search.checkpoints: of the search trials, each arm's best (and any tied with it) keeps its
+    checkpoints, for latency.py; every confirmation run keeps its own (the detection figures)."""
+    for arm in {r.arm for r in records}:
+        order = ranked(records, arm)
+        best = rank_key(order[0].status, order[0].best)
+        for r in (r for r in records if r.arm == arm and r.stage == "search"):
+            assert _has_checkpoint(r) == (rank_key(r.status, r.best) == best), (r.trial_id, r.status, r.best, best)
+    assert all(_has_checkpoint(r) for r in records if r.stage == "confirm")
 
 
 def test_a_replayed_search_runs_every_stage_and_reports_its_matched_curves(tmp_path):
@@ -58,6 +75,7 @@ def test_a_replayed_search_runs_every_stage_and_reports_its_matched_curves(tmp_p
     trial_dir = next((run / "trials").glob("resnet18-*"))
     assert (trial_dir / "result.json").exists() and not list(trial_dir.glob("events.out.*"))
     assert not (trial_dir / "progress.csv").exists()  # Ray's default loggers are off
+    assert_only_each_arms_best_keeps_checkpoints(records)
 
 
 def test_a_replayed_search_killed_mid_way_resumes_with_nothing_lost(tmp_path):
@@ -66,13 +84,25 @@ def test_a_replayed_search_killed_mid_way_resumes_with_nothing_lost(tmp_path):
     between Ray's folder copies to kill in (see searchutil.kill_between_snapshots: a kill inside a copy,
     which 0.2-0.4 s epochs made likely, truncated trial files)."""
     space, curves = _setup(tmp_path, trials_per_arm=15)
-    with _search(tmp_path, space, curves, time_scale=0.05) as search:
-        wait_until(lambda: len(list((tmp_path / "runs" / "r" / "trials").glob("resnet18-*/result.json"))) >= 12,
-                   300, "twelve trials started", search.proc)
+    # Ended trials' checkpoints are deleted every 2 s (search.checkpoints), so the kill comes after some
+    # were: a resume must not need any of them.
+    env = {**os.environ, "SEARCH_PRUNE_EVERY_S": "2"}
+    with _search(tmp_path, space, curves, time_scale=0.05, env=env) as search:
+        trials = tmp_path / "runs" / "r" / "trials"
+        wait_until(lambda: len(list(trials.glob("resnet18-*/result.json"))) >= 12, 300, "twelve trials started",
+                   search.proc)
+        wait_until(lambda: any(not list(f.parent.glob("checkpoint_*")) for f in trials.glob("resnet18-*/result.json")),
+                   300, "an ended trial's checkpoints deleted", search.proc)
         kill_between_snapshots(search, tmp_path / "runs" / "r" / "trials")
     with SearchProcess("--space", str(space), "--storage", str(tmp_path / "runs"), "--name", "r", "--num-cpus", "4",
-                       "--resume", log_dir=tmp_path) as resumed:
+                       "--resume", log_dir=tmp_path, env=env) as resumed:
         assert resumed.wait(900) == 0, resumed.output
     run = tmp_path / "runs" / "r"
     assert_every_trial_once(run, n_trials=30, max_epochs=6, repeats=True)
-    assert sum(r.stage == "confirm" for r in collect(run, "map50", 6)) == 4
+    records = collect(run, "map50", 6)
+    assert sum(r.stage == "confirm" for r in records) == 4
+    # Each arm's best keeps its checkpoints; trials that ended before the kill may keep theirs too
+    # (the resumed driver prunes only trials it saw end), but most went.
+    for arm in {r.arm for r in records}:
+        assert _has_checkpoint(ranked(records, arm)[0])
+    assert sum(not _has_checkpoint(r) for r in records if r.stage == "search") >= 15
