@@ -232,6 +232,9 @@ def rung_analysis(records: list[TrialRecord], metric: str, rungs: list[int]) -> 
     return out
 
 
+LIST_OVER = 6  # above this many arms the conclusion gives a table, not a list in a sentence
+
+
 def conclusion(rows: list[dict], metric: str) -> str:
     """Only what the numbers show: the best arm, and which gaps are within the spread between seeds."""
     scored = [r for r in rows if "best" in r]
@@ -243,12 +246,19 @@ def conclusion(rows: list[dict], metric: str) -> str:
         top = confirmed_rows[0]
         lines = [f"Best arm on validation: **{top['arm']}**, {metric} {top['confirm_mean']:.4f} ± "
                  f"{top['confirm_std']:.4f} (mean ± standard deviation over {top['confirm_n']} seeds)."]
-        close, far = [], []
+        close, far, table = [], [], []
         for r in confirmed_rows[1:]:
             d, lo, hi = welch_interval(top["confirm_values"], r["confirm_values"])
             (far if _separates(lo, hi) else close).append(
                 f"{r['arm']} ({r['confirm_mean']:.4f} ± {r['confirm_std']:.4f}; gap {d:.4f}, 95% interval "
                 f"{_fmt(lo)} to {_fmt(hi)})")
+            table.append(f"| {r['arm']} | {r['confirm_mean']:.4f} ± {r['confirm_std']:.4f} (n={r['confirm_n']}) | "
+                         f"{d:.4f} | {_fmt(lo)} to {_fmt(hi)} | {'behind' if _separates(lo, hi) else 'not significant'} |")
+        if len(confirmed_rows) > LIST_OVER:  # 38 arms in two sentences cannot be read: a table
+            lines.append(f"{len(close)} arm(s) are not significantly behind it (the 95% interval of the gap "
+                         f"includes zero), {len(far)} are behind it beyond that interval:")
+            return "\n".join([" ".join(lines), "", "| arm | mean ± sd | gap to the best | 95% interval | verdict |",
+                              "|---|---|---|---|---|", *table])
         if close:
             lines.append("Not significantly behind it (the 95% interval of the gap includes zero): " + ", ".join(close) + ".")
         if far:
@@ -258,9 +268,10 @@ def conclusion(rows: list[dict], metric: str) -> str:
     top = scored[0]
     text = f"Best arm: **{top['arm']}**, {metric} {top['best']:.4f} (trial {top['best_trial']})."
     if len(scored) > 1:
+        others = (", ".join(f"{r['arm']} ({r['best']:.4f})" for r in scored[1:]) if len(scored) <= LIST_OVER
+                  else f"the other {len(scored) - 1} arms (their best is in the table below)")
         text += (" Without a confirmation stage (`confirm:` in the space) there is one run per configuration, so "
-                 "the gaps to " + ", ".join(f"{r['arm']} ({r['best']:.4f})" for r in scored[1:]) +
-                 " cannot be judged against the spread between seeds.")
+                 "the gaps to " + others + " cannot be judged against the spread between seeds.")
     return text
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import statistics
 
 import pytest
 
@@ -192,3 +193,24 @@ def test_spearman_and_pareto():
     assert report.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert report.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert report.pareto_front([(1, 0.5), (2, 0.9), (3, 0.8), (1, 0.4)]) == [0, 1]
+
+
+def test_the_conclusion_over_many_arms_is_a_table_not_a_sentence():
+    """38 arms in one sentence could not be read (issue 17): above LIST_OVER arms one row per arm."""
+    def row(i, values):
+        return {"arm": f"arm{i}", "best": max(values), "best_trial": f"t{i}", "confirm_values": values,
+                "confirm_mean": statistics.mean(values), "confirm_std": statistics.stdev(values),
+                "confirm_n": len(values)}
+
+    rows = [row(0, [0.50, 0.51, 0.52])] + [row(i, [0.50 - 0.02 * i, 0.51 - 0.02 * i, 0.52 - 0.02 * i])
+                                           for i in range(1, report.LIST_OVER + 2)]
+    rows[1] = row(1, [0.49, 0.52, 0.50])  # overlapping the best: not significant
+    text = report.conclusion(rows, "map50")
+    lines = text.splitlines()
+    assert lines[0].startswith("Best arm on validation: **arm0**")
+    assert "1 arm(s) are not significantly behind it" in lines[0] and f"{len(rows) - 2} are behind it" in lines[0]
+    arm_rows = [ln for ln in lines if ln.startswith("| arm") and not ln.startswith("| arm |")]
+    assert len(arm_rows) == len(rows) - 1  # one row per arm but the best
+    assert "| arm1 |" in text and text.count("| behind |") == len(rows) - 2
+    few = report.conclusion(rows[:3], "map50")
+    assert "\n" not in few and "Not significantly behind it" in few  # a few arms: sentences, as before
