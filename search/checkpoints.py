@@ -1,31 +1,30 @@
-"""Which checkpoints a search keeps: Ray's `CheckpointConfig` for its trials, and the deletion of
-ended search trials' checkpoints that nothing will read.
+"""Which checkpoints a search keeps.
 
-Ray keeps a trial's checkpoints (the `num_to_keep` best, and always the latest) until the run ends:
-at a thousand GPU trials of ~330 MB each, terabytes. Once the search is over, one checkpoint per
-arm is read: its best trial's (search/latency.py times it; the best is `results.ranked`'s first).
-So `PruneEndedCheckpoints` deletes an ended search trial's checkpoints when
+A search trial writes a checkpoint every epoch. Ray can delete old ones itself
+(`CheckpointConfig(num_to_keep=k)`), but then it forces an experiment snapshot (every trial's state
+written, the run folder copied) as soon as any trial has checkpointed k times since the last one,
+so that its saved state never names a deleted checkpoint: with k = 1, one snapshot per epoch of
+every trial, each costing time in proportion to the trials in the run, which was most of the
+driver's time at 300 trials (bench/RESULTS.md, seventh session; ray-project/ray#43689). With k = 2,
+still one per epoch of the fastest trial. Without `num_to_keep` Ray snapshots on its own clock
+(every 10 s or more, at most ~5% of the driver's time) and deletes nothing, and
+`PruneEndedCheckpoints` deletes instead, only what Ray's experiment state *saved in the run's
+storage* no longer needs:
 
-1. it ended without an error (Ray: TERMINATED; an errored trial keeps them, --resume retries it from
-   its last checkpoint),
-2. Ray's experiment state *in the run's storage* already says so: until then a driver lost and
-   resumed would restart the trial from its checkpoint (Ray deletes a checkpoint of its own only
-   after the same condition, by forcing a snapshot), and
-3. it can no longer be its arm's best: another ended trial of the arm ranks strictly above it
-   (`results.rank_key`; trials that tie with the arm's best are all kept).
+- of every trial, the checkpoints older than the newest one that saved state lists (a resumed trial
+  restarts from that one; a trial Ray retries after an error restarts from a newer one still);
+- of an ended search trial (TERMINATED in the saved state) that another ended trial of its arm
+  outranks (`results.rank_key`, the order of `results.ranked`; trials tied with the best are kept),
+  all of them: nothing reads them. An arm's best keeps its newest, which search/latency.py times.
 
-Why `num_to_keep` is 2 and not 1 (bench/RESULTS.md, seventh and eighth sessions): Ray forces an
-experiment snapshot (every trial's state written and the run folder copied) as soon as any trial has
-checkpointed `num_to_keep` times since the last snapshot. With 1 and a checkpoint every epoch, that
-is one snapshot per epoch of every trial, and each costs time in proportion to the trials in the
-run: most of the driver's time at 300 trials. With 2, a snapshot is forced about once per epoch of
-the fastest running trial instead; each trial keeps one checkpoint more while it runs.
-
-The confirmation and baseline stages keep theirs (their best runs' models feed the report's
-detection figures; they hold a few runs per arm, not the search's thousand).
+Errored trials keep their newest saved checkpoint (--resume retries them from it). The pass runs
+at most every PRUNE_EVERY_S seconds and once at the end of the search. The confirmation and
+baseline stages keep Ray's own rule (`STAGE_KEEP`): a few runs per arm, whose models feed the
+report's detection figures.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import posixpath
@@ -35,122 +34,148 @@ from ray import tune
 from ray.tune import Callback
 
 from search import compat
-from search.results import STATUS_FAILED, outcome, parse_experiment_state, rank_key
+from search.results import STATUS_FAILED, outcome, rank_key
 
-SEARCH_KEEP = 2  # CheckpointConfig.num_to_keep of the search's trials (see the module docstring)
-STAGE_KEEP = 1   # ... of the confirmation and baseline runs
+log = logging.getLogger(__name__)
+
+STAGE_KEEP = 1  # CheckpointConfig.num_to_keep of the confirmation and baseline runs
 # At most this often (seconds): each pass reads Ray's experiment state (~26 kB per trial).
 # SEARCH_PRUNE_EVERY_S sets it (the tests prune every few seconds).
 PRUNE_EVERY_S = float(os.environ.get("SEARCH_PRUNE_EVERY_S", "60"))
+CHECKPOINT_PREFIX = "checkpoint_"
 
 
-def checkpoint_config(metric: str, keep: int) -> tune.CheckpointConfig:
-    """Ray keeps a trial's `keep` best checkpoints by `metric`, and its latest."""
+def checkpoint_config(metric: str, keep: int | None) -> tune.CheckpointConfig:
+    """Ray keeps a trial's `keep` best checkpoints by `metric` and its latest (None: all of them,
+    for `PruneEndedCheckpoints` to delete)."""
     return tune.CheckpointConfig(num_to_keep=keep, checkpoint_score_attribute=metric, checkpoint_score_order="max")
 
 
-class _Ended:
-    """What the pruner knows of an ended trial: its arm, its place in `results.rank_key`'s order,
-    and where its folder is stored."""
+class _Trial:
+    """What the pruner knows of a trial: its arm, where its folder is stored, its best metric and
+    last epoch so far, whether it reported a failure, its place in `rank_key`'s order once it has
+    ended (None: not ended, or never ranked), and below which checkpoint number it was pruned."""
 
-    def __init__(self, arm: str, key: tuple | None, fs, path: str):
-        self.arm, self.key, self.fs, self.path = arm, key, fs, path
+    def __init__(self, arm: str, fs, path: str):
+        self.arm, self.fs, self.path = arm, fs, path
+        self.best, self.epochs, self.failed = -math.inf, 0, False
+        self.ended, self.key = False, None
+        self.pruned_below = 0
 
 
 class PruneEndedCheckpoints(Callback):
-    """Deletes the checkpoints of ended search trials that cannot be their arm's best (module
-    docstring), at most every `every_s` seconds while the search runs and once at its end.
-    `deleted` counts the trials whose checkpoints it deleted (this driver's; a resumed run starts
-    from 0 and prunes only trials it saw end)."""
+    """Deletes checkpoints Ray's saved state no longer needs (module docstring). `deleted` counts
+    the checkpoint folders it deleted. A resumed driver starts with an empty memory: the trials
+    that ended before the resume keep what they had."""
 
     def __init__(self, metric: str, max_epochs: int, every_s: float | None = None):
         self.metric, self.max_epochs = metric, max_epochs
         self.every_s = PRUNE_EVERY_S if every_s is None else every_s
-        self._best: dict[str, float] = {}      # trial id -> best finite metric so far
-        self._epochs: dict[str, int] = {}
-        self._failed: set[str] = set()          # reported a fail_reason
-        self._ended: dict[str, _Ended] = {}     # ended without a Ray error, checkpoints not yet deleted
-        self._last_pass = 0.0
+        self._trials: dict[str, _Trial] = {}
+        self._last_pass = time.monotonic()
         self.deleted = 0
 
     # --- what Ray tells the driver ---------------------------------------------------------------
+    def _of(self, trial) -> _Trial:
+        if trial.trial_id not in self._trials:
+            fs, path = compat.trial_storage(trial)
+            self._trials[trial.trial_id] = _Trial(trial.config["arm"], fs, path)
+        return self._trials[trial.trial_id]
+
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        t = self._of(trial)
         v = result.get(self.metric)
         if v is not None and math.isfinite(float(v)):
-            self._best[trial.trial_id] = max(float(v), self._best.get(trial.trial_id, -math.inf))
-        if "epoch" in result:
-            self._epochs[trial.trial_id] = int(result["epoch"])
-        if "fail_reason" in result:
-            self._failed.add(trial.trial_id)
+            t.best = max(t.best, float(v))
+        t.epochs = int(result.get("epoch", t.epochs))
+        t.failed = t.failed or "fail_reason" in result
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        tid = trial.trial_id
-        best = self._best.get(tid, math.nan)
-        status = outcome(epochs=self._epochs.get(tid, 0), max_epochs=self.max_epochs,
-                         fail_reason="failed" if tid in self._failed else None).status
+        t = self._of(trial)
+        status = outcome(epochs=t.epochs, max_epochs=self.max_epochs, fail_reason="failed" if t.failed else None).status
+        t.ended = True
         # A failed trial, or one with no finite metric, is never ranked (`results.ranked`): key None.
-        key = None if status == STATUS_FAILED or not math.isfinite(best) else rank_key(status, best)
-        fs, path = compat.trial_storage(trial)
-        self._ended[tid] = _Ended(trial.config["arm"], key, fs, path)
+        t.key = None if status == STATUS_FAILED or not math.isfinite(t.best) else rank_key(status, t.best)
 
     def on_step_end(self, iteration, trials, **info):
-        if self._ended and time.monotonic() - self._last_pass >= self.every_s:
+        if self._trials and time.monotonic() - self._last_pass >= self.every_s:
             self.prune()
 
     def on_experiment_end(self, trials, **info):
-        # Ray has uploaded its last experiment state before this call (see search/trackers.py).
-        if self._ended:
+        if self._trials:
             self.prune()
 
     # --- the pass ----------------------------------------------------------------------------------
     def prune(self) -> int:
-        """Delete what may be deleted now; returns how many trials' checkpoints went."""
+        """Delete what may be deleted now; returns how many checkpoint folders went. A failure is
+        logged, never raised: it costs disk, not the search."""
         self._last_pass = time.monotonic()
-        terminated = self._persisted_terminated()
-        if terminated is None:
+        try:
+            saved = self._saved_state()
+            if saved is None:
+                return 0
+            best_key: dict[str, tuple] = {}
+            for t in self._trials.values():
+                if t.key is not None and (t.arm not in best_key or t.key < best_key[t.arm]):
+                    best_key[t.arm] = t.key
+            n = 0
+            for tid, t in list(self._trials.items()):
+                if tid not in saved:
+                    continue
+                status, numbers = saved[tid]
+                if t.ended and status == "TERMINATED" and (t.key is None or t.key > best_key[t.arm]):
+                    n += _delete_checkpoints(t.fs, t.path, below=math.inf)
+                    del self._trials[tid]  # nothing of it is left to delete
+                elif numbers and max(numbers) > t.pruned_below:
+                    n += _delete_checkpoints(t.fs, t.path, below=max(numbers))
+                    t.pruned_below = max(numbers)
+            self.deleted += n
+            return n
+        except Exception:  # noqa: BLE001 - see the docstring
+            log.warning("could not delete old checkpoints (the search goes on)", exc_info=True)
             return 0
-        best_key: dict[str, tuple] = {}
-        for e in self._ended.values():
-            if e.key is not None and (e.arm not in best_key or e.key < best_key[e.arm]):
-                best_key[e.arm] = e.key
-        n = 0
-        for tid, e in list(self._ended.items()):
-            if tid not in terminated:
-                continue
-            if e.key is not None and e.key <= best_key[e.arm]:
-                continue  # its arm's best so far (or tied with it): latency.py may read it
-            _delete_checkpoints(e.fs, e.path)
-            del self._ended[tid]
-            n += 1
-        self.deleted += n
-        return n
 
-    def _persisted_terminated(self) -> set[str] | None:
-        """The ids of trials Ray's newest experiment state in storage records as TERMINATED; None
-        when it cannot be read now (not written yet, or caught mid-copy: the next pass reads it)."""
+    def _saved_state(self) -> dict[str, tuple[str, list[int] | None]] | None:
+        """{trial id: (status, checkpoint numbers)} from Ray's newest experiment state in the run's
+        storage; None when it cannot be read now (not written yet, or caught mid-copy: the next pass
+        reads it)."""
+        import json
+
         import pyarrow.fs
 
-        some = next(iter(self._ended.values()))
+        some = next(iter(self._trials.values()))
         fs, exp = some.fs, posixpath.dirname(some.path)
         infos = fs.get_file_info(pyarrow.fs.FileSelector(exp, allow_not_found=True))
-        states = sorted((i for i in infos if posixpath.basename(i.path).startswith("experiment_state-")
-                         and i.path.endswith(".json")), key=lambda i: i.path)
+        states = sorted(i.path for i in infos if posixpath.basename(i.path).startswith("experiment_state-")
+                        and i.path.endswith(".json"))
         if not states:
             return None
-        newest = states[-1]
-        with fs.open_input_stream(newest.path) as f:
+        with fs.open_input_stream(states[-1]) as f:
             text = f.read().decode("utf-8", errors="replace")
         try:
-            saved = parse_experiment_state(text)
-        except ValueError:
+            out = {}
+            for meta, run_metadata in json.loads(text)["trial_data"]:
+                t = json.loads(meta)
+                out[t["trial_id"]] = (t["status"], compat.saved_checkpoints(run_metadata))
+            return out
+        except (ValueError, KeyError, TypeError):
             return None
-        return {tid for tid, t in saved.items() if t.get("status") == "TERMINATED"}
 
 
-def _delete_checkpoints(fs, trial_path: str) -> None:
-    """Delete the trial folder's checkpoint_* folders (in a folder or a bucket alike)."""
+def _delete_checkpoints(fs, trial_path: str, below: float) -> int:
+    """Delete the trial folder's checkpoint_NNNNNN folders numbered below `below` (in a folder or a
+    bucket alike); returns how many."""
     import pyarrow.fs
 
+    n = 0
     for info in fs.get_file_info(pyarrow.fs.FileSelector(trial_path, allow_not_found=True)):
-        if info.type == pyarrow.fs.FileType.Directory and posixpath.basename(info.path).startswith("checkpoint_"):
-            fs.delete_dir(info.path)
+        name = posixpath.basename(info.path)
+        if info.type == pyarrow.fs.FileType.Directory and name.startswith(CHECKPOINT_PREFIX):
+            try:
+                number = int(name[len(CHECKPOINT_PREFIX):])
+            except ValueError:
+                continue
+            if number < below:
+                fs.delete_dir(info.path)
+                n += 1
+    return n

@@ -11,6 +11,8 @@ deep inside a search. pyproject.toml bounds both packages to the versions the su
 from __future__ import annotations
 
 import inspect
+import json
+import re
 
 import optuna
 import ray
@@ -103,6 +105,20 @@ def trial_storage(trial) -> tuple:
     folder or object storage); `trial.local_path` is the driver's staging copy Ray uploads from."""
     storage = _require(trial, "storage", "ray", ray.__version__, "Trial")
     return _require(storage, "storage_filesystem", "ray", ray.__version__, "StorageContext"), trial.path
+
+
+def saved_checkpoints(run_metadata: str) -> list[int] | None:
+    """The numbers (`checkpoint_NNNNNN`) of the checkpoints that Ray's saved state of one trial lists
+    (the second string of its `trial_data` entry in experiment_state-*.json); the largest is the one
+    a resumed trial restarts from. None when the state does not hold them where Ray 2.60 puts them
+    (the trial checkpoint manager, cloudpickled as hex, whose folder paths are plain bytes in it).
+    A `None` makes search.checkpoints keep every checkpoint of the trial."""
+    try:
+        manager = json.loads(run_metadata)["checkpoint_manager"]
+        blob = bytes.fromhex(manager["value"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    return [int(n) for n in re.findall(rb"checkpoint_(\d{6})", blob)]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -143,7 +143,7 @@ def run_search(space: Space, loc: RunLocation, data, resume: bool, stream=None, 
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
-    from search.checkpoints import SEARCH_KEEP, PruneEndedCheckpoints, checkpoint_config
+    from search.checkpoints import PruneEndedCheckpoints, checkpoint_config
     from search.progress import ArmTable
     from search.scheduler import PerArmASHA
     from search.searcher import ArmSearcher
@@ -173,7 +173,7 @@ def run_search(space: Space, loc: RunLocation, data, resume: bool, stream=None, 
                 name="trials", storage_path=loc.ray_storage, verbose=0,
                 callbacks=[table, PruneEndedCheckpoints(space.metric, space.max_epochs),
                            *_tracker_callbacks(trackers, loc)],
-                checkpoint_config=checkpoint_config(space.metric, SEARCH_KEEP),
+                checkpoint_config=checkpoint_config(space.metric, None),  # search.checkpoints prunes
                 failure_config=tune.FailureConfig(max_failures=2)),
         )
     tuner.fit()

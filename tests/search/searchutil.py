@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -44,10 +45,18 @@ def write_space(folder: Path, data, body: str, name: str = "s.yaml") -> Path:
     return p
 
 
-def write_experiment_state(stage_dir: Path, statuses: dict[str, str]) -> None:
+def write_experiment_state(stage_dir: Path, statuses: dict[str, str], checkpoints: dict | None = None) -> None:
     """A Ray Tune experiment state holding only what search.results.ray_statuses reads:
-    {trial id: status} (PENDING, RUNNING, PAUSED, TERMINATED, ERROR)."""
-    data = [[json.dumps({"trial_id": t, "status": s}), "{}"] for t, s in statuses.items()]
+    {trial id: status} (PENDING, RUNNING, PAUSED, TERMINATED, ERROR), and, for the trials in
+    `checkpoints` ({trial id: [checkpoint numbers]}), the checkpoint folders its trial checkpoint
+    manager lists, pickled and hex-encoded where Ray 2.60 puts them (search.compat.saved_checkpoints)."""
+    def run_metadata(t: str) -> str:
+        if t not in (checkpoints or {}):
+            return "{}"
+        paths = [str(stage_dir / f"x_{t}" / f"checkpoint_{n:06d}") for n in checkpoints[t]]
+        return json.dumps({"checkpoint_manager": {"_type": "CLOUDPICKLE_FALLBACK", "value": pickle.dumps(paths).hex()}})
+
+    data = [[json.dumps({"trial_id": t, "status": s}), run_metadata(t)] for t, s in statuses.items()]
     (stage_dir / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trial_data": data}))
 
 

@@ -11,6 +11,8 @@ from search.checkpoints import PruneEndedCheckpoints
 
 from searchutil import write_experiment_state
 
+EPOCHS = 4
+
 
 class _Storage:
     storage_filesystem = pyarrow.fs.LocalFileSystem()
@@ -22,61 +24,85 @@ class _Trial:
     def __init__(self, stage_dir: Path, trial_id: str, arm: str):
         self.trial_id, self.config, self.storage = trial_id, {"arm": arm}, _Storage()
         self.path = str(stage_dir / f"{arm}_{trial_id}")
-        for n in (1, 2):
-            (Path(self.path) / f"checkpoint_00000{n}").mkdir(parents=True)
+        Path(self.path).mkdir(parents=True)
         (Path(self.path) / "result.json").write_text("{}\n")
 
+    def checkpoints(self) -> list[int]:
+        return sorted(int(p.name.split("_")[1]) for p in Path(self.path).glob("checkpoint_*"))
 
-def _run(prune, trial, values, fail=False):
+
+def _run(prune, trial, values, fail=False, end=True):
+    """Report `values` epoch by epoch, each with its checkpoint folder (numbered from 0, as Ray does)."""
     for epoch, v in enumerate(values, 1):
+        (Path(trial.path) / f"checkpoint_{epoch - 1:06d}").mkdir()
         prune.on_trial_result(0, [], trial, {"epoch": epoch, "map50": v})
     if fail:
         prune.on_trial_result(0, [], trial, {"epoch": len(values), "map50": math.nan, "fail_reason": "nan loss"})
-    prune.on_trial_complete(0, [], trial)
+    if end:
+        prune.on_trial_complete(0, [], trial)
 
 
-def _kept(trial) -> bool:
-    return any(Path(trial.path).glob("checkpoint_*"))
-
-
-def test_only_trials_that_ray_saved_as_ended_and_cannot_be_their_arms_best_lose_their_checkpoints(tmp_path):
+def test_only_what_rays_saved_state_no_longer_needs_is_deleted(tmp_path):
     stage = tmp_path / "trials"
-    prune = PruneEndedCheckpoints("map50", max_epochs=4, every_s=0)
+    prune = PruneEndedCheckpoints("map50", max_epochs=EPOCHS, every_s=0)
     a = {k: _Trial(stage, k, "resnet18-v1") for k in ("best", "tie", "worse", "stopped_high", "failed", "unsaved")}
     b = _Trial(stage, "other_arm", "resnet34-v1")
+    running = _Trial(stage, "running", "resnet18-v1")
     _run(prune, a["best"], [0.1, 0.3, 0.4, 0.5])          # finished, the arm's best
     _run(prune, a["tie"], [0.2, 0.5, 0.5, 0.5])           # finished, tied with it: kept (ties are all kept)
     _run(prune, a["worse"], [0.1, 0.2, 0.3, 0.4])         # finished below it
     _run(prune, a["stopped_high"], [0.6, 0.7])            # stopped by ASHA: ranks after every finished trial
     _run(prune, a["failed"], [0.9], fail=True)            # failed: never ranked
-    _run(prune, a["unsaved"], [0.1, 0.1, 0.1, 0.1])       # ended, but Ray's saved state still says RUNNING
+    _run(prune, a["unsaved"], [0.1, 0.1, 0.1, 0.1])       # ended, but Ray's saved state still says RUNNING at epoch 2
     _run(prune, b, [0.01, 0.01, 0.01, 0.01])              # the only trial of its arm
-    running = _Trial(stage, "running", "resnet18-v1")     # still running: never touched
-    prune.on_trial_result(0, [], running, {"epoch": 1, "map50": 0.0})
+    _run(prune, running, [0.0, 0.0, 0.0], end=False)      # still running; Ray saved it at its 2nd checkpoint
 
     assert prune.prune() == 0  # no experiment state in storage yet: nothing is known to be saved
-    assert all(_kept(t) for t in [*a.values(), b])
+    ended = ("best", "tie", "worse", "stopped_high", "failed")
+    write_experiment_state(stage, {**{k: "TERMINATED" for k in ended}, "other_arm": "TERMINATED",
+                                   "unsaved": "RUNNING", "running": "RUNNING"},
+                           checkpoints={**{k: [2, 3] for k in ended}, "other_arm": [3], "unsaved": [1, 0],
+                                        "running": [1]})
+    prune.prune()
+    # Outranked (or never ranked) and saved as ended: every checkpoint gone, the trial's other files kept.
+    assert a["worse"].checkpoints() == a["stopped_high"].checkpoints() == a["failed"].checkpoints() == []
+    assert (Path(a["worse"].path) / "result.json").exists()
+    # Each arm's best and a tie keep their newest: latency.py times it.
+    assert a["best"].checkpoints() == a["tie"].checkpoints() == b.checkpoints() == [3]
+    # A resumed driver would restart these from their saved newest: it and everything after it stay.
+    assert a["unsaved"].checkpoints() == [1, 2, 3] and running.checkpoints() == [1, 2]
 
-    write_experiment_state(stage, {**{k: "TERMINATED" for k in ("best", "tie", "worse", "stopped_high", "failed",
-                                                                 "other_arm")},
-                                   "unsaved": "RUNNING", "running": "RUNNING"})
-    assert prune.prune() == 3
-    assert {k for k, t in a.items() if _kept(t)} == {"best", "tie", "unsaved"}
-    assert _kept(b) and _kept(running)
-    assert (Path(a["worse"].path) / "result.json").exists()  # only checkpoint folders go
-
-    write_experiment_state(stage, {"unsaved": "TERMINATED"})
-    assert prune.prune() == 1 and not _kept(a["unsaved"])
-    assert prune.deleted == 4
+    write_experiment_state(stage, {"best": "TERMINATED", "unsaved": "TERMINATED", "running": "RUNNING"},
+                           checkpoints={"best": [3], "unsaved": [3], "running": [2]})
+    prune.prune()
+    assert a["unsaved"].checkpoints() == [] and running.checkpoints() == [2] and a["best"].checkpoints() == [3]
+    assert prune.deleted == 26 - 4  # every checkpoint folder written but the four still there
 
 
-def test_a_cut_experiment_state_deletes_nothing(tmp_path):
+def test_a_beaten_best_loses_its_checkpoints_and_a_cut_state_deletes_nothing(tmp_path):
     stage = tmp_path / "trials"
     prune = PruneEndedCheckpoints("map50", max_epochs=2, every_s=0)
-    best, worse = _Trial(stage, "best", "resnet18-v1"), _Trial(stage, "worse", "resnet18-v1")
-    _run(prune, best, [0.5, 0.6])
-    _run(prune, worse, [0.1, 0.2])
-    write_experiment_state(stage, {"best": "TERMINATED", "worse": "TERMINATED"})
+    first, second = _Trial(stage, "first", "resnet18-v1"), _Trial(stage, "second", "resnet18-v1")
+    _run(prune, first, [0.1, 0.2])
+    write_experiment_state(stage, {"first": "TERMINATED"}, checkpoints={"first": [1]})
+    prune.prune()
+    assert first.checkpoints() == [1]  # the arm's best so far
+    _run(prune, second, [0.5, 0.6])
+    write_experiment_state(stage, {"first": "TERMINATED", "second": "TERMINATED"},
+                           checkpoints={"first": [1], "second": [1]})
     f = next(stage.glob("experiment_state-*.json"))
-    f.write_text(f.read_text()[:20])  # caught mid-copy
-    assert prune.prune() == 0 and _kept(worse)
+    f.write_text(f.read_text()[:40])  # caught mid-copy
+    assert prune.prune() == 0 and first.checkpoints() == [1] and second.checkpoints() == [0, 1]
+    write_experiment_state(stage, {"first": "TERMINATED", "second": "TERMINATED"},
+                           checkpoints={"first": [1], "second": [1]})
+    prune.prune()
+    assert first.checkpoints() == [] and second.checkpoints() == [1]
+
+
+def test_a_state_without_the_checkpoint_list_keeps_every_checkpoint_of_a_running_trial(tmp_path):
+    stage = tmp_path / "trials"
+    prune = PruneEndedCheckpoints("map50", max_epochs=4, every_s=0)
+    running = _Trial(stage, "running", "resnet18-v1")
+    _run(prune, running, [0.1, 0.2, 0.3], end=False)
+    write_experiment_state(stage, {"running": "RUNNING"})  # no checkpoint manager where Ray 2.60 has it
+    assert prune.prune() == 0 and running.checkpoints() == [0, 1, 2]
