@@ -6,7 +6,8 @@ for every arm, one figure RUN_DIR/detections/<arm>.png: a row per model (the arm
 configuration: the first confirmation run of its best confirmed configuration, or its best search
 trial without a confirmation stage; then its first baseline run, when the space has a baseline),
 a column per image (the first `IMAGES` test images, or validation images when there are none).
-Each model is the checkpoint Ray kept of that run (its best epoch on validation), run in a Ray task
+Each model is the newest checkpoint Ray kept of that run (its last epoch's, not necessarily its best
+on validation), run in a Ray task
 with the trials' resources like search/latency.py. search.report shows the figures.
 """
 from __future__ import annotations

@@ -3,7 +3,8 @@
 A trial runs beside other trials and its model changes every epoch; Faster R-CNN's time per image
 depends on how many proposals and detections survive, which training changes. So the latency the
 report ranks arms by is measured here instead: after the search (and confirmation) stages, for each
-arm its best configuration (`results.ranked`), the checkpoint Ray kept of it (its best epoch), in a
+arm its best configuration (`results.ranked`), the newest checkpoint kept of it (its last epoch's:
+search.checkpoints keeps that one), in a
 Ray task with the trials' own resources (on a cluster, a node like the trials'), one arm after the
 other so that nothing else runs on that device, timed by `detector.engine.latency_ms`: warm-up and
 timed passes under the same settings, the median of `REPEATS` passes at batch size 1 on a

@@ -213,7 +213,7 @@ def run_stage(space: Space, loc: RunLocation, data, stage: str, resume: bool = F
               trackers=None, replay: dict | None = None) -> None:
     """One stage after the search (`stage_configs`), in its own Tuner folder RUN_DIR/<stage>. On
     --resume, a stage that had started is continued, never started a second time. Ray keeps each
-    run's best-epoch checkpoint (the report draws its detections from it)."""
+    run's best-epoch and last checkpoints (the report draws its detections from the last)."""
     from ray import tune
 
     from search.checkpoints import STAGE_KEEP, checkpoint_config
