@@ -117,13 +117,18 @@ class ArmSearcher(Searcher):
         self.live: dict[str, tuple[str, int]] = {}  # Ray trial id -> (study name, Optuna trial id)
         self.orphans: dict[str, list[int]] = {}     # study -> Optuna trial ids to hand out again
         self._studies: dict[str, optuna.Study] | None = None
+        # Ray trial id -> its live optuna.Trial: re-creating one reads the trial back from the storage
+        # (a copy of it, after re-reading the journal), which every epoch's report would otherwise pay.
+        self._handles: dict[str, optuna.Trial] = {}
 
-    # The studies are reopened from the journal, never pickled with the searcher.
+    # The studies are reopened from the journal, never pickled with the searcher (nor the handles on them).
     def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k != "_studies"} | {"_studies": None}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_studies", "_handles")} | \
+            {"_studies": None, "_handles": {}}
 
     def __setstate__(self, state):
         state.setdefault("trials_per_arm", state["space"].trials_per_arm)  # saved before the field existed
+        state.setdefault("_handles", {})
         self.__dict__.update(state)
         if self.journal is not None:
             self.journal = relocated(self.journal.parent) / self.journal.name
@@ -169,13 +174,16 @@ class ArmSearcher(Searcher):
         trial.set_user_attr("suggest_s", round(time.perf_counter() - t0, 6))  # the searcher's cost (bench/scale.py)
         self.started[name] += 1
         self.live[trial_id] = (name, compat.optuna_trial_id(trial))
+        self._handles[trial_id] = trial
         return {"arm": arm.name, "study": name, "cfg": C.to_dict(cfg), "params": params}
 
     def _trial(self, trial_id: str) -> optuna.Trial | None:
         if trial_id not in self.live:
             return None
-        name, otid = self.live[trial_id]
-        return compat.attach_trial(self.studies[name], otid)
+        if trial_id not in self._handles:
+            name, otid = self.live[trial_id]
+            self._handles[trial_id] = compat.attach_trial(self.studies[name], otid)
+        return self._handles[trial_id]
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         trial = self._trial(trial_id)
@@ -200,6 +208,7 @@ class ArmSearcher(Searcher):
         if trial is None:
             return
         name, _ = self.live.pop(trial_id)
+        self._handles.pop(trial_id, None)
         study = self.studies[name]
         result = result or {}
         end = outcome(epochs=int(result.get("epoch", 0)), max_epochs=self.space.max_epochs,
@@ -245,6 +254,7 @@ class ArmSearcher(Searcher):
             state = json.load(f)
         self.started = {k: int(v) for k, v in state["started"].items()}
         self.live = {k: (name, int(otid)) for k, (name, otid) in state["live"].items()}
+        self._handles = {}
         # A live trial whose Optuna trial has already ended was stopped (or finished) after Ray's last
         # experiment checkpoint: Ray brings it back as running, the scheduler stops it again at its
         # first result (search.scheduler), and Optuna hears nothing more of it (a report to an
