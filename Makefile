@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
 .PHONY: demo test test-fast venv clean bench-demo bench-loop bench-overhead bench-memory bench-parity bench-gpu-smoke \
-	bench-curves bench-replay bench-replay-speed bench-scale
+	bench-curves bench-replay bench-replay-speed bench-scale bench-lone-trial
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,8 @@ bench-replay-speed: $(STAMP)
 	$(PY) bench/replay_speed.py
 bench-scale: $(STAMP)
 	$(PY) bench/scale.py
+bench-lone-trial: $(STAMP)
+	$(PY) bench/lone_trial.py
 # The benchmarks' own extra (pycocotools), once.
 $(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install -e '.[test,bench]'
