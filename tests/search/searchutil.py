@@ -109,6 +109,27 @@ def reported_epochs(trials_dir: Path) -> dict[str, list[int]]:
     return out
 
 
+def checkpoints_in_folder(record) -> list[str]:
+    """The checkpoint folders a trial of a local run holds, by name."""
+    return sorted(p.name for p in Path(record.path).glob("checkpoint_*"))
+
+
+def assert_only_each_arms_best_keeps_checkpoints(records, checkpoints_of=checkpoints_in_folder) -> None:
+    """search.checkpoints: of the search trials, each arm's best (and any tied with it) keeps one
+    checkpoint, its last epoch's, for latency.py; the others none; every confirmation run keeps
+    its own (the detection figures). `checkpoints_of(record)` lists a trial's checkpoint folder names
+    wherever the run's storage is."""
+    from search.results import rank_key, ranked
+
+    for arm in {r.arm for r in records}:
+        order = ranked(records, arm)
+        best = rank_key(order[0].status, order[0].best)
+        for r in (r for r in records if r.arm == arm and r.stage == "search"):
+            kept = [f"checkpoint_{r.epochs - 1:06d}"] if rank_key(r.status, r.best) == best else []
+            assert checkpoints_of(r) == kept, (r.trial_id, r.status, r.best, best)
+    assert all(checkpoints_of(r) for r in records if r.stage == "confirm")
+
+
 def wait_until(condition, timeout: float, what: str, proc=None) -> None:
     """Poll `condition()` every 0.3 s; fail naming `what` on timeout or if `proc` ends first."""
     deadline = time.time() + timeout

@@ -10,9 +10,10 @@ import pytest
 
 from search import replay as R
 from search.curve_trainable import NOISE
-from search.results import collect, rank_key, ranked
+from search.results import collect, ranked
 
-from searchutil import SearchProcess, assert_every_trial_once, kill_between_snapshots, wait_until
+from searchutil import (SearchProcess, assert_every_trial_once, assert_only_each_arms_best_keeps_checkpoints,
+                        checkpoints_in_folder, kill_between_snapshots, wait_until)
 
 pytestmark = pytest.mark.slow  # whole searches (of sleeping trials)
 
@@ -40,25 +41,8 @@ def _search(tmp_path, space, curves, time_scale: float = 0.01, env=None):
                          "--replay-curves", str(curves), "--time-scale", str(time_scale), log_dir=tmp_path, env=env)
 
 
-def _checkpoints(record) -> list[str]:
-    return sorted(p.name for p in Path(record.path).glob("checkpoint_*"))
-
-
 def _has_checkpoint(record) -> bool:
-    return bool(_checkpoints(record))
-
-
-def assert_only_each_arms_best_keeps_checkpoints(records) -> None:
-    """search.checkpoints: of the search trials, each arm's best (and any tied with it) keeps one
-    checkpoint, its last epoch's, for latency.py; the others none; every confirmation run keeps
-    its own (the detection figures)."""
-    for arm in {r.arm for r in records}:
-        order = ranked(records, arm)
-        best = rank_key(order[0].status, order[0].best)
-        for r in (r for r in records if r.arm == arm and r.stage == "search"):
-            kept = [f"checkpoint_{r.epochs - 1:06d}"] if rank_key(r.status, r.best) == best else []
-            assert _checkpoints(r) == kept, (r.trial_id, r.status, r.best, best)
-    assert all(_has_checkpoint(r) for r in records if r.stage == "confirm")
+    return bool(checkpoints_in_folder(record))
 
 
 def test_a_replayed_search_runs_every_stage_and_reports_its_matched_curves(tmp_path):

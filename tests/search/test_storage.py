@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from search import storage
-from searchutil import ROOT, SearchProcess, assert_every_trial_once, wait_until, write_space
+from search.results import collect
+from searchutil import (ROOT, SearchProcess, assert_every_trial_once, assert_only_each_arms_best_keeps_checkpoints,
+                        wait_until, write_space)
 
 SPACE = """
 arms: {backbone: [resnet18], version: [v1, v2]}
@@ -75,11 +77,17 @@ def test_a_run_on_s3_keeps_everything_in_the_bucket(bucket, tiny_data, tmp_path)
         assert name in keys, (name, keys)
     trial_dirs = {k.split("/")[1] for k in keys if k.startswith("trials/resnet18")}
     assert len(trial_dirs) == 6
-    for d in trial_dirs:  # the checkpoints went to the bucket...
-        assert any(k.startswith(f"trials/{d}/checkpoint_") and k.endswith("checkpoint.pt") for k in keys), d
-    work = tmp_path / "work" / "s3run"  # ...and the working copy holds the small files only
+    work = tmp_path / "work" / "s3run"  # the working copy holds the small files only...
     assert not [p for p in work.rglob("checkpoint_*")]
     assert_every_trial_once(work, n_trials=6, max_epochs=3)
+
+    def in_bucket(record) -> list[str]:  # ...the checkpoints went to the bucket, where the pruner kept the best's
+        d = Path(record.path).name
+        return sorted({k.split("/")[2] for k in keys if k.startswith(f"trials/{d}/checkpoint_")
+                       and k.endswith("checkpoint.pt")})
+    records = collect(work, "map50", 3)
+    assert {Path(r.path).name for r in records} == trial_dirs
+    assert_only_each_arms_best_keeps_checkpoints(records, in_bucket)
 
     # Anyone with access fetches the run and reports on it or exports from it.
     assert storage.main(["fetch", f"{bucket}/s3run", str(tmp_path / "fetched")]) == 0
