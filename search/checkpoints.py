@@ -17,10 +17,10 @@ storage* no longer needs:
   outranks (`results.rank_key`, the order of `results.ranked`; trials tied with the best are kept),
   all of them: nothing reads them. An arm's best keeps its newest, which search/latency.py times.
 
-Errored trials keep their newest saved checkpoint (--resume retries them from it). The pass runs
-at most every PRUNE_EVERY_S seconds and once at the end of the search. The confirmation and
-baseline stages keep Ray's own rule (`STAGE_KEEP`): a few runs per arm, whose models feed the
-report's detection figures.
+Errored trials keep their newest saved checkpoint (--resume retries them from it), and so does every
+confirmation and baseline run (search.stages; they share the search's queue): their last epoch's
+model feeds the report's detection figures. The pass runs at most every PRUNE_EVERY_S seconds and
+once at the end of the search.
 """
 from __future__ import annotations
 
@@ -38,7 +38,6 @@ from search.results import STATUS_FAILED, outcome, rank_key
 
 log = logging.getLogger(__name__)
 
-STAGE_KEEP = 1  # CheckpointConfig.num_to_keep of the confirmation and baseline runs
 # At most this often (seconds): each pass reads Ray's experiment state (~26 kB per trial).
 # SEARCH_PRUNE_EVERY_S sets it (the tests prune every few seconds).
 PRUNE_EVERY_S = float(os.environ.get("SEARCH_PRUNE_EVERY_S", "60"))
@@ -56,8 +55,8 @@ class _Trial:
     last epoch so far, whether it reported a failure, its place in `rank_key`'s order once it has
     ended (None: not ended, or never ranked), and below which checkpoint number it was pruned."""
 
-    def __init__(self, arm: str, fs, path: str):
-        self.arm, self.fs, self.path = arm, fs, path
+    def __init__(self, arm: str, fs, path: str, later_stage: bool = False):
+        self.arm, self.fs, self.path, self.later_stage = arm, fs, path, later_stage
         self.best, self.epochs, self.failed = -math.inf, 0, False
         self.ended, self.key = False, None
         self.pruned_below = 0
@@ -79,7 +78,13 @@ class PruneEndedCheckpoints(Callback):
     def _of(self, trial) -> _Trial:
         if trial.trial_id not in self._trials:
             fs, path = compat.trial_storage(trial)
-            self._trials[trial.trial_id] = _Trial(trial.config["arm"], fs, path)
+            t = self._trials[trial.trial_id] = _Trial(trial.config["arm"], fs, path,
+                                                      later_stage=trial.config.get("stage", "search") != "search")
+            # A trial resumed from a checkpoint reports only the epochs after it to this driver; its
+            # best before them is in what Ray restored (the metric's running max, saved with its state).
+            prior = compat.metric_max(trial, self.metric)
+            if prior is not None and math.isfinite(prior):
+                t.best = prior
         return self._trials[trial.trial_id]
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -116,14 +121,15 @@ class PruneEndedCheckpoints(Callback):
                 return 0
             best_key: dict[str, tuple] = {}
             for t in self._trials.values():
-                if t.key is not None and (t.arm not in best_key or t.key < best_key[t.arm]):
+                if t.key is not None and not t.later_stage and (t.arm not in best_key or t.key < best_key[t.arm]):
                     best_key[t.arm] = t.key
             n = 0
             for tid, t in list(self._trials.items()):
                 if tid not in saved:
                     continue
                 status, numbers = saved[tid]
-                if t.ended and status == "TERMINATED" and (t.key is None or t.key > best_key[t.arm]):
+                if (t.ended and status == "TERMINATED" and not t.later_stage
+                        and (t.key is None or t.key > best_key[t.arm])):
                     n += _delete_checkpoints(t.fs, t.path, below=math.inf)
                     del self._trials[tid]  # nothing of it is left to delete
                 elif numbers and max(numbers) > t.pruned_below:

@@ -107,6 +107,15 @@ def trial_storage(trial) -> tuple:
     return _require(storage, "storage_filesystem", "ray", ray.__version__, "StorageContext"), trial.path
 
 
+def metric_max(trial, metric: str) -> float | None:
+    """The largest value of `metric` Ray has seen a trial report, across a resume too (Ray keeps a
+    running max per metric in the trial's run metadata, which its experiment state saves); None
+    when it has none."""
+    analysis = _require(trial, "metric_analysis", "ray", ray.__version__, "Trial")
+    value = (analysis or {}).get(metric, {}).get("max")
+    return None if value is None else float(value)
+
+
 def saved_checkpoints(run_metadata: str) -> list[int] | None:
     """The numbers (`checkpoint_NNNNNN`) of the checkpoints that Ray's saved state of one trial lists
     (the second string of its `trial_data` entry in experiment_state-*.json); the largest is the one

@@ -26,6 +26,7 @@ from pathlib import Path
 from ray import tune
 
 from search import replay as R
+from search.stages import scores_test
 
 CKPT_NAME = "replay.json"
 NOISE = 0.005  # sd of the per-seed noise added to a recorded value
@@ -45,9 +46,9 @@ def _value(recorded: float, seed: int, epoch: int, stream: str) -> float:
 
 def replay_trial(config: dict, data: tuple = (), curves_dir: str = "", time_scale: float = 1.0) -> None:
     """Ray Tune function trainable with `train_trial`'s signature (see search.trainable); `data` is
-    only looked at to know whether the stage has test images."""
-    has_test = len(data) > 2 and data[2] is not None
+    only looked at to know whether the trial is scored on test images."""
     config = config.get("trial", config)
+    has_test = scores_test(config, data)
     cfg, arm = config["cfg"], config["arm"]
     metric, matchers = _matchers(str(curves_dir))
     if arm not in matchers:

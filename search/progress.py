@@ -3,7 +3,9 @@ stopped and failed, the best metric so far; a totals line; the elapsed time.
 
 Arms are sorted by their best metric (arms with no result yet last, in the space's order), so with
 the full space's 38 arms the leaders stay on top. On a terminal too short for every arm, the rows
-that fit are shown and one line sums up the rest. In a log (not a terminal) the whole table is
+that fit are shown and one line sums up the rest. The arm rows count search trials; the runs after
+an arm's search (confirmation, baseline), which share its queue, get one line of their own, and
+their metric never enters `best` (the search's best is what a row ranks arms by). In a log (not a terminal) the whole table is
 appended at most every `LOG_EVERY_S` seconds, so a 1,000-trial search does not write a table per trial."""
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ LOG_EVERY_S = 30.0  # the shortest interval between two tables appended to a log
 
 
 def _own_config(trial) -> dict:
-    """The trial's config as search.searcher builds it (the confirmation stage nests it under "trial")."""
+    """The trial's config as search.searcher builds it (runs made before the stages shared the
+    search's queue nest it under "trial")."""
     return trial.config.get("trial", trial.config)
 
 
@@ -42,11 +45,17 @@ class ArmTable(Callback):
         self.t0 = time.monotonic()
         self.status: dict[str, str] = {}
         self.arm_of: dict[str, str] = {}
+        self.later: set[str] = set()  # trial ids of later-stage runs
         self.best: dict[str, float] = defaultdict(lambda: -math.inf)
         self._last_print, self._dirty, self._lines = 0.0, True, 0
 
     def _arm(self, trial) -> str:
-        return self.arm_of.setdefault(trial.trial_id, _own_config(trial).get("arm", "?"))
+        if trial.trial_id not in self.arm_of:
+            config = _own_config(trial)
+            self.arm_of[trial.trial_id] = config.get("arm", "?")
+            if config.get("stage", "search") != "search":
+                self.later.add(trial.trial_id)
+        return self.arm_of[trial.trial_id]
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.status[trial.trial_id] = STATUS_RUNNING
@@ -57,7 +66,7 @@ class ArmTable(Callback):
         v = result.get(self.metric)
         if v is not None and math.isfinite(v):
             arm = self._arm(trial)
-            if v > self.best[arm]:
+            if trial.trial_id not in self.later and v > self.best[arm]:
                 self.best[arm], self._dirty = v, True
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -71,6 +80,7 @@ class ArmTable(Callback):
         last = trial.last_result or {}
         self.status[trial.trial_id] = outcome(epochs=int(last.get("epoch", 0)), max_epochs=self.max_epochs,
                                               errored=True).status
+        self._arm(trial)
         self._dirty = True
 
     def on_step_end(self, iteration, trials, **info):
@@ -81,8 +91,12 @@ class ArmTable(Callback):
 
     def render(self, max_rows: int | None = None) -> list[str]:
         counts: dict[str, dict[str, int]] = {a: defaultdict(int) for a in self.arms}
+        later: dict[str, int] = defaultdict(int)
         for tid, st in self.status.items():
-            counts.setdefault(self.arm_of.get(tid, "?"), defaultdict(int))[st] += 1
+            if tid in self.later:
+                later[st] += 1
+            else:
+                counts.setdefault(self.arm_of.get(tid, "?"), defaultdict(int))[st] += 1
         order = sorted(counts, key=lambda a: -self.best.get(a, -math.inf))  # stable: no result yet keeps space order
         width = max([len(a) for a in counts] + [len("all arms")])
 
@@ -98,8 +112,11 @@ class ArmTable(Callback):
             c = {k: sum(counts[a][k] for a in rest) for k in ("running", "finished", "stopped", "failed")}
             lines.append(row(f"{len(rest)} more", c, max(self.best.get(a, -math.inf) for a in rest)))
         total = {k: sum(counts[a][k] for a in order) for k in ("running", "finished", "stopped", "failed")}
-        lines += ["-" * (width + 48), row("all arms", total, max([self.best.get(a, -math.inf) for a in order] + [-math.inf])),
-                  f"elapsed {time.monotonic() - self.t0:6.0f} s"]
+        lines += ["-" * (width + 48), row("all arms", total, max([self.best.get(a, -math.inf) for a in order] + [-math.inf]))]
+        if later:
+            lines.append(f"confirmation/baseline runs: {later['running']} running, {later['finished']} finished, "
+                         f"{later['failed']} failed")
+        lines.append(f"elapsed {time.monotonic() - self.t0:6.0f} s")
         return lines
 
     def print(self, force: bool = False) -> None:
@@ -111,7 +128,7 @@ class ArmTable(Callback):
             return
         rows = self.max_rows
         if rows is None and tty:
-            rows = max(3, shutil.get_terminal_size().lines - 6)  # header, rule, rule, totals, elapsed, prompt
+            rows = max(3, shutil.get_terminal_size().lines - 7)  # header, rules, totals, later stages, elapsed, prompt
         lines = self.render(rows)
         if tty and self._lines:
             stream.write(f"\x1b[{self._lines}F\x1b[J")  # move up and clear: redraw in place

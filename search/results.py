@@ -18,6 +18,8 @@ from detector.metrics import best_epoch
 STATUS_FINISHED, STATUS_STOPPED, STATUS_FAILED, STATUS_RUNNING = "finished", "stopped", "failed", "running"
 STATUSES = (STATUS_FINISHED, STATUS_STOPPED, STATUS_FAILED, STATUS_RUNNING)
 # Ray's folder of each stage under the run folder -> the stage's name in records and results.csv.
+# A run's later-stage runs share `trials` with its search and name their stage in their config;
+# runs made before that kept each stage in a folder of its own.
 STAGE_DIRS = {"trials": "search", "confirm": "confirm", "baseline": "baseline"}
 # Held-out test metrics: reported by confirmation and baseline runs at the epochs validation chose.
 TEST_KEYS = ("map50", "map", "map_small", "iou_per_pred", "iou_per_gt")
@@ -59,7 +61,7 @@ class TrialRecord:
     trial_id: str
     arm: str
     study: str
-    stage: str                 # "search", "confirm" or "baseline" (STAGE_DIRS)
+    stage: str                 # "search", "confirm" or "baseline" (the trial's config, or STAGE_DIRS)
     metric: str                # the run's metric: what `best` and `last` hold
     status: str                # one of STATUSES (see `outcome`)
     epochs: int                # last epoch reported
@@ -226,7 +228,7 @@ def read_trial(trial_dir: Path, metric: str, max_epochs: int, ray_status: str | 
         lines = [ln for ln in error_file.read_text().splitlines() if ln.strip()]
         reason = lines[-1][:300] if lines else reason
     return TrialRecord(trial_id=trial_id, arm=cfgd["arm"], study=cfgd.get("study", cfgd["arm"]),
-                       stage=STAGE_DIRS.get(trial_dir.parent.name, "search"), metric=metric,
+                       stage=cfgd.get("stage") or STAGE_DIRS.get(trial_dir.parent.name, "search"), metric=metric,
                        status=result.status, epochs=epochs, best=best,
                        last=hist[-1].get(metric, math.nan) if hist else math.nan, best_epoch=best_ep,
                        reason=reason, unreadable_lines=unreadable, path=str(trial_dir), config=cfgd["cfg"],

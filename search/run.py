@@ -138,8 +138,10 @@ def quiet_ray_loggers() -> None:
 
 def run_search(space: Space, loc: RunLocation, data, resume: bool, stream=None, trackers=None,
                replay: dict | None = None) -> None:
-    """The search stage: one Tuner over every arm. On --resume Ray restores the run's own callbacks
-    (the progress table, the trackers it was started with)."""
+    """The search and the runs after it: one Tuner over every arm. Each arm's confirmation and
+    baseline runs (search.stages) join the same queue as soon as that arm's search has ended
+    (search.searcher), so no slot waits for the slowest arm. On --resume Ray restores the run's own
+    callbacks (the progress table, the trackers it was started with)."""
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
@@ -158,12 +160,15 @@ def run_search(space: Space, loc: RunLocation, data, resume: bool, stream=None, 
     else:
         # With object storage the searcher copies the journal into every experiment checkpoint,
         # which Ray uploads: the studies are never behind Ray's trials in the bucket.
-        searcher = ArmSearcher(space, run_dir / JOURNAL, snapshot_journal=loc.uri is not None)
+        searcher = ArmSearcher(space, run_dir / JOURNAL, snapshot_journal=loc.uri is not None,
+                               stages=space.eval_stages())
         # budget.stopping: none records full learning curves (the input of search.replay).
         scheduler = PerArmASHA(space, run_dir) if space.stopping == "asha" else FIFOScheduler()
         tuner = tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=space.total_trials(),
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
+                                        # the most there can be; the searcher ends the run when all are done
+                                        num_samples=space.total_trials() + space.eval_runs(),
                                         max_concurrent_trials=space.max_concurrent,
                                         # A new trial reuses a finished trial's worker process (torch and
                                         # the dataset already loaded) instead of starting one.
@@ -177,67 +182,6 @@ def run_search(space: Space, loc: RunLocation, data, resume: bool, stream=None, 
                 failure_config=tune.FailureConfig(max_failures=2)),
         )
     tuner.fit()
-
-
-def stage_configs(space: Space, stage: str, records) -> list[dict]:
-    """The runs of a stage after the search, each a whole trial config (arm, study, stage, cfg, params):
-
-    - confirm: each arm's top `confirm.top_k` configurations (`results.ranked`) retrained for the
-      full budget with every confirmation seed;
-    - baseline: the space's `baseline` values on every arm (the study's way: one set for all),
-      trained for the full budget with the same seeds, so the two stages are paired by seed.
-
-    The seeds (`Space.eval_seeds`) are never a seed a search trial used."""
-    from search.results import ranked
-
-    seeds = space.eval_seeds({int(r.config["seed"]) for r in records if r.stage == "search"})
-    configs = []
-    for arm in space.arms:
-        if stage == "confirm":
-            for rank, r in enumerate(ranked(records, arm.name)[:space.confirm_top_k]):
-                for s in seeds:
-                    cfg = C.from_dict({**r.config, "seed": s, "epochs": space.max_epochs})
-                    configs.append({"arm": arm.name, "study": arm.name, "stage": stage, "source_trial": r.trial_id,
-                                    "rank": rank, "cfg": C.to_dict(cfg), "params": r.params})
-        elif stage == "baseline":
-            for s in seeds:
-                configs.append({"arm": arm.name, "study": arm.name, "stage": stage, "source_trial": "", "rank": 0,
-                                "cfg": C.to_dict(space.baseline_config(arm, s)),
-                                "params": {p.name: space.baseline[p.name] for p in space.params}})
-        else:
-            raise ValueError(f"unknown stage {stage!r}")
-    return configs
-
-
-def run_stage(space: Space, loc: RunLocation, data, stage: str, resume: bool = False, stream=None,
-              trackers=None, replay: dict | None = None) -> None:
-    """One stage after the search (`stage_configs`), in its own Tuner folder RUN_DIR/<stage>. On
-    --resume, a stage that had started is continued, never started a second time. Ray keeps each
-    run's best-epoch and last checkpoints (the report draws its detections from the last)."""
-    from ray import tune
-
-    from search.checkpoints import STAGE_KEEP, checkpoint_config
-    from search.progress import ArmTable
-    from search.results import collect
-
-    trainable = _trainable(space, data, replay)
-    if resume and experiment_state_problem(loc.local, stage) is None:
-        tune.Tuner.restore(f"{loc.ray_storage}/{stage}", trainable, resume_unfinished=True, resume_errored=True).fit()
-        return
-    loc.pull()  # with object storage: the search stage's results, to pick the configurations
-    configs = stage_configs(space, stage, collect(loc.local, space.metric, space.max_epochs))
-    if not configs:
-        return
-    # One grid axis whose values are whole trial configs (see trainable.train_trial).
-    tune.Tuner(trainable, param_space={"trial": tune.grid_search(configs)},
-               tune_config=tune.TuneConfig(max_concurrent_trials=space.max_concurrent,
-                                           trial_dirname_creator=lambda t: f"{t.config['trial']['arm']}_{t.trial_id}"),
-               run_config=tune.RunConfig(name=stage, storage_path=loc.ray_storage, verbose=0,
-                                         callbacks=[ArmTable(space.metric, [a.name for a in space.arms],
-                                                             space.max_epochs, stream=stream),
-                                                    *_tracker_callbacks(trackers, loc)],
-                                         checkpoint_config=checkpoint_config(space.metric, STAGE_KEEP),
-                                         failure_config=tune.FailureConfig(max_failures=2))).fit()
 
 
 def replay_problem(space: Space, curves_dir: str, time_scale: float) -> str | None:
@@ -258,12 +202,13 @@ def replay_problem(space: Space, curves_dir: str, time_scale: float) -> str | No
     return None
 
 
-def experiment_state_problem(run_dir: Path, stage: str = "trials") -> str | None:
-    """Why Ray could not resume the stage (`trials`: the search; `confirm`, `baseline`) in `run_dir`, or None.
-    Checked before anything is touched."""
-    states = sorted((run_dir / stage).glob("experiment_state-*.json")) if (run_dir / stage).is_dir() else []
+def experiment_state_problem(run_dir: Path) -> str | None:
+    """Why Ray could not resume the run in `run_dir` (its Tuner folder `trials`), or None. Checked
+    before anything is touched."""
+    stage_dir = run_dir / "trials"
+    states = sorted(stage_dir.glob("experiment_state-*.json")) if stage_dir.is_dir() else []
     if not states:
-        return f"{run_dir} holds no experiment state ({stage}/experiment_state-*.json): nothing to resume"
+        return f"{run_dir} holds no experiment state (trials/experiment_state-*.json): nothing to resume"
     for f in states:
         try:
             state = json.loads(f.read_text())
@@ -271,8 +216,19 @@ def experiment_state_problem(run_dir: Path, stage: str = "trials") -> str | None
             return f"{f} is truncated or corrupt ({e})"
         if not isinstance(state, dict) or "trial_data" not in state:
             return f"{f} is not a Ray Tune experiment state (no trial_data)"
-    if not (run_dir / stage / "tuner.pkl").exists():
-        return f"{run_dir / stage / 'tuner.pkl'} is missing"
+    if not (stage_dir / "tuner.pkl").exists():
+        return f"{stage_dir / 'tuner.pkl'} is missing"
+    return None
+
+
+def stages_problem(run_dir: Path, space: Space) -> str | None:
+    """Why this version cannot continue the run's stages after the search, or None."""
+    run_json = run_dir / "run.json"
+    info = json.loads(run_json.read_text()) if run_json.exists() else {}
+    if space.eval_stages() and not info.get("stages_share_queue", False):
+        return (f"{run_dir} was started by an earlier search.run, which ran the confirmation and baseline stages "
+                f"after the search in folders of their own; this version cannot continue them (its results stay "
+                f"readable: search.report, search.export)")
     return None
 
 
@@ -323,7 +279,7 @@ def main(argv=None) -> int:
             print(f"fetching {loc} (all but checkpoints) into {run_dir}")
             loc.pull()
             loc.best_journal()
-        problem = experiment_state_problem(run_dir)
+        problem = experiment_state_problem(run_dir) or stages_problem(run_dir, space)
         if problem:
             print(f"error: --resume: {problem}; the run folder is left as it is, and a new search will not be "
                   f"started over it", file=sys.stderr)
@@ -366,6 +322,7 @@ def _run(args, space: Space, loc: RunLocation, name: str, data_arg, splits) -> i
             "data_fingerprint": fingerprint, "split_seed": split.split_seed, "val_fraction": split.val_fraction,
             "test_fraction": split.test_fraction, "metric": space.metric, "max_epochs": space.max_epochs,
             "strategy": space.strategy, "arms": [a.name for a in space.arms], "stages": ["search", *space.eval_stages()],
+            "stages_share_queue": True,  # search.stages: later-stage runs join the search's queue
             "versions": _versions(), "trackers": [t.name for t in args.trackers],  # names only: no URI, no key
             "train_images": len(train), "val_images": len(val),
             "test_images": len(test) if test is not None else 0}
@@ -404,13 +361,11 @@ def _run(args, space: Space, loc: RunLocation, name: str, data_arg, splits) -> i
     failed = True
     try:
         # The decoded data goes into Ray's object store once, for every stage; this process keeps
-        # only the references (its own copy would double the head node's share of memory). The
-        # search stage is handed no reference to the test images.
+        # only the references (its own copy would double the head node's share of memory). Search
+        # trials never resolve the test images' (search.stages.scores_test).
         refs = tuple(None if d is None else ray.put(d) for d in splits)  # (no test images: None)
         del train, val, test, splits
-        run_search(space, loc, refs[:2], args.resume, trackers=args.trackers, replay=replay)
-        for stage in space.eval_stages():
-            run_stage(space, loc, refs, stage, resume=args.resume, trackers=args.trackers, replay=replay)
+        run_search(space, loc, refs, args.resume, trackers=args.trackers, replay=replay)
         loc.pull()
         records = collect(run_dir, space.metric, space.max_epochs)
         fixed = reconcile_studies(space, run_dir / JOURNAL, records)

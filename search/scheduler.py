@@ -3,7 +3,9 @@
 Ray's `AsyncHyperBandScheduler` keeps one set of rungs for every trial it sees; with several
 architectures in one run, a slowly converging arm (the study's v1 needed 75 epochs where v2 needed
 30) would be stopped because a faster one looks better at epoch 5. `PerArmASHA` keeps one ASHA per
-study (per arm, or one in the joint strategy) and routes each trial to its own.
+study (per arm, or one in the joint strategy) and routes each trial to its own. The runs after an
+arm's search (confirmation, baseline: search.stages), which share the search's queue, are never
+stopped: they train the full budget.
 """
 from __future__ import annotations
 
@@ -52,7 +54,10 @@ class PerArmASHA(FIFOScheduler):
     def set_search_properties(self, metric, mode, **spec) -> bool:
         return True  # each ASHA already knows the space's metric
 
-    def _asha(self, trial) -> AsyncHyperBandScheduler:
+    def _asha(self, trial) -> AsyncHyperBandScheduler | None:
+        """The trial's study's ASHA; None for a later-stage run."""
+        if trial.config.get("stage", "search") != "search":
+            return None
         if self._needs_rebuild:
             self._needs_rebuild = False
             self.rebuild_rungs()
@@ -67,8 +72,9 @@ class PerArmASHA(FIFOScheduler):
         results replayed."""
         replayed = 0
         for d, trial_id, _ in counted_trials(Path(self.run_dir) / "trials"):
-            study = (read_params(d) or {}).get("study")
-            if study not in self.ashas:
+            config = read_params(d) or {}
+            study = config.get("study")
+            if study not in self.ashas or config.get("stage", "search") != "search":
                 continue
             seen = set()
             for r in read_history(d):
@@ -81,10 +87,13 @@ class PerArmASHA(FIFOScheduler):
         return replayed
 
     def on_trial_add(self, tune_controller, trial):
-        self._asha(trial).on_trial_add(tune_controller, trial)
+        if (asha := self._asha(trial)) is not None:
+            asha.on_trial_add(tune_controller, trial)
 
     def on_trial_result(self, tune_controller, trial, result):
         asha = self._asha(trial)
+        if asha is None:
+            return TrialScheduler.CONTINUE
         if trial.trial_id in self.ended:
             return TrialScheduler.STOP  # ended before the resume (see the class docstring)
         if not compat.asha_knows(asha, trial.trial_id):  # a restored trial
@@ -92,14 +101,17 @@ class PerArmASHA(FIFOScheduler):
         return asha.on_trial_result(tune_controller, trial, result)
 
     def on_trial_complete(self, tune_controller, trial, result):
-        if compat.asha_knows(self._asha(trial), trial.trial_id):
-            self._asha(trial).on_trial_complete(tune_controller, trial, result)
+        asha = self._asha(trial)
+        if asha is not None and compat.asha_knows(asha, trial.trial_id):
+            asha.on_trial_complete(tune_controller, trial, result)
 
     def on_trial_remove(self, tune_controller, trial):
-        compat.asha_forget(self._asha(trial), trial.trial_id)
+        if (asha := self._asha(trial)) is not None:
+            compat.asha_forget(asha, trial.trial_id)
 
     def on_trial_error(self, tune_controller, trial):
-        compat.asha_forget(self._asha(trial), trial.trial_id)
+        if (asha := self._asha(trial)) is not None:
+            compat.asha_forget(asha, trial.trial_id)
 
     def rung_records(self) -> dict[str, dict[int, dict[str, float]]]:
         """{study: {rung epoch: {trial id: metric}}} as ASHA recorded them (for reports and tests)."""

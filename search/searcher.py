@@ -15,6 +15,7 @@ import math
 import shutil
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -25,7 +26,9 @@ from ray.tune.search import Searcher
 
 from detector import config as C
 from search import compat
-from search.results import STATUS_FAILED, STATUS_FINISHED, STATUS_RUNNING, counted_trials, outcome, read_history
+from search import stages as S
+from search.results import (STATUS_FAILED, STATUS_FINISHED, STATUS_RUNNING, counted_trials, outcome, ranked,
+                            ray_statuses, read_history, read_params, read_trial)
 from search.space import Space
 from search.storage import relocated
 
@@ -101,18 +104,40 @@ def _suggest(trial: optuna.Trial, space: Space) -> dict:
     return values
 
 
+@dataclass
+class _Ended:
+    """What `results.ranked` reads of an ended search trial, kept by the searcher to pick an arm's
+    confirmation runs the moment its search ends (search.stages)."""
+    trial_id: str
+    arm: str
+    status: str
+    best: float
+    params: dict
+    config: dict | None = None  # the whole TrainConfig, filled in for the runs a stage retrains
+    stage: str = "search"
+
+
 class ArmSearcher(Searcher):
     """Suggests trials arm by arm with equal budgets; each arm has its own Optuna study.
 
-    Trial configs carry `arm` (the study name), `cfg` (the full TrainConfig as a dict) and
-    `params` (the sampled values).
+    Trial configs carry `arm`, `study` (the study name), `stage`, `cfg` (the full TrainConfig as a
+    dict) and `params` (the sampled values).
+
+    With `stages` (the space's `eval_stages()`), the runs after the search come from here too, in
+    the same queue: once a study's search has ended (its trials all started and ended), its arms'
+    confirmation and baseline runs (search.stages) are suggested before any further search trial,
+    while other arms still search. No slot waits for the slowest arm's search.
     """
 
-    def __init__(self, space: Space, journal: Path, snapshot_journal: bool = False):
+    def __init__(self, space: Space, journal: Path, snapshot_journal: bool = False, stages: tuple = ()):
         super().__init__(metric=space.metric, mode="max")
         self.space, self.journal = space, None if journal is None else Path(journal)  # None: studies in memory
         self.snapshot_journal = snapshot_journal  # copy the journal into each experiment checkpoint
+        self.stages = tuple(stages)
         self.started = {name: 0 for name in study_names(space)}
+        self.ended: dict[str, dict] = {}  # Ray trial id -> _Ended's fields, of ended search trials (not failed)
+        self.issued: set[str] = set()     # search.stages.run_key of every later-stage run suggested
+        self._stage_runs: dict[str, list[dict]] = {}  # study -> its later-stage runs, once its search has ended
         self.trials_per_arm: int | None = space.trials_per_arm  # None: no limit (search.replay's budget ends it)
         self.live: dict[str, tuple[str, int]] = {}  # Ray trial id -> (study name, Optuna trial id)
         self.orphans: dict[str, list[int]] = {}     # study -> Optuna trial ids to hand out again
@@ -123,12 +148,13 @@ class ArmSearcher(Searcher):
 
     # The studies are reopened from the journal, never pickled with the searcher (nor the handles on them).
     def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k not in ("_studies", "_handles")} | \
-            {"_studies": None, "_handles": {}}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_studies", "_handles", "_stage_runs")} | \
+            {"_studies": None, "_handles": {}, "_stage_runs": {}}
 
     def __setstate__(self, state):
         state.setdefault("trials_per_arm", state["space"].trials_per_arm)  # saved before the field existed
-        state.setdefault("_handles", {})
+        for k, v in (("_handles", {}), ("stages", ()), ("ended", {}), ("issued", set()), ("_stage_runs", {})):
+            state.setdefault(k, v)
         self.__dict__.update(state)
         if self.journal is not None:
             self.journal = relocated(self.journal.parent) / self.journal.name
@@ -146,11 +172,51 @@ class ArmSearcher(Searcher):
         open_ = [n for n, k in self.started.items() if self.trials_per_arm is None or k < self.trials_per_arm]
         return min(open_, key=lambda n: self.started[n]) if open_ else None  # round-robin: fewest started first
 
+    def _search_ended(self, name: str) -> bool:
+        return (self.trials_per_arm is not None and self.started[name] >= self.trials_per_arm
+                and not self.orphans.get(name) and all(n != name for n, _ in self.live.values()))
+
+    def _later_runs(self, name: str) -> list[dict]:
+        """The study's later-stage runs (search.stages), built once its search has ended."""
+        if name not in self._stage_runs:
+            arms = [a for a in self.space.arms if name in (JOINT, a.name)]
+            seeds = S.eval_seeds(self.space)
+            # results.collect's order (trial folders ARM_TRIALID, sorted) before `ranked`'s stable sort:
+            # ties are broken as search.export and search.report break them.
+            ended = [_Ended(tid, **e) for tid, e in sorted(self.ended.items(), key=lambda kv: (kv[1]["arm"], kv[0]))]
+            best = {}
+            for arm in arms:
+                best[arm.name] = ranked(ended, arm.name)[:self.space.confirm_top_k]
+                for r in best[arm.name]:
+                    r.config = C.to_dict(self.space.trial_config(arm, r.params))
+            self._stage_runs[name] = [c for stage in self.stages for arm in arms
+                                      for c in S.arm_stage_configs(self.space, arm, stage, best[arm.name], seeds)]
+        return self._stage_runs[name]
+
+    def _next_later_run(self) -> dict | None | str:
+        """The next later-stage run to suggest; None: none now (a search still runs);
+        FINISHED: every one has been suggested, and every search has ended."""
+        waiting = False
+        for name in study_names(self.space):
+            if not self._search_ended(name):
+                waiting = True
+                continue
+            for c in self._later_runs(name):
+                if S.run_key(c) not in self.issued:
+                    return c
+        return None if waiting else Searcher.FINISHED
+
     def suggest(self, trial_id: str):
         t0 = time.perf_counter()
+        if self.stages:
+            # Later-stage runs first: each trains the full budget, the longest work there is.
+            later = self._next_later_run()
+            if isinstance(later, dict):
+                self.issued.add(S.run_key(later))
+                return later
         name = self._next_study()
         if name is None:
-            return Searcher.FINISHED
+            return later if self.stages else Searcher.FINISHED  # stages: None waits for a search to end
         study = self.studies[name]
         orphan = self.orphans.get(name, [])
         # A trial asked for just before a driver crash, which Ray never recorded, is handed out again
@@ -175,7 +241,7 @@ class ArmSearcher(Searcher):
         self.started[name] += 1
         self.live[trial_id] = (name, compat.optuna_trial_id(trial))
         self._handles[trial_id] = trial
-        return {"arm": arm.name, "study": name, "cfg": C.to_dict(cfg), "params": params}
+        return {"arm": arm.name, "study": name, "stage": "search", "cfg": C.to_dict(cfg), "params": params}
 
     def _trial(self, trial_id: str) -> optuna.Trial | None:
         if trial_id not in self.live:
@@ -220,9 +286,13 @@ class ArmSearcher(Searcher):
         # Ray does not pass the result that triggered a stop (ASHA's, or the last epoch's) to
         # on_trial_result, only here: record it as the trial's last intermediate value first.
         self._report(trial, result)
+        values = [v for v in compat.frozen_trial(study, compat.optuna_trial_id(trial)).intermediate_values.values()
+                  if math.isfinite(v)]
+        if values and self.stages:
+            params = _suggest(trial, self.space)  # the values the trial holds (nothing is sampled)
+            arm = trial.params["arm"] if name == JOINT else name
+            self.ended[trial_id] = {"arm": arm, "status": end.status, "best": max(values), "params": params}
         if end.status == STATUS_FINISHED:
-            values = [v for v in compat.frozen_trial(study, compat.optuna_trial_id(trial)).intermediate_values.values()
-                      if math.isfinite(v)]
             study.tell(trial, max(values) if values else float("nan"), skip_if_finished=True)
         else:  # stopped: ASHA ended it before the budget; an early score is not a final one
             trial.set_user_attr("stopped_at_epoch", end.epochs)
@@ -234,7 +304,8 @@ class ArmSearcher(Searcher):
         # storage on resume, and reading it must not run code.
         # Written to a temporary file and renamed: a driver killed mid-write leaves the previous state.
         tmp = Path(checkpoint_path).with_name(Path(checkpoint_path).name + ".tmp")
-        tmp.write_text(json.dumps({"started": self.started, "live": self.live}))
+        tmp.write_text(json.dumps({"started": self.started, "live": self.live, "ended": self.ended,
+                                   "issued": sorted(self.issued)}))
         tmp.replace(checkpoint_path)
         if self.snapshot_journal and self.journal.exists():
             # Beside the searcher state in Ray's experiment folder, which Ray uploads to object
@@ -254,7 +325,8 @@ class ArmSearcher(Searcher):
             state = json.load(f)
         self.started = {k: int(v) for k, v in state["started"].items()}
         self.live = {k: (name, int(otid)) for k, (name, otid) in state["live"].items()}
-        self._handles = {}
+        self.ended, self.issued = state.get("ended", {}), set(state.get("issued", []))
+        self._handles, self._stage_runs = {}, {}
         # A live trial whose Optuna trial has already ended was stopped (or finished) after Ray's last
         # experiment checkpoint: Ray brings it back as running, the scheduler stops it again at its
         # first result (search.scheduler), and Optuna hears nothing more of it (a report to an
@@ -263,6 +335,8 @@ class ArmSearcher(Searcher):
                    for name, study in self.studies.items()}
         self.live = {k: (name, otid) for k, (name, otid) in self.live.items() if otid in running.get(name, {})}
         known = self._stored_trials()  # Ray trial id -> its folder, for the trials Ray's state holds
+        if self.stages:
+            self._add_stored_ends(known)
         owned = set(self.live.values())
         for name, trials in running.items():
             for otid, t in trials.items():
@@ -285,6 +359,19 @@ class ArmSearcher(Searcher):
             if ray_id in known:
                 self._report_missing(compat.attach_trial(self.studies[name], otid),
                                      running[name][otid].intermediate_values, read_history(known[ray_id]))
+
+    def _add_stored_ends(self, known: dict[str, Path]) -> None:
+        """What Ray's state holds and this searcher's (possibly older) saved state lacks: later-stage
+        runs already issued (never issued twice), and search trials already ended (for the ranking)."""
+        statuses = ray_statuses(self.journal.parent / "trials")
+        for ray_id, d in known.items():
+            config = read_params(d) or {}
+            if config.get("stage", "search") != "search":
+                self.issued.add(S.run_key(config))
+            elif ray_id not in self.ended and ray_id not in self.live and statuses.get(ray_id) == "TERMINATED":
+                rec = read_trial(d, self.space.metric, self.space.max_epochs, "TERMINATED")
+                if rec is not None and rec.status != STATUS_FAILED and math.isfinite(rec.best):
+                    self.ended[ray_id] = {"arm": rec.arm, "status": rec.status, "best": rec.best, "params": rec.params}
 
     def _stored_trials(self) -> dict[str, Path]:
         """{Ray trial id: folder} of the search trials in Ray's newest experiment state (none in memory)."""

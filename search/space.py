@@ -124,6 +124,12 @@ class Space:
         """The stages that retrain chosen configurations after the search, in the order they run."""
         return (("confirm",) if self.confirm_top_k else ()) + (("baseline",) if self.baseline else ())
 
+    def eval_runs(self) -> int:
+        """How many runs the stages after the search train at most (an arm with fewer ranked
+        trials than `confirm.top_k` confirms fewer)."""
+        per_arm = (self.confirm_top_k if "confirm" in self.eval_stages() else 0) + ("baseline" in self.eval_stages())
+        return len(self.arms) * per_arm * self.confirm_seeds
+
     def eval_seeds(self, used: set[int]) -> list[int]:
         """The seeds of the confirmation and baseline runs (the same for both, so their comparison is
         paired by seed): `confirm.seeds` of them, from 1000 * (seed + 1) upward, skipping every seed in

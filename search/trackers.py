@@ -35,7 +35,7 @@ TRACKERS, Tracker, TrackerError, parse = T.TRACKERS, T.Tracker, T.TrackerError, 
 
 def trial_tags(config: dict, search: str) -> dict[str, str]:
     """The tags of a trial's tracked run: its arm, its stage and the search's name."""
-    config = config.get("trial", config)  # the stages after the search nest the trial's config
+    config = config.get("trial", config)  # runs made before the stages shared the search's queue nest it
     return {"arm": str(config.get("arm")), "stage": str(config.get("stage", "search")), "search": search}
 
 

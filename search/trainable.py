@@ -19,6 +19,7 @@ from ray import tune
 
 from detector import config as C
 from detector.engine import NonFiniteLossError, OutOfMemoryError, fit
+from search.stages import scores_test
 
 CKPT_NAME = "checkpoint.pt"
 WORK_PREFIX = "smallobj-trial-"  # + the worker's pid + "-": the trial's scratch folder on its node
@@ -63,13 +64,13 @@ def resolve(data: tuple) -> tuple:
 
 
 def train_trial(config: dict, data: tuple) -> None:
-    """Ray Tune function trainable. `config` comes from search.searcher (arm, study, cfg, params);
-    `data` holds the object-store references of (train, val) in the search stage and of
-    (train, val, test) in the stages after it (confirmation, baseline; test may be None): search.run
-    puts each dataset in the object store once, and they are resolved here (zero-copy: the arrays
-    map this node's copy). Search trials are never handed the test images."""
-    train, val, test = (*resolve(data), None)[:3]
-    config = config.get("trial", config)  # the stages after the search grid over whole trial configs
+    """Ray Tune function trainable. `config` comes from search.searcher (arm, study, stage, cfg,
+    params); `data` holds the object-store references of (train, val, test) (test may be None):
+    search.run puts each dataset in the object store once, and they are resolved here (zero-copy:
+    the arrays map this node's copy)."""
+    config = config.get("trial", config)  # runs made before the stages shared the search's queue
+    train, val = resolve(data[:2])
+    test = resolve(data[2:3])[0] if scores_test(config, data) else None
     cfg = C.from_dict(config["cfg"], source=f"trial {tune.get_context().get_trial_id()}")
     remove_orphaned_work_dirs()
     work = Path(tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}-"))

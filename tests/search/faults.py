@@ -49,10 +49,21 @@ SEEN_DIR_ENV = "SMALLOBJ_TEST_SEEN_DIR"  # set by the test before Ray starts: it
 
 
 def train_trial_recording_images(config: dict, data) -> None:
-    """`train_trial`, after writing $SMALLOBJ_TEST_SEEN_DIR/<trial id>.json: the image ids of every
-    dataset the trial was handed ({"train": [...], "val": [...], "test": [...] or absent})."""
-    sets = trainable.resolve(data)
-    seen = {name: list(map(int, ds.image_ids)) for name, ds in zip(("train", "val", "test"), sets) if ds is not None}
-    folder = Path(os.environ[SEEN_DIR_ENV])
-    (folder / f"{tune.get_context().get_trial_id()}.json").write_text(json.dumps(seen))
-    trainable.train_trial(config, data)
+    """`train_trial`, writing $SMALLOBJ_TEST_SEEN_DIR/<trial id>.json: the image ids of every dataset
+    its training (`detector.engine.fit`) was given ({"train": [...], "val": [...], "test": [...] or
+    absent}). Every trial is handed the object-store reference of the test images; what matters is
+    whether its training ever gets them."""
+    fit = trainable.fit
+
+    def recording_fit(cfg, train, val, work, test=None, **kw):
+        seen = {name: list(map(int, ds.image_ids)) for name, ds in (("train", train), ("val", val), ("test", test))
+                if ds is not None}
+        folder = Path(os.environ[SEEN_DIR_ENV])
+        (folder / f"{tune.get_context().get_trial_id()}.json").write_text(json.dumps(seen))
+        return fit(cfg, train, val, work, test=test, **kw)
+
+    trainable.fit = recording_fit
+    try:
+        trainable.train_trial(config, data)
+    finally:
+        trainable.fit = fit

@@ -21,8 +21,10 @@ class _Storage:
 class _Trial:
     """What the pruner reads of a Ray trial: id, config, storage and folder."""
 
-    def __init__(self, stage_dir: Path, trial_id: str, arm: str):
-        self.trial_id, self.config, self.storage = trial_id, {"arm": arm}, _Storage()
+    def __init__(self, stage_dir: Path, trial_id: str, arm: str, stage: str = "search", prior_max: float | None = None):
+        self.trial_id, self.config, self.storage = trial_id, {"arm": arm, "stage": stage}, _Storage()
+        # Ray's running max of each metric, restored with a resumed trial's state.
+        self.metric_analysis = {} if prior_max is None else {"map50": {"max": prior_max}}
         self.path = str(stage_dir / f"{arm}_{trial_id}")
         Path(self.path).mkdir(parents=True)
         (Path(self.path) / "result.json").write_text("{}\n")
@@ -106,3 +108,26 @@ def test_a_state_without_the_checkpoint_list_keeps_every_checkpoint_of_a_running
     _run(prune, running, [0.1, 0.2, 0.3], end=False)
     write_experiment_state(stage, {"running": "RUNNING"})  # no checkpoint manager where Ray 2.60 has it
     assert prune.prune() == 0 and running.checkpoints() == [0, 1, 2]
+
+
+def test_a_resumed_trial_keeps_its_best_before_the_resume_and_later_stage_runs_are_never_emptied(tmp_path):
+    """A trial resumed from a checkpoint reports only its later epochs to the new driver; its best
+    before them (Ray's restored running max) still counts, so the arm's true best is not emptied for
+    a trial that only looks better. A confirmation run, however it scores, keeps its newest."""
+    stage = tmp_path / "trials"
+    prune = PruneEndedCheckpoints("map50", max_epochs=EPOCHS, every_s=0)
+    resumed = _Trial(stage, "resumed", "resnet18-v1", prior_max=0.8)  # reached 0.8 at epoch 2, before the kill
+    other = _Trial(stage, "other", "resnet18-v1")
+    confirm = _Trial(stage, "confirm", "resnet18-v1", stage="confirm")
+    for epoch in (1, 2):
+        (Path(resumed.path) / f"checkpoint_{epoch - 1:06d}").mkdir()
+    for epoch, v in ((3, 0.5), (4, 0.6)):  # what the resumed driver sees
+        (Path(resumed.path) / f"checkpoint_{epoch - 1:06d}").mkdir()
+        prune.on_trial_result(0, [], resumed, {"epoch": epoch, "map50": v})
+    prune.on_trial_complete(0, [], resumed)
+    _run(prune, other, [0.3, 0.5, 0.6, 0.7])
+    _run(prune, confirm, [0.1, 0.1, 0.1, 0.1])
+    write_experiment_state(stage, {"resumed": "TERMINATED", "other": "TERMINATED", "confirm": "TERMINATED"},
+                           checkpoints={"resumed": [3], "other": [3], "confirm": [3]})
+    prune.prune()
+    assert resumed.checkpoints() == [3] and other.checkpoints() == [] and confirm.checkpoints() == [3]

@@ -9,16 +9,19 @@ import statistics
 import pytest
 
 from search import report
+from search import results as R
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _trial(run_dir, stage, arm, tid, epochs_map50, params, fail=None, extra_cfg=None, source="", test=None, seed=0):
-    """A trial folder as Ray leaves it. `test`: the test mAP50 reported at the best validation epoch
-    (as detector.engine.fit does); `source`: the search trial a confirmation run retrains."""
-    d = run_dir / stage / f"{arm}_{tid}"
+    """A trial folder as Ray leaves it (`stage` "trials": a search trial). `test`: the test mAP50
+    reported at the best validation epoch (as detector.engine.fit does); `source`: the search trial a
+    confirmation run retrains."""
+    d = run_dir / "trials" / f"{arm}_{tid}"  # every stage's runs share the search's Tuner folder
     d.mkdir(parents=True)
     cfg = {"epochs": 4, "seed": seed, **(extra_cfg or {})}
+    stage = "search" if stage == "trials" else stage
     (d / "params.json").write_text(json.dumps({"arm": arm, "study": arm, "stage": stage, "cfg": cfg,
                                                "source_trial": source,
                                                "params": {"lr": 0.01 * (1 + len(epochs_map50))}}))
@@ -35,6 +38,26 @@ def _trial(run_dir, stage, arm, tid, epochs_map50, params, fail=None, extra_cfg=
     if fail:
         lines.append({"trial_id": tid, "fail_reason": fail, "epoch": float(len(epochs_map50)), "map50": math.nan})
     (d / "result.json").write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+
+def _drop_stage(run_dir, stage):
+    for d in (run_dir / "trials").iterdir():
+        if json.loads((d / "params.json").read_text())["stage"] == stage:
+            shutil.rmtree(d)
+
+
+def test_a_run_with_a_folder_per_stage_reads_the_same(handmade):
+    """Runs made before the later stages shared the search's queue kept each stage in its own Tuner
+    folder, their configs nested under "trial": they read as the same trials of the same stages."""
+    before = sorted((r.trial_id, r.stage, r.best) for r in R.collect(handmade, "map50", 4))
+    for d in list((handmade / "trials").iterdir()):
+        config = json.loads((d / "params.json").read_text())
+        if config["stage"] != "search":
+            (handmade / config["stage"]).mkdir(exist_ok=True)
+            (d / "params.json").write_text(json.dumps({"trial": {k: v for k, v in config.items() if k != "stage"}}))
+            d.rename(handmade / config["stage"] / d.name)
+    assert {p.name for p in handmade.iterdir() if p.is_dir()} >= {"confirm", "baseline"}
+    assert sorted((r.trial_id, r.stage, r.best) for r in R.collect(handmade, "map50", 4)) == before
 
 
 @pytest.fixture
@@ -148,7 +171,7 @@ def test_export_takes_the_confirmation_s_ranking_unless_told_otherwise(handmade,
     export.export(handmade, tmp_path / "s", source="search")
     meta = yaml.safe_load((tmp_path / "s" / "best.yaml").read_text())["search"]
     assert meta["selected_by"] == "search" and "confirmation" not in meta and meta["trial_id"] == "a1"
-    shutil.rmtree(handmade / "confirm")
+    _drop_stage(handmade, "confirm")
     with pytest.raises(ValueError, match="--from confirm: the run has no confirmation stage"):
         export.export(handmade, tmp_path / "x", source="confirm")
 
@@ -183,7 +206,7 @@ def test_rewriting_replaces_the_report_and_writes_nothing_else(handmade):
 
 def test_in_progress_run_says_so(handmade):
     (handmade / "results.csv").unlink()
-    shutil.rmtree(handmade / "confirm")
+    _drop_stage(handmade, "confirm")
     res = report.write_report(handmade, handmade / "report")
     assert res["status"].startswith("in progress")
     assert "cannot be judged against the spread between seeds" in res["conclusion"]

@@ -116,23 +116,32 @@ def _record(tid, arm, seed, best, stage="search", status=R.STATUS_FINISHED, sour
 
 
 def test_confirmation_and_baseline_seeds_never_repeat_a_search_trial_s(tmp_path):
-    from search.run import stage_configs
+    """The later stages' seeds are fixed before the search runs (an arm's confirmation starts while
+    other arms still search), so they avoid every seed a search trial *can* use: a searched `seed`'s
+    whole range, or the fixed one."""
+    from search.stages import eval_seeds, stage_configs
 
+    body = ("arms: {backbone: [resnet18], version: [v1], weights: [none]}\n"
+            "params:\n  lr: {type: float, low: 0.001, high: 0.1, log: true}\nSEED"
+            "budget: {max_epochs: 4, grace_period: 1, reduction_factor: 2, trials_per_arm: 3}\n"
+            "confirm: {top_k: 2, seeds: 2}\nbaseline: {lr: 0.02}\nFIXED")
     space_file = tmp_path / "s.yaml"
-    space_file.write_text(
-        "arms: {backbone: [resnet18], version: [v1], weights: [none]}\n"
-        "params:\n  lr: {type: float, low: 0.001, high: 0.1, log: true}\n"
-        "budget: {max_epochs: 4, grace_period: 1, reduction_factor: 2, trials_per_arm: 3}\n"
-        "confirm: {top_k: 2, seeds: 2}\nbaseline: {lr: 0.02}\n")
+    space_file.write_text(body.replace("SEED", "").replace("FIXED", ""))
     space = load_space(space_file)
-    # Search trials that used the seeds a naive rule would give the confirmation (0, 1000, 1001).
-    records = [_record("t1", ARM, 0, 0.5), _record("t2", ARM, 1000, 0.7), _record("t3", ARM, 1001, 0.6)]
+    # Search trials that used the seeds a naive rule would give the confirmation (1000, 1001).
+    records = [_record("t1", ARM, 0, 0.5), _record("t2", ARM, 0, 0.7), _record("t3", ARM, 0, 0.6)]
     confirm, baseline = stage_configs(space, "confirm", records), stage_configs(space, "baseline", records)
     seeds = {c["cfg"]["seed"] for c in confirm + baseline}
-    assert seeds == {1002, 1003} and not seeds & {0, 1000, 1001}
-    assert [(c["source_trial"], c["cfg"]["seed"]) for c in confirm] == [("t2", 1002), ("t2", 1003), ("t3", 1002),
-                                                                         ("t3", 1003)]
+    assert seeds == {1000, 1001}  # the search trials' seed is the default, 0
+    assert [(c["source_trial"], c["cfg"]["seed"]) for c in confirm] == [("t2", 1000), ("t2", 1001), ("t3", 1000),
+                                                                         ("t3", 1001)]
     assert all(c["cfg"]["lr"] == 0.02 and c["cfg"]["epochs"] == 4 for c in baseline) and len(baseline) == 2
+    # A fixed seed that a naive rule would repeat; a searched seed (no baseline: it would need one).
+    space_file.write_text(body.replace("SEED", "").replace("FIXED", "fixed: {seed: 1000}\n"))
+    assert eval_seeds(load_space(space_file)) == [1001, 1002]
+    space_file.write_text(body.replace("SEED", "  seed: {type: int, low: 999, high: 1001}\n").replace("FIXED", "")
+                          .replace("baseline: {lr: 0.02}\n", ""))
+    assert eval_seeds(load_space(space_file)) == [1002, 1003]
 
 
 def test_an_arm_s_tuned_configuration_is_chosen_on_validation_only():

@@ -21,7 +21,7 @@ from search import export, run
 from search.space import load_space
 
 from searchutil import (SearchProcess, assert_every_trial_once, kill_between_snapshots, reported_epochs,
-                        result_rows as _rows, wait_until, write_space as _space)
+                        result_rows as _rows, wait_until, write_experiment_state, write_space as _space)
 
 
 @pytest.fixture(scope="module")
@@ -241,11 +241,16 @@ def test_scratch_folders_of_dead_workers_are_removed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{WORK_PREFIX}{os.getpid()}-abc", f"{WORK_PREFIX}notapid"]
 
 
+def _runs_of_stage(trials_dir, stage: str) -> list[str]:
+    """Folder names of the runs of `stage` in a run's trials folder (their config names the stage)."""
+    return sorted(d.name for d in trials_dir.iterdir() if (d / "params.json").exists() and d.is_dir()
+                  and json.loads((d / "params.json").read_text()).get("stage", "search") == stage)
+
+
 @pytest.mark.slow
-def test_resume_during_a_stage_after_the_search_continues_it(tiny_data, tmp_path):
-    """Killed while the baseline stage runs (after the search and the confirmation), then --resume:
-    the finished stages are left as they are and the baseline stage continues (never started a
-    second time beside the first)."""
+def test_resume_during_the_stages_after_the_search_continues_them(tiny_data, tmp_path):
+    """Killed while a baseline run trains (the later stages share the search's queue), then --resume:
+    the runs already issued are continued, never issued a second time beside the first."""
     space = _space(tmp_path, tiny_data, """
 arms: {backbone: [resnet18]}
 params:
@@ -256,11 +261,13 @@ baseline: {lr: 0.01}
 """)
     args = ["--space", str(space), "--storage", str(tmp_path / "runs"), "--name", "cf", "--num-cpus", "2"]
     run_dir = tmp_path / "runs" / "cf"
+    trials = run_dir / "trials"
     with SearchProcess(*args, log=tmp_path / "search.log") as search:
-        wait_until(lambda: any(reported_epochs(run_dir / "baseline").values()), 400,
+        wait_until(lambda: any(epochs for name, epochs in reported_epochs(trials).items()
+                               if name in _runs_of_stage(trials, "baseline")), 400,
                    "a baseline run reported an epoch", search.proc)
-        kill_between_snapshots(search, run_dir / "baseline")
-    confirm_before = sorted(d.name for d in (run_dir / "confirm").iterdir() if d.is_dir())
+        kill_between_snapshots(search, trials)
+    confirm_before = _runs_of_stage(trials, "confirm")
     assert run.main(args + ["--resume"]) == 0
     rows = _rows(run_dir)
     assert len([r for r in rows if r["stage"] == "search"]) == 2
@@ -268,8 +275,8 @@ baseline: {lr: 0.01}
         mine = [r for r in rows if r["stage"] == stage]
         assert len(mine) == 2 and sorted(r["seed"] for r in mine) == ["1000", "1001"], mine
         assert all(r["status"] == "finished" and r["epochs_run"] == "2" for r in mine)
-        assert len([d for d in (run_dir / stage).iterdir() if d.is_dir()]) == 2  # one folder per run
-    assert sorted(d.name for d in (run_dir / "confirm").iterdir() if d.is_dir()) == confirm_before
+        assert len(_runs_of_stage(trials, stage)) == 2  # one folder per run
+    assert _runs_of_stage(trials, "confirm") == confirm_before
     assert all(r["lr"] == "0.01" for r in rows if r["stage"] == "baseline")
 
 
@@ -377,3 +384,26 @@ def test_an_error_at_the_end_still_shuts_ray_down_shows_the_first_error_and_keep
     assert "runs/b (resume=False)" in (tmp_path / "runs" / "b" / "run.log").read_text()
     assert not [h for n in ("search", "ray") for h in logging.getLogger(n).handlers
                 if str(tmp_path) in getattr(h, "baseFilename", "")]  # both runs' log files detached
+
+
+def test_a_run_whose_stages_had_folders_of_their_own_is_not_resumed(tiny_data, tmp_path, capsys):
+    """Runs made before the later stages shared the search's queue cannot be continued by this
+    version: --resume says so, before touching anything."""
+    space = _space(tmp_path, tiny_data, """
+arms: {backbone: [resnet18]}
+params:
+  lr: {type: float, low: 0.005, high: 0.02, log: true}
+budget: {max_epochs: 2, grace_period: 2, reduction_factor: 2, trials_per_arm: 2}
+confirm: {top_k: 1, seeds: 2}
+""")
+    run_dir = tmp_path / "runs" / "old"
+    (run_dir / "trials").mkdir(parents=True)
+    write_experiment_state(run_dir / "trials", {"t1": "TERMINATED"})
+    (run_dir / "trials" / "tuner.pkl").write_bytes(b"")
+    (run_dir / "run.json").write_text(json.dumps({"stages": ["search", "confirm"]}))
+    before = sorted(p for p in run_dir.rglob("*"))
+    args = ["--space", str(space), "--storage", str(tmp_path / "runs"), "--name", "old", "--num-cpus", "2", "--resume"]
+    assert run.main(args) == 2
+    err = capsys.readouterr().err
+    assert "started by an earlier search.run" in err and "cannot continue them" in err and str(run_dir) in err
+    assert sorted(p for p in run_dir.rglob("*")) == before
