@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
 .PHONY: demo test test-fast venv clean bench-demo bench-loop bench-overhead bench-memory bench-parity bench-gpu-smoke \
-	bench-curves bench-replay bench-replay-speed bench-scale bench-lone-trial
+	bench-curves bench-replay bench-replay-speed bench-scale bench-lone-trial bench-pipeline
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,9 @@ bench-scale: $(STAMP)
 	$(PY) bench/scale.py
 bench-lone-trial: $(STAMP)
 	$(PY) bench/lone_trial.py
+# Stages in one queue (issue 17): a demo-sized search with confirmation, wall / ideal.
+bench-pipeline: $(STAMP)
+	$(PY) bench/pipeline.py
 # The benchmarks' own extra (pycocotools), once.
 $(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install -e '.[test,bench]'

@@ -107,6 +107,25 @@ def timed(cmd: list[str], log: Path) -> float:
     return time.perf_counter() - t0
 
 
+def schedule(records, t_start: float, concurrency: int) -> tuple[float, float, float, float, float]:
+    """(slept, start-up, ideal, gap, tail) seconds of a finished replayed run's trials (every stage):
+    the sum of their epochs' sleeps, the command's start (`t_start`) to the first epoch's start,
+    slept / concurrency + start-up, and the slot-seconds left free while trials were still to start
+    (gap) and after the last one had started (tail: bench/search_overhead.slot_idle)."""
+    slept, intervals, first_epoch = 0.0, [], math.inf
+    for r in records:
+        times = [h["epoch_time_s"] for h in r.history]
+        if not times:
+            continue
+        slept += sum(times)
+        start = r.history[0]["reported_at"] - times[0]
+        intervals.append((start, r.history[-1]["reported_at"]))
+        first_epoch = min(first_epoch, start)
+    startup = first_epoch - t_start
+    gap, tail = slot_idle(intervals, concurrency)
+    return slept, startup, slept / concurrency + startup, gap, tail
+
+
 def one_size(size: int, args, curves: Path) -> dict:
     out = Path(args.out)
     space_file = scaled_space(out, size, args.concurrency, args.confirm)
@@ -128,18 +147,7 @@ def one_size(size: int, args, curves: Path) -> dict:
     report_s = timed([sys.executable, "-m", "search.report", str(run_dir)], out / f"{name}.report.log")
     export_s = timed([sys.executable, "-m", "search.export", str(run_dir), "--out", str(run_dir / "export")],
                      out / f"{name}.export.log")
-    slept, intervals, first_epoch = 0.0, [], math.inf
-    for r in records:
-        times = [h["epoch_time_s"] for h in r.history]
-        if not times:
-            continue
-        slept += sum(times)
-        start = r.history[0]["reported_at"] - times[0]
-        intervals.append((start, r.history[-1]["reported_at"]))
-        first_epoch = min(first_epoch, start)
-    startup = first_epoch - t_start
-    ideal = slept / args.concurrency + startup
-    gap, tail = slot_idle(intervals, args.concurrency)
+    slept, startup, ideal, gap, tail = schedule(records, t_start, args.concurrency)
     by_stage = {s: sum(r.stage == s for r in records) for s in sorted({r.stage for r in records})}
     epochs = sum(len(r.history) for r in records)
     # search.checkpoints: what the search stage still holds at the end (each arm's best trial's).

@@ -6,7 +6,9 @@ is left to start) to the first confirmation trial's start, measured from the tri
 
 Prints one JSON line: the search's tail (last start to last end), the time between the last search
 trial's end and the first confirmation trial's start, the idle slot-seconds over that window and
-what they come to in wall seconds at full use of the slots.
+what they come to in wall seconds at full use of the slots. On a run whose stages share one queue
+(search.stages) the confirmation starts while the search still runs: `between_stages_s` is then
+negative and the idle time 0.
 """
 from __future__ import annotations
 
@@ -37,7 +39,9 @@ def main(argv=None) -> int:
     last_start, search_end = max(a for a, _ in search), max(b for _, b in search)
     confirm_start = min(a for a, _ in confirm) if confirm else search_end
     busy = sum(max(0.0, min(b, confirm_start) - max(a, last_start)) for a, b in search)
-    idle = slots * (confirm_start - last_start) - busy
+    # With the stages in one queue (search.stages) confirmation starts before the last search trial
+    # does: no window, no barrier.
+    idle = max(0.0, slots * (confirm_start - last_start) - busy)
     print(json.dumps({"search_tail_s": round(search_end - last_start, 1),
                       "between_stages_s": round(confirm_start - search_end, 1),
                       "idle_slot_s": round(idle, 1), "as_wall_s_at_full_use": round(idle / slots, 1)}))
