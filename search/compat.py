@@ -107,6 +107,26 @@ def trial_storage(trial) -> tuple:
     return _require(storage, "storage_filesystem", "ray", ray.__version__, "StorageContext"), trial.path
 
 
+def upload_trial_file(trial, name: str) -> bool:
+    """Copy the driver's own copy of a trial's file (`trial.local_path`, Ray's staging folder) to the
+    trial's folder in the run's storage, where Ray's experiment snapshots otherwise copy it. Returns
+    whether a copy was made (not when the file is missing, or both are the same file)."""
+    import posixpath
+    from pathlib import Path
+
+    import pyarrow.fs
+
+    fs, path = trial_storage(trial)
+    local = Path(_require(trial, "local_path", "ray", ray.__version__, "Trial")) / name
+    remote = posixpath.join(path, name)
+    if not local.is_file():
+        return False
+    if isinstance(fs, pyarrow.fs.LocalFileSystem) and Path(remote).resolve() == local.resolve():
+        return False
+    pyarrow.fs.copy_files(str(local), remote, destination_filesystem=fs)
+    return True
+
+
 def metric_max(trial, metric: str) -> float | None:
     """The largest value of `metric` Ray has seen a trial report, across a resume too (Ray keeps a
     running max per metric in the trial's run metadata, which its experiment state saves); None

@@ -124,11 +124,9 @@ def _tracker_callbacks(trackers, loc: RunLocation) -> list:
     profile) and Ray copies their files with every experiment checkpoint. So search.run turns Ray's
     defaults off (`TUNE_DISABLE_AUTO_CALLBACK_LOGGERS`, see `quiet_ray_loggers`) and adds the JSON
     logger itself; `--log tensorboard` brings the TensorBoard one back."""
-    from ray.tune.logger import JsonLoggerCallback
-
     from search import trackers as T
 
-    return [JsonLoggerCallback(), *T.callbacks(trackers or [], loc.local.name)]
+    return [T.ResultLogger(), *T.callbacks(trackers or [], loc.local.name)]
 
 
 def quiet_ray_loggers() -> None:

@@ -23,7 +23,8 @@ from pathlib import Path
 # Ray's integrations import mlflow and wandb only when a callback is set up.
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.air.integrations.wandb import WandbLoggerCallback
-from ray.tune.logger import TBXLoggerCallback
+from ray.tune.logger import JsonLoggerCallback, TBXLoggerCallback
+from ray.tune.result import EXPR_RESULT_FILE
 
 from detector import tracking as T
 from search import compat
@@ -31,6 +32,21 @@ from search import compat
 # The tracker names, their packages and extras, and the --log check are detector.tracking's (one
 # definition for search.run and detector.train).
 TRACKERS, Tracker, TrackerError, parse = T.TRACKERS, T.Tracker, T.TrackerError, T.parse
+
+
+class ResultLogger(JsonLoggerCallback):
+    """Ray's JSON result logger (every trial's result.json, which search.results reads), safe for a
+    trial Ray retries after an error.
+
+    Before a retried trial starts again from its checkpoint, Ray's logger copies the trial's
+    result.json from the run's storage over the driver's own copy (`_restore_from_remote`). The
+    storage's copy is only as fresh as Ray's last experiment snapshot, every 10 s or more since
+    search/checkpoints.py stopped forcing one per checkpoint, so the epochs reported since were lost
+    (seen in CI: a trial retried after epoch 1 kept epochs 2 and 3 only). When Ray requeues the trial
+    (`on_trial_recover`, before it restarts) the driver's copy is uploaded first."""
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        compat.upload_trial_file(trial, EXPR_RESULT_FILE)
 
 
 def trial_tags(config: dict, search: str) -> dict[str, str]:

@@ -48,3 +48,37 @@ def test_no_private_internal_is_touched_outside_compat():
     offenders = [f"{p.relative_to(ROOT)}:{i}" for p in (ROOT / "search").glob("*.py") if p.name != "compat.py"
                  for i, line in enumerate(p.read_text().splitlines(), start=1) if pattern.search(line)]
     assert offenders == []
+
+
+def test_a_retried_trial_keeps_the_epochs_reported_since_the_last_snapshot(tmp_path):
+    """Ray's JSON logger, before a retried trial restarts, copies result.json from the run's storage
+    over the driver's copy; search.trackers.ResultLogger uploads the driver's copy first, so epochs
+    reported after Ray's last experiment snapshot survive. A fake trial with Ray's attributes and
+    Ray's own restore step."""
+    import pyarrow.fs
+    from ray.tune.logger import JsonLoggerCallback
+
+    from search.trackers import ResultLogger
+
+    class _Storage:
+        storage_filesystem = pyarrow.fs.LocalFileSystem()
+
+    class _Trial:
+        checkpoint = "checkpoint_000000"  # the retry restarts from a checkpoint
+
+        def __init__(self, name):
+            self.local_path, self.path = str(tmp_path / "staging" / name), str(tmp_path / "storage" / name)
+            self.storage = _Storage()
+            self.storage.trial_fs_path = self.path
+            for d in (self.local_path, self.path):
+                Path(d).mkdir(parents=True)
+            Path(self.path, "result.json").write_text("")  # the last snapshot: before epoch 1
+            Path(self.local_path, "result.json").write_text('{"epoch": 1}\n')
+
+    ours, rays = _Trial("ours"), _Trial("rays")
+    ResultLogger().on_trial_recover(0, [], ours)
+    JsonLoggerCallback().on_trial_recover(0, [], rays)
+    for trial in (ours, rays):
+        JsonLoggerCallback()._restore_from_remote("result.json", trial)
+    assert Path(ours.local_path, "result.json").read_text() == '{"epoch": 1}\n'
+    assert Path(rays.local_path, "result.json").read_text() == ""  # what Ray's logger alone leaves
