@@ -35,6 +35,7 @@ from ray.tune import Callback
 
 from search import compat
 from search.results import STATUS_FAILED, outcome, rank_key
+from search.stages import is_later_stage
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ class PruneEndedCheckpoints(Callback):
         if trial.trial_id not in self._trials:
             fs, path = compat.trial_storage(trial)
             t = self._trials[trial.trial_id] = _Trial(trial.config["arm"], fs, path,
-                                                      later_stage=trial.config.get("stage", "search") != "search")
+                                                      later_stage=is_later_stage(trial.config))
             # A trial resumed from a checkpoint reports only the epochs after it to this driver; its
             # best before them is in what Ray restored (the metric's running max, saved with its state).
             prior = compat.metric_max(trial, self.metric)

@@ -18,6 +18,7 @@ from collections import defaultdict
 from ray.tune import Callback
 
 from search.results import STATUS_RUNNING, outcome
+from search.stages import is_later_stage
 
 LOG_EVERY_S = 30.0  # the shortest interval between two tables appended to a log (not a terminal)
 
@@ -53,7 +54,7 @@ class ArmTable(Callback):
         if trial.trial_id not in self.arm_of:
             config = _own_config(trial)
             self.arm_of[trial.trial_id] = config.get("arm", "?")
-            if config.get("stage", "search") != "search":
+            if is_later_stage(config):
                 self.later.add(trial.trial_id)
         return self.arm_of[trial.trial_id]
 

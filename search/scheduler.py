@@ -17,6 +17,7 @@ from search import compat
 from search.results import counted_trials, read_history, read_params
 from search.searcher import ended_in_studies, study_names
 from search.space import Space
+from search.stages import is_later_stage
 from search.storage import JOURNAL, relocated
 
 TIME_ATTR = "epoch"  # our own per-epoch counter: continues correctly across checkpoint restores
@@ -56,7 +57,7 @@ class PerArmASHA(FIFOScheduler):
 
     def _asha(self, trial) -> AsyncHyperBandScheduler | None:
         """The trial's study's ASHA; None for a later-stage run."""
-        if trial.config.get("stage", "search") != "search":
+        if is_later_stage(trial.config):
             return None
         if self._needs_rebuild:
             self._needs_rebuild = False
@@ -74,7 +75,7 @@ class PerArmASHA(FIFOScheduler):
         for d, trial_id, _ in counted_trials(Path(self.run_dir) / "trials"):
             config = read_params(d) or {}
             study = config.get("study")
-            if study not in self.ashas or config.get("stage", "search") != "search":
+            if study not in self.ashas or is_later_stage(config):
                 continue
             seen = set()
             for r in read_history(d):

@@ -366,7 +366,7 @@ class ArmSearcher(Searcher):
         statuses = ray_statuses(self.journal.parent / "trials")
         for ray_id, d in known.items():
             config = read_params(d) or {}
-            if config.get("stage", "search") != "search":
+            if S.is_later_stage(config):
                 self.issued.add(S.run_key(config))
             elif ray_id not in self.ended and ray_id not in self.live and statuses.get(ray_id) == "TERMINATED":
                 rec = read_trial(d, self.space.metric, self.space.max_epochs, "TERMINATED")

@@ -64,8 +64,13 @@ def run_key(config: dict) -> str:
     return f"{config['stage']}:{config['arm']}:{config['source_trial']}:{config['cfg']['seed']}"
 
 
+def is_later_stage(config: dict) -> bool:
+    """Whether a trial config is a confirmation or baseline run (not a search trial)."""
+    return config.get("stage", "search") != "search"
+
+
 def scores_test(config: dict, data: tuple) -> bool:
     """Whether a trial is scored on the test images: only the runs after the search (confirmation,
     baseline) are, and only where the run has test images. A search trial never resolves their
     reference: the images that choose a configuration never include them."""
-    return config.get("stage", "search") != "search" and len(data) > 2 and data[2] is not None
+    return is_later_stage(config) and len(data) > 2 and data[2] is not None
