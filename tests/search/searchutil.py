@@ -130,6 +130,16 @@ def assert_only_each_arms_best_keeps_checkpoints(records, checkpoints_of=checkpo
     assert all(checkpoints_of(r) for r in records if r.stage == "confirm")
 
 
+def live_config(trial_dir: Path) -> dict | None:
+    """A trial's params.json read while its search runs, or None when it cannot be read yet: Ray
+    rewrites every file of its staging folder in place at each experiment snapshot, so a poll can
+    find params.json empty or cut (seen in CI). Readers of a finished run use search.results."""
+    try:
+        return json.loads((Path(trial_dir) / "params.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
 def wait_until(condition, timeout: float, what: str, proc=None) -> None:
     """Poll `condition()` every 0.3 s; fail naming `what` on timeout or if `proc` ends first."""
     deadline = time.time() + timeout

@@ -20,7 +20,7 @@ from detector import config as C
 from search import export, run
 from search.space import load_space
 
-from searchutil import (SearchProcess, assert_every_trial_once, kill_between_snapshots, reported_epochs,
+from searchutil import (SearchProcess, assert_every_trial_once, kill_between_snapshots, live_config, reported_epochs,
                         result_rows as _rows, wait_until, write_experiment_state, write_space as _space)
 
 
@@ -243,8 +243,8 @@ def test_scratch_folders_of_dead_workers_are_removed(tmp_path):
 
 def _runs_of_stage(trials_dir, stage: str) -> list[str]:
     """Folder names of the runs of `stage` in a run's trials folder (their config names the stage)."""
-    return sorted(d.name for d in trials_dir.iterdir() if (d / "params.json").exists() and d.is_dir()
-                  and json.loads((d / "params.json").read_text()).get("stage", "search") == stage)
+    return sorted(d.name for d in trials_dir.iterdir()
+                  if d.is_dir() and (config := live_config(d)) is not None and config.get("stage", "search") == stage)
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from search.curve_trainable import NOISE
 from search.results import collect, rank_key, ranked
 
 from searchutil import (SearchProcess, assert_every_trial_once, assert_only_each_arms_best_keeps_checkpoints,
-                        checkpoints_in_folder, kill_between_snapshots, wait_until)
+                        checkpoints_in_folder, kill_between_snapshots, live_config, wait_until)
 
 pytestmark = pytest.mark.slow  # whole searches (of sleeping trials)
 
@@ -116,9 +116,9 @@ def _slow_down(curves: Path, arm_index: int, factor: float) -> None:
     (curves / R.CURVES).write_text(json.dumps(doc))
 
 
-def _stage_of(trial_dir: Path) -> tuple[str, str]:
-    config = json.loads((trial_dir / "params.json").read_text())
-    return config["arm"], config.get("stage", "search")
+def _stage_of(trial_dir: Path) -> tuple[str, str] | None:
+    config = live_config(trial_dir)
+    return None if config is None else (config["arm"], config.get("stage", "search"))
 
 
 def test_an_arm_s_confirmation_runs_while_another_arm_searches_and_resumes_exactly(tmp_path):
