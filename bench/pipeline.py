@@ -57,14 +57,12 @@ def one_run(tree: Path, space_file: Path, out: Path, name: str, time_scale: floa
     if rc != 0:
         raise SystemExit(f"search.run in {tree} failed (rc {rc}); see {out / f'{name}.log'}")
     records = collect(out / name, "map50", 4)
-    slept, startup, ideal, gap, tail = schedule(records, t_start, SLOTS)
+    account = schedule(records, t_start, SLOTS)
     ends = [r.history[-1]["reported_at"] for r in records if r.stage == "search" and r.history]
     starts = [r.history[0]["reported_at"] - r.history[0]["epoch_time_s"] for r in records
               if r.stage == "confirm" and r.history]
     return {"tree": str(tree), "run": name, "trials": {s: sum(r.stage == s for r in records) for s in ("search", "confirm")},
-            "wall_s": round(wall, 1), "slept_s": round(slept, 1), "startup_s": round(startup, 1),
-            "ideal_s": round(ideal, 1), "wall_over_ideal": round(wall / ideal, 3),
-            "gap_slot_s": round(gap, 1), "tail_slot_s": round(tail, 1),
+            "wall_s": round(wall, 1), **account.as_row(wall, t_start),
             "confirm_start_minus_search_end_s": round(min(starts) - max(ends), 1) if starts and ends else None}
 
 

@@ -15,7 +15,8 @@ ASHA, Optuna journal, progress table, experiment checkpoints, results.
 Recorded per size (one JSON object per size, on stdout and in OUT/scale-SIZE.json):
 - wall / ideal: the command's wall time over (the trials' slept time / concurrency + start-up), the
   start-up being the command's start to the first trial's first epoch (Ray's own bar for its
-  bookkeeping is 1.28; issue 17's goal is 1.10);
+  bookkeeping is 1.28; issue 17's goal is 1.10), and where the rest went (`Schedule`: slot-seconds
+  held by trials between their sleeps, free while trials waited, free in the tail; the shutdown);
 - the driver's (search.run's process) CPU seconds and peak resident memory, in all, per trial and
   per epoch reported;
 - how many checkpoints the search stage still holds at the end (search.checkpoints keeps each
@@ -34,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -107,11 +109,35 @@ def timed(cmd: list[str], log: Path) -> float:
     return time.perf_counter() - t0
 
 
-def schedule(records, t_start: float, concurrency: int) -> tuple[float, float, float, float, float]:
-    """(slept, start-up, ideal, gap, tail) seconds of a finished replayed run's trials (every stage):
-    the sum of their epochs' sleeps, the command's start (`t_start`) to the first epoch's start,
-    slept / concurrency + start-up, and the slot-seconds left free while trials were still to start
-    (gap) and after the last one had started (tail: bench/search_overhead.slot_idle)."""
+@dataclass
+class Schedule:
+    """Where a finished replayed run's wall time went (every stage's trials), in seconds.
+
+    Between the first epoch's start and the last trial's end, `concurrency` slots were either
+    sleeping (`slept`, the work), held by a trial between two of its sleeps (`held`: each epoch's
+    report, checkpoint and the wait for the driver to take the result: Ray's function trainables
+    block in `report` until the driver asks for the next result), or free (`gap` while trials were
+    still to start, `tail` after the last one had started: bench/search_overhead.slot_idle). So
+    wall = startup + (slept + held + gap + tail) / concurrency + shutdown, to Ray's whole-second
+    timestamps. ideal = slept / concurrency + startup."""
+    slept: float
+    startup: float
+    ideal: float
+    held: float
+    gap: float
+    tail: float
+    last_end: float
+
+    def as_row(self, wall: float, t_start: float) -> dict:
+        return {"slept_s": round(self.slept, 1), "startup_s": round(self.startup, 1), "ideal_s": round(self.ideal, 1),
+                "wall_over_ideal": round(wall / self.ideal, 3), "held_slot_s": round(self.held, 1),
+                "gap_slot_s": round(self.gap, 1), "tail_slot_s": round(self.tail, 1),
+                "shutdown_s": round(t_start + wall - self.last_end, 1)}
+
+
+def schedule(records, t_start: float, concurrency: int) -> Schedule:
+    """The `Schedule` of a finished replayed run's records; `t_start` is the command's start. A trial
+    runs from its first epoch's start (first report time - that epoch's sleep) to its last report."""
     slept, intervals, first_epoch = 0.0, [], math.inf
     for r in records:
         times = [h["epoch_time_s"] for h in r.history]
@@ -123,7 +149,8 @@ def schedule(records, t_start: float, concurrency: int) -> tuple[float, float, f
         first_epoch = min(first_epoch, start)
     startup = first_epoch - t_start
     gap, tail = slot_idle(intervals, concurrency)
-    return slept, startup, slept / concurrency + startup, gap, tail
+    held = sum(e - s for s, e in intervals) - slept
+    return Schedule(slept, startup, slept / concurrency + startup, held, gap, tail, max(e for _, e in intervals))
 
 
 def one_size(size: int, args, curves: Path) -> dict:
@@ -147,7 +174,7 @@ def one_size(size: int, args, curves: Path) -> dict:
     report_s = timed([sys.executable, "-m", "search.report", str(run_dir)], out / f"{name}.report.log")
     export_s = timed([sys.executable, "-m", "search.export", str(run_dir), "--out", str(run_dir / "export")],
                      out / f"{name}.export.log")
-    slept, startup, ideal, gap, tail = schedule(records, t_start, args.concurrency)
+    account = schedule(records, t_start, args.concurrency)
     by_stage = {s: sum(r.stage == s for r in records) for s in sorted({r.stage for r in records})}
     epochs = sum(len(r.history) for r in records)
     # search.checkpoints: what the search stage still holds at the end (each arm's best trial's).
@@ -156,9 +183,7 @@ def one_size(size: int, args, curves: Path) -> dict:
     return {"size": size, "confirm": [space.confirm_top_k, space.confirm_seeds], "trials": len(records),
             "by_stage": by_stage, "arms": len(space.arms),
             "concurrency": args.concurrency, "time_scale": args.time_scale, "wall_s": round(wall, 1),
-            "slept_s": round(slept, 1), "startup_s": round(startup, 1), "ideal_s": round(ideal, 1),
-            "wall_over_ideal": round(wall / ideal, 3), "goal": 1.10,
-            "gap_slot_s": round(gap, 1), "tail_slot_s": round(tail, 1),
+            **account.as_row(wall, t_start), "goal": 1.10,
             "epochs": epochs, "search_trials_with_checkpoints": kept_trials, "search_checkpoints": len(kept),
             "driver_cpu_s": round(usage.cpu_s, 1), "driver_cpu_ms_per_trial": round(1000 * usage.cpu_s / len(records), 1),
             "driver_cpu_ms_per_epoch": round(1000 * usage.cpu_s / epochs, 1),

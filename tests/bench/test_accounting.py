@@ -42,3 +42,23 @@ def test_slot_idle_never_counts_overlap_as_negative_idle_time():
     # the one it replaced ended: three trials "running" on two slots is no idle time, not less.
     gap, tail = slot_idle([(0, 10), (0, 5), (4.5, 10)], slots=2)
     assert (gap, tail) == (0.0, 0.0)
+
+
+def test_a_runs_wall_time_is_its_start_up_slots_and_shutdown():
+    """bench/scale.py's Schedule: wall = startup + (slept + held + gap + tail) / slots + shutdown.
+    2 slots, the command starts at 0 and ends at 8. A sleeps 1-3 and 4-6 (held 3-4 between its
+    reports), B sleeps 1-4; C waits from 4 to 5 while a slot is free (gap 1), sleeps 5-7; from 6 to 7
+    one slot is free with nothing left to start (tail 1); the driver ends 1 s after C."""
+    from types import SimpleNamespace
+
+    from bench.scale import schedule
+
+    def trial(*epochs):  # (sleep s, reported at)
+        return SimpleNamespace(history=[{"epoch_time_s": s, "reported_at": t} for s, t in epochs])
+
+    account = schedule([trial((2, 3), (2, 6)), trial((3, 4)), trial((2, 7)), trial()], t_start=0.0, concurrency=2)
+    assert (account.slept, account.startup, account.held, account.gap, account.tail) == (9, 1, 1, 1, 1)
+    assert account.ideal == 9 / 2 + 1
+    row = account.as_row(wall=8.0, t_start=0.0)
+    assert row["shutdown_s"] == 1.0 and row["wall_over_ideal"] == round(8 / 5.5, 3)
+    assert account.startup + (account.slept + account.held + account.gap + account.tail) / 2 + row["shutdown_s"] == 8
