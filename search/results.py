@@ -90,6 +90,10 @@ class TrialRecord:
                   self.reason, self.unreadable_lines)
         return dict(zip(self.columns(self.metric), values))
 
+    def first_reported_at(self) -> float:
+        """When the trial reported its first epoch (the trainables' `reported_at`), inf if never."""
+        return float(self.history[0].get("reported_at", math.inf)) if self.history else math.inf
+
     def score(self) -> float:
         """What a comparison scores this run by: its `metric` on the test images at the epoch
         validation chose, or, without test images, its best validation `metric` (optimistic: the
@@ -251,11 +255,13 @@ def collect(run_dir: Path, metric: str, max_epochs: int) -> list[TrialRecord]:
 def ranked(records: list[TrialRecord], arm: str | None = None) -> list[TrialRecord]:
     """The one definition of the best configurations: search-stage trials (of `arm`, or of every arm)
     that did not fail and reported a finite metric, best first. Trials that ran the full budget come
-    before trials ASHA stopped (an early score is not a final one), then higher `best`, then earlier
-    in the run. The confirmation stage, search.export and search.report all take their choice from here."""
+    before trials ASHA stopped (an early score is not a final one), then higher `best`, then the
+    trial that reported its first epoch earlier (then the trial id: folder names, and so `records`'
+    order, follow Ray's random trial ids, not the run's order). The confirmation stage, search.export
+    and search.report all take their choice from here."""
     ok = [r for r in records if r.stage == "search" and r.status != STATUS_FAILED and math.isfinite(r.best)
           and (arm is None or r.arm == arm)]
-    return sorted(ok, key=lambda r: rank_key(r.status, r.best))
+    return sorted(ok, key=lambda r: (*rank_key(r.status, r.best), r.first_reported_at(), r.trial_id))
 
 
 def rank_key(status: str, best: float) -> tuple:

@@ -158,6 +158,16 @@ def test_an_arm_s_tuned_configuration_is_chosen_on_validation_only():
     assert second.source.trial_id == "t1"
 
 
+def test_tied_trials_rank_in_the_order_they_started_not_by_folder_name():
+    """Folder names follow Ray's random trial ids: of two trials tied on status and metric, `ranked`
+    puts first the one that reported its first epoch earlier, wherever its folder sorts."""
+    late, early = _record("0aaa", ARM, 0, 0.5), _record("ffff", ARM, 0, 0.5)
+    late.history, early.history = [{"epoch": 1.0, "reported_at": 200.0}], [{"epoch": 1.0, "reported_at": 100.0}]
+    better = _record("zzzz", ARM, 0, 0.6)
+    assert [r.trial_id for r in R.ranked([late, early, better], ARM)] == ["zzzz", "ffff", "0aaa"]
+    assert [r.trial_id for r in R.ranked([early, late], ARM)] == ["ffff", "0aaa"]
+
+
 @pytest.mark.parametrize("module", ["report", "export", "watch"])
 def test_a_folder_without_run_json_is_refused_by_every_command_with_its_name(module, tmp_path, capsys):
     import importlib
