@@ -463,8 +463,8 @@ def make_strategy(rec: Recording, name: str, seed: int):
 
 
 @dataclass
-class Outcome:
-    """One repeat of one strategy."""
+class SimulatedRun:
+    """One repeat of one strategy on the simulated clock (not results.Outcome, a trial's status)."""
 
     strategy: str
     seed: int
@@ -478,14 +478,14 @@ class Outcome:
     unrecorded: str = ""   # the first epoch the strategy asked for that the recording lacks
 
 
-def simulate(rec: Recording, name: str, seed: int, workers: int, budget_s: float) -> Outcome:
+def simulate(rec: Recording, name: str, seed: int, workers: int, budget_s: float) -> SimulatedRun:
     """Run strategy `name` on a simulated clock until it has spent `budget_s` GPU-seconds or has
     nothing left to run. Workers take trials as Ray's slots do: a freed worker starts the next one."""
     strategy = make_strategy(rec, name, seed)
     arms = rec.arms()
     best = {arm: rec.best(arm) for arm in arms}
     picks = {arm: _Pick() for arm in arms}
-    out = Outcome(name, seed)
+    out = SimulatedRun(name, seed)
     out.final_regret = {arm: best[arm] for arm in arms}
     max_epochs, heap, seq, now, free = rec.space.max_epochs, [], 0, 0.0, workers
 
@@ -594,7 +594,7 @@ def _study(space: Space, arm: str) -> str:
 # Many repeats, summarised
 
 
-def _one(args) -> Outcome:
+def _one(args) -> SimulatedRun:
     rec, name, seed, workers, budget_s = args
     import optuna
 
@@ -603,8 +603,8 @@ def _one(args) -> Outcome:
 
 
 def replay(rec: Recording, strategies: list[str], repeats: int, workers: int, budget: float,
-           jobs: int = 1) -> dict[str, list[Outcome]]:
-    """{strategy: one Outcome per repeat}; repeat r uses seed r."""
+           jobs: int = 1) -> dict[str, list[SimulatedRun]]:
+    """{strategy: one SimulatedRun per repeat}; repeat r uses seed r."""
     for name in strategies:
         _parse_strategy(name, rec.space)  # refuse a bad name before anything runs
     budget_s = budget * rec.grid_cost()
@@ -614,13 +614,13 @@ def replay(rec: Recording, strategies: list[str], repeats: int, workers: int, bu
             outcomes = list(pool.map(_one, tasks, chunksize=max(1, len(tasks) // (4 * jobs))))
     else:
         outcomes = [_one(t) for t in tasks]
-    out: dict[str, list[Outcome]] = {name: [] for name in strategies}
+    out: dict[str, list[SimulatedRun]] = {name: [] for name in strategies}
     for o in outcomes:
         out[o.strategy].append(o)
     return out
 
 
-def within_tol_epochs(o: Outcome, arms: list[str], tol: float) -> int | None:
+def within_tol_epochs(o: SimulatedRun, arms: list[str], tol: float) -> int | None:
     """Epochs spent when every arm's pick first came within `tol` of the arm's recorded best
     (None: never, within the budget)."""
     regret = {arm: math.inf for arm in arms}
@@ -631,7 +631,7 @@ def within_tol_epochs(o: Outcome, arms: list[str], tol: float) -> int | None:
     return None
 
 
-def ranking_kept(rec: Recording, o: Outcome) -> bool:
+def ranking_kept(rec: Recording, o: SimulatedRun) -> bool:
     """Whether the arms' order by their picks equals their order by the recorded bests."""
     arms = rec.arms()
     by_pick = sorted(arms, key=lambda a: (-o.final_best.get(a, -math.inf), a))
@@ -639,7 +639,7 @@ def ranking_kept(rec: Recording, o: Outcome) -> bool:
     return by_pick == by_best
 
 
-def summarise(rec: Recording, results: dict[str, list[Outcome]], tol: float) -> list[dict]:
+def summarise(rec: Recording, results: dict[str, list[SimulatedRun]], tol: float) -> list[dict]:
     arms, grid = rec.arms(), rec.grid_epochs()
     rows = []
     for name, outs in results.items():
@@ -711,7 +711,7 @@ def _frac(x: float) -> str:
 # Output
 
 
-def fig_regret(rec: Recording, results: dict[str, list[Outcome]], path: Path) -> None:
+def fig_regret(rec: Recording, results: dict[str, list[SimulatedRun]], path: Path) -> None:
     """Best-so-far regret against GPU-hours: per arm (up to 8) and the mean over arms; median line,
     10-90% band over repeats."""
     import matplotlib
@@ -747,7 +747,7 @@ def fig_regret(rec: Recording, results: dict[str, list[Outcome]], path: Path) ->
     plt.close(fig)
 
 
-def _step(o: Outcome, arm: str, best: float, xs: np.ndarray) -> np.ndarray:
+def _step(o: SimulatedRun, arm: str, best: float, xs: np.ndarray) -> np.ndarray:
     """The arm's regret over `xs` (GPU-seconds): the arm's best before anything is seen."""
     ys = np.full(len(xs), best)
     for spent, _, a, r in o.trace:
@@ -756,7 +756,7 @@ def _step(o: Outcome, arm: str, best: float, xs: np.ndarray) -> np.ndarray:
     return ys
 
 
-def write_report(rec: Recording, results: dict[str, list[Outcome]], out: Path, tol: float, args_text: str,
+def write_report(rec: Recording, results: dict[str, list[SimulatedRun]], out: Path, tol: float, args_text: str,
                  elapsed_s: float, decisions: str) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     rows = summarise(rec, results, tol)
