@@ -76,6 +76,7 @@ class TrialRecord:
     history: list = field(repr=False, default_factory=list)
     test: dict = field(default_factory=dict)  # TEST_KEYS on the test images at `best_epoch` (none: empty)
     source_trial: str = ""     # confirmation runs: the search trial whose configuration they retrain
+    trial_number: int | None = None  # search trials: the Optuna trial's number in its study (the order asked)
 
     @staticmethod
     def columns(metric: str) -> tuple[str, ...]:
@@ -89,10 +90,6 @@ class TrialRecord:
                   self.best_epoch, self.last, *(self.test.get(k, "") for k in TEST_KEYS), self.source_trial,
                   self.reason, self.unreadable_lines)
         return dict(zip(self.columns(self.metric), values))
-
-    def first_reported_at(self) -> float:
-        """When the trial reported its first epoch (the trainables' `reported_at`), inf if never."""
-        return float(self.history[0].get("reported_at", math.inf)) if self.history else math.inf
 
     def score(self) -> float:
         """What a comparison scores this run by: its `metric` on the test images at the epoch
@@ -238,7 +235,7 @@ def read_trial(trial_dir: Path, metric: str, max_epochs: int, ray_status: str | 
                        reason=reason, unreadable_lines=unreadable, path=str(trial_dir), config=cfgd["cfg"],
                        params=cfgd.get("params", {}), history=hist,
                        test={k: at_best[f"test_{k}"] for k in TEST_KEYS if f"test_{k}" in at_best},
-                       source_trial=cfgd.get("source_trial", ""))
+                       source_trial=cfgd.get("source_trial", ""), trial_number=cfgd.get("trial_number"))
 
 
 def collect(run_dir: Path, metric: str, max_epochs: int) -> list[TrialRecord]:
@@ -256,12 +253,14 @@ def ranked(records: list[TrialRecord], arm: str | None = None) -> list[TrialReco
     """The one definition of the best configurations: search-stage trials (of `arm`, or of every arm)
     that did not fail and reported a finite metric, best first. Trials that ran the full budget come
     before trials ASHA stopped (an early score is not a final one), then higher `best`, then the
-    trial that reported its first epoch earlier (then the trial id: folder names, and so `records`'
-    order, follow Ray's random trial ids, not the run's order). The confirmation stage, search.export
-    and search.report all take their choice from here."""
+    trial its study asked for first (`trial_number`; a run from before the number was recorded: the
+    trial id). Not `records`' order: folder names follow Ray's random trial ids. The searcher ranks
+    the same way when it picks an arm's confirmation runs; search.export and search.report take
+    their choice from here."""
     ok = [r for r in records if r.stage == "search" and r.status != STATUS_FAILED and math.isfinite(r.best)
           and (arm is None or r.arm == arm)]
-    return sorted(ok, key=lambda r: (*rank_key(r.status, r.best), r.first_reported_at(), r.trial_id))
+    return sorted(ok, key=lambda r: (*rank_key(r.status, r.best),
+                                     math.inf if r.trial_number is None else r.trial_number, r.trial_id))
 
 
 def rank_key(status: str, best: float) -> tuple:

@@ -113,6 +113,7 @@ class _Ended:
     status: str
     best: float
     params: dict
+    trial_number: int | None = None  # results.ranked's tie-break: the order its study asked for it
     config: dict | None = None  # the whole TrainConfig, filled in for the runs a stage retrains
     stage: str = "search"
 
@@ -181,9 +182,8 @@ class ArmSearcher(Searcher):
         if name not in self._stage_runs:
             arms = [a for a in self.space.arms if name in (JOINT, a.name)]
             seeds = S.eval_seeds(self.space)
-            # results.collect's order (trial folders ARM_TRIALID, sorted) before `ranked`'s stable sort:
-            # ties are broken as search.export and search.report break them.
-            ended = [_Ended(tid, **e) for tid, e in sorted(self.ended.items(), key=lambda kv: (kv[1]["arm"], kv[0]))]
+            # `ranked` breaks ties by trial number and id, as search.export and search.report do.
+            ended = [_Ended(tid, **e) for tid, e in self.ended.items()]
             best = {}
             for arm in arms:
                 best[arm.name] = ranked(ended, arm.name)[:self.space.confirm_top_k]
@@ -241,7 +241,8 @@ class ArmSearcher(Searcher):
         self.started[name] += 1
         self.live[trial_id] = (name, compat.optuna_trial_id(trial))
         self._handles[trial_id] = trial
-        return {"arm": arm.name, "study": name, "stage": "search", "cfg": C.to_dict(cfg), "params": params}
+        return {"arm": arm.name, "study": name, "stage": "search", "trial_number": trial.number, "cfg": C.to_dict(cfg),
+                "params": params}
 
     def _trial(self, trial_id: str) -> optuna.Trial | None:
         if trial_id not in self.live:
@@ -291,7 +292,8 @@ class ArmSearcher(Searcher):
         if values and self.stages:
             params = _suggest(trial, self.space)  # the values the trial holds (nothing is sampled)
             arm = trial.params["arm"] if name == JOINT else name
-            self.ended[trial_id] = {"arm": arm, "status": end.status, "best": max(values), "params": params}
+            self.ended[trial_id] = {"arm": arm, "status": end.status, "best": max(values), "params": params,
+                                    "trial_number": trial.number}
         if end.status == STATUS_FINISHED:
             study.tell(trial, max(values) if values else float("nan"), skip_if_finished=True)
         else:  # stopped: ASHA ended it before the budget; an early score is not a final one
@@ -371,7 +373,8 @@ class ArmSearcher(Searcher):
             elif ray_id not in self.ended and ray_id not in self.live and statuses.get(ray_id) == "TERMINATED":
                 rec = read_trial(d, self.space.metric, self.space.max_epochs, "TERMINATED")
                 if rec is not None and rec.status != STATUS_FAILED and math.isfinite(rec.best):
-                    self.ended[ray_id] = {"arm": rec.arm, "status": rec.status, "best": rec.best, "params": rec.params}
+                    self.ended[ray_id] = {"arm": rec.arm, "status": rec.status, "best": rec.best, "params": rec.params,
+                                          "trial_number": rec.trial_number}
 
     def _stored_trials(self) -> dict[str, Path]:
         """{Ray trial id: folder} of the search trials in Ray's newest experiment state (none in memory)."""

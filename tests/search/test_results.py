@@ -158,14 +158,47 @@ def test_an_arm_s_tuned_configuration_is_chosen_on_validation_only():
     assert second.source.trial_id == "t1"
 
 
-def test_tied_trials_rank_in_the_order_they_started_not_by_folder_name():
+def test_tied_trials_rank_in_the_order_their_study_asked_for_them_not_by_folder_name():
     """Folder names follow Ray's random trial ids: of two trials tied on status and metric, `ranked`
-    puts first the one that reported its first epoch earlier, wherever its folder sorts."""
-    late, early = _record("0aaa", ARM, 0, 0.5), _record("ffff", ARM, 0, 0.5)
-    late.history, early.history = [{"epoch": 1.0, "reported_at": 200.0}], [{"epoch": 1.0, "reported_at": 100.0}]
-    better = _record("zzzz", ARM, 0, 0.6)
+    puts first the one its study asked for first (Optuna's trial number, in params.json), wherever
+    its folder sorts; a run from before the number was recorded falls back to the trial id."""
+    late, early, better = _record("0aaa", ARM, 0, 0.5), _record("ffff", ARM, 0, 0.5), _record("zzzz", ARM, 0, 0.6)
+    late.trial_number, early.trial_number, better.trial_number = 7, 2, 9
     assert [r.trial_id for r in R.ranked([late, early, better], ARM)] == ["zzzz", "ffff", "0aaa"]
     assert [r.trial_id for r in R.ranked([early, late], ARM)] == ["ffff", "0aaa"]
+    late.trial_number = early.trial_number = None
+    assert [r.trial_id for r in R.ranked([early, late], ARM)] == ["0aaa", "ffff"]
+
+
+def test_the_searcher_and_results_pick_the_same_of_tied_trials(tmp_path):
+    """The searcher picks an arm's confirmation run the moment its search ends, from what it kept of
+    the ended trials; results.ranked picks from the trial folders afterwards (search.export, the
+    report). Three trials with the same score, asked as c, a, b (folder order: a, b, c): both pick
+    c, the first asked."""
+    from search.searcher import ArmSearcher
+
+    space_file = tmp_path / "s.yaml"
+    space_file.write_text("arms: {backbone: [resnet18]}\nparams:\n  lr: {type: float, low: 0.001, high: 0.01}\n"
+                          "budget: {max_epochs: 2, grace_period: 1, reduction_factor: 2, trials_per_arm: 3}\n"
+                          "confirm: {top_k: 1, seeds: 1}\n")
+    space = load_space(space_file)
+    run_dir = tmp_path / "run"
+    searcher = ArmSearcher(space, run_dir / "optuna.journal", stages=space.eval_stages())
+    run_dir.mkdir()
+    for tid in ("c", "a", "b"):
+        config = searcher.suggest(tid)
+        d = run_dir / "trials" / f"{config['arm']}_{tid}"
+        d.mkdir(parents=True)
+        (d / "params.json").write_text(json.dumps(config))
+        (d / "result.json").write_text("".join(json.dumps({"trial_id": tid, "epoch": float(e), "map50": 0.5}) + "\n"
+                                               for e in (1, 2)))
+    for tid in ("c", "a", "b"):
+        searcher.on_trial_complete(tid, {"epoch": 2, "map50": 0.5})
+    confirm = searcher.suggest("confirm-1")
+    assert confirm["stage"] == "confirm" and confirm["source_trial"] == "c", confirm
+    records = R.collect(run_dir, "map50", 2)
+    assert [r.trial_id for r in records] == ["a", "b", "c"]  # folder order
+    assert R.ranked(records)[0].trial_id == "c"
 
 
 @pytest.mark.parametrize("module", ["report", "export", "watch"])
