@@ -178,7 +178,8 @@ def one_size(size: int, args, curves: Path) -> dict:
     by_stage = {s: sum(r.stage == s for r in records) for s in sorted({r.stage for r in records})}
     epochs = sum(len(r.history) for r in records)
     # search.checkpoints: what the search stage still holds at the end (each arm's best trial's).
-    kept = [d for d in (run_dir / "trials").glob("*/checkpoint_*") if d.is_dir()]
+    # Every stage's trials share one folder (search.stages): count the search trials' by their records.
+    kept = [d for r in records if r.stage == "search" for d in Path(r.path).glob("checkpoint_*") if d.is_dir()]
     kept_trials = len({d.parent for d in kept})
     return {"size": size, "confirm": [space.confirm_top_k, space.confirm_seeds], "trials": len(records),
             "by_stage": by_stage, "arms": len(space.arms),
