@@ -6,7 +6,11 @@ the full space's 38 arms the leaders stay on top. On a terminal too short for ev
 that fit are shown and one line sums up the rest. The arm rows count search trials; the runs after
 an arm's search (confirmation, baseline), which share its queue, get one line of their own, and
 their metric never enters `best` (the search's best is what a row ranks arms by). In a log (not a terminal) the whole table is
-appended at most every `LOG_EVERY_S` seconds, so a 1,000-trial search does not write a table per trial."""
+appended at most every `LOG_EVERY_S` seconds, so a 1,000-trial search does not write a table per trial.
+
+On --resume Ray restores the table as the run pickled it at its start (empty), and reports nothing
+of the trials that ended before the restart: the table takes those from Ray's restored trials at
+its first step, so its counts and bests cover the whole run."""
 from __future__ import annotations
 
 import math
@@ -17,6 +21,7 @@ from collections import defaultdict
 
 from ray.tune import Callback
 
+from search import compat
 from search.results import STATUS_RUNNING, outcome
 from search.stages import is_later_stage
 
@@ -37,6 +42,8 @@ class ArmTable(Callback):
     """
 
     max_rows: int | None = None  # also for a table pickled (with a run's tuner) before the field existed
+    _adopted: bool = False       # this driver process has counted the trials Ray restored (`_adopt`)
+    resumed: bool = False        # some trial had ended before this driver started: a resumed run
 
     def __init__(self, metric: str, arms: list[str], max_epochs: int, every_s: float = 5.0, stream=None,
                  max_rows: int | None = None):
@@ -84,6 +91,31 @@ class ArmTable(Callback):
         self._arm(trial)
         self._dirty = True
 
+    def on_step_begin(self, iteration, trials, **info):
+        if not self._adopted:
+            self._adopt(trials)
+
+    def _adopt(self, trials) -> None:
+        """Count the trials that had ended before this driver started (Ray restored them on
+        --resume and sends no event for them), with the best result Ray kept of each (its running
+        max per metric, saved in its experiment state). Once per driver process: the flag is
+        pickled with the run's tuner as False."""
+        self._adopted = True
+        for trial in trials:
+            if trial.trial_id in self.status or trial.status not in (trial.TERMINATED, trial.ERROR):
+                continue
+            last = trial.last_result or {}
+            self.status[trial.trial_id] = outcome(epochs=int(last.get("epoch", 0)), max_epochs=self.max_epochs,
+                                                  fail_reason=last.get("fail_reason"),
+                                                  errored=trial.status == trial.ERROR).status
+            arm = self._arm(trial)
+            best = compat.metric_max(trial, self.metric)
+            if trial.trial_id not in self.later and best is not None and math.isfinite(best) and best > self.best[arm]:
+                self.best[arm] = best
+            self.resumed = self._dirty = True
+        if self.resumed:
+            self.t0 = time.monotonic()  # the pickled start belongs to the first driver (maybe another machine)
+
     def on_step_end(self, iteration, trials, **info):
         self.print()
 
@@ -117,7 +149,7 @@ class ArmTable(Callback):
         if later:
             lines.append(f"confirmation/baseline runs: {later['running']} running, {later['finished']} finished, "
                          f"{later['failed']} failed")
-        lines.append(f"elapsed {time.monotonic() - self.t0:6.0f} s")
+        lines.append(f"elapsed {time.monotonic() - self.t0:6.0f} s" + (" since --resume" if self.resumed else ""))
         return lines
 
     def print(self, force: bool = False) -> None:
