@@ -155,12 +155,16 @@ def kill_between_snapshots(search: "SearchProcess", stage_dir: Path, quiet_s: fl
     folder over the stage folder, rewriting each file in place (not atomic): a kill inside that copy
     leaves empty or cut files (an empty state no resume can use, which search.run refuses naming the
     file; empty params.json and result.json files, seen with fast trials), which no resume can
-    repair. The tests here kill between two copies; the one inside a copy is a known loss."""
+    repair. The tests here kill between two copies; the one inside a copy is a known loss.
+    Checkpoint folders do not count: trials write those straight into `stage_dir` at every epoch (with
+    16 trials, one every few tens of milliseconds), and Ray registers a checkpoint only once it is
+    written whole, so a kill inside one loses nothing."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         states = sorted(Path(stage_dir).glob("experiment_state-*.json"))
         try:
-            newest = max((p.stat().st_mtime for p in Path(stage_dir).rglob("*") if p.is_file()), default=0.0)
+            newest = max((os.stat(os.path.join(folder, f)).st_mtime for folder, dirs, files in os.walk(stage_dir)
+                          if not os.path.basename(folder).startswith("checkpoint_") for f in files), default=0.0)
             if states and time.time() - newest >= quiet_s:
                 json.loads(states[-1].read_text())
                 break
