@@ -378,8 +378,9 @@ def _run(args, space: Space, loc: RunLocation, name: str, data_arg, splits) -> i
         ray.shutdown()
         remove_orphaned_work_dirs(wait_s=10)  # scratch folders of trials Ray's shutdown cut short
         try:
-            loc.pull()
-            records = collect(run_dir, space.metric, space.max_epochs)
+            if failed:  # otherwise `records` were collected after the last trial ended (2 s at 1,000 trials)
+                loc.pull()
+                records = collect(run_dir, space.metric, space.max_epochs)
             write_results(run_dir, records, space.metric)
             loc.push()
         except Exception as e:
