@@ -1,9 +1,13 @@
 """What a lone last trial would gain from the idle cores (issue 17, part 5): one demo configuration's
-epoch time with 1 and with 2 torch threads, in this process, one after the other.
+epoch time with 1 and with 2 torch threads, in this process, one after the other, and whether the
+thread count changes what the trial computes (same seed, same data: is each epoch's training loss
+and validation mAP50 bit for bit the same?).
 
     .venv/bin/python bench/lone_trial.py [--threads 1 2] [--arm 1] [--epochs 2]
 
-Prints one JSON line: {threads: [seconds per epoch]}.
+Prints one JSON line: each run's thread count, seconds, losses and mAP50s per epoch, `same_results`
+(all runs alike) and `same_results_at_equal_threads` (the control: `--threads 1 2 1` runs the first
+count twice).
 """
 from __future__ import annotations
 
@@ -37,13 +41,20 @@ def main(argv=None) -> int:
     arm = space.arms[args.arm]
     cfg = dataclasses.replace(space.trial_config(arm, {"lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4}),
                               epochs=args.epochs)
-    out = {"arm": arm.name}
+    runs = []
     for n in args.threads:
         torch.set_num_threads(n)
-        times: list[float] = []
+        epochs: list[dict] = []
         with tempfile.TemporaryDirectory() as d:
-            fit(cfg, train, val, d, on_epoch=lambda m, _: times.append(round(m["epoch_time_s"], 1)))
-        out[str(n)] = times
+            fit(cfg, train, val, d, on_epoch=lambda m, _: epochs.append(m))
+        runs.append({"threads": n, "epoch_time_s": [round(m["epoch_time_s"], 1) for m in epochs],
+                     "loss": [m["loss"] for m in epochs], "map50": [m["map50"] for m in epochs]})
+
+    def same(group) -> bool | None:  # None: fewer than two runs to compare
+        return len({json.dumps([r["loss"], r["map50"]]) for r in group}) == 1 if len(group) > 1 else None
+
+    out = {"arm": arm.name, "runs": runs, "same_results": same(runs),
+           "same_results_at_equal_threads": same([r for r in runs if r["threads"] == runs[0]["threads"]])}
     print(json.dumps(out))
     return 0
 
