@@ -27,8 +27,8 @@ from ray.tune.search import Searcher
 from detector import config as C
 from search import compat
 from search import stages as S
-from search.results import (STATUS_FAILED, STATUS_FINISHED, STATUS_RUNNING, counted_trials, outcome, ranked,
-                            ray_statuses, read_history, read_params, read_trial)
+from search.results import (STATUS_FAILED, STATUS_FINISHED, STATUS_RUNNING, STATUS_STOPPED, counted_trials, outcome,
+                            ranked, ray_statuses, read_history, read_params, read_trial)
 from search.space import Space
 from search.storage import relocated
 
@@ -289,16 +289,21 @@ class ArmSearcher(Searcher):
         self._report(trial, result)
         values = [v for v in compat.frozen_trial(study, compat.optuna_trial_id(trial)).intermediate_values.values()
                   if math.isfinite(v)]
-        if values and self.stages:
-            params = _suggest(trial, self.space)  # the values the trial holds (nothing is sampled)
-            arm = trial.params["arm"] if name == JOINT else name
-            self.ended[trial_id] = {"arm": arm, "status": end.status, "best": max(values), "params": params,
-                                    "trial_number": trial.number}
+        self._keep_end(trial_id, name, trial, end.status, values)
         if end.status == STATUS_FINISHED:
             study.tell(trial, max(values) if values else float("nan"), skip_if_finished=True)
         else:  # stopped: ASHA ended it before the budget; an early score is not a final one
             trial.set_user_attr("stopped_at_epoch", end.epochs)
             study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
+
+    def _keep_end(self, trial_id: str, name: str, trial: optuna.Trial, status: str, values: list[float]) -> None:
+        """Keep what `ranked` reads of an ended search trial (with later stages only), to pick its
+        arm's confirmation runs once the arm's search has ended."""
+        if values and self.stages:
+            params = _suggest(trial, self.space)  # the values the trial holds (nothing is sampled)
+            arm = trial.params["arm"] if name == JOINT else name
+            self.ended[trial_id] = {"arm": arm, "status": status, "best": max(values), "params": params,
+                                    "trial_number": trial.number}
 
     # --- Ray's experiment checkpoint: counts and live trials; the studies are in the journal ----
     def save(self, checkpoint_path: str) -> None:
@@ -335,7 +340,15 @@ class ArmSearcher(Searcher):
         # ended trial would raise UpdateFinishedTrialError).
         running = {name: {compat.optuna_trial_id(t): t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
                    for name, study in self.studies.items()}
-        self.live = {k: (name, otid) for k, (name, otid) in self.live.items() if otid in running.get(name, {})}
+        saved_live, self.live = self.live, {k: (name, otid) for k, (name, otid) in self.live.items()
+                                            if otid in running.get(name, {})}
+        if self.stages:
+            # Such a trial ended in this searcher's memory but not in its saved state, and Ray's
+            # state still holds it as running, so no one else records its end: without it, its
+            # arm's search would end with no trial to confirm (seen in the full-space kill test).
+            for ray_id, (name, otid) in saved_live.items():
+                if ray_id not in self.live and ray_id not in self.ended:
+                    self._keep_stored_end(ray_id, name, otid)
         known = self._stored_trials()  # Ray trial id -> its folder, for the trials Ray's state holds
         if self.stages:
             self._add_stored_ends(known)
@@ -361,6 +374,14 @@ class ArmSearcher(Searcher):
             if ray_id in known:
                 self._report_missing(compat.attach_trial(self.studies[name], otid),
                                      running[name][otid].intermediate_values, read_history(known[ray_id]))
+
+    def _keep_stored_end(self, ray_id: str, name: str, otid: int) -> None:
+        """`_keep_end` for a trial whose end is in the journal: finished = COMPLETE, stopped = PRUNED."""
+        frozen = compat.frozen_trial(self.studies[name], otid)
+        status = {TrialState.COMPLETE: STATUS_FINISHED, TrialState.PRUNED: STATUS_STOPPED}.get(frozen.state)
+        if status is not None:
+            values = [v for v in frozen.intermediate_values.values() if math.isfinite(v)]
+            self._keep_end(ray_id, name, compat.attach_trial(self.studies[name], otid), status, values)
 
     def _add_stored_ends(self, known: dict[str, Path]) -> None:
         """What Ray's state holds and this searcher's (possibly older) saved state lacks: later-stage

@@ -106,3 +106,31 @@ def test_a_failed_trial_missing_from_the_journal_is_added_as_failed(tmp_path):
     (t,) = ArmSearcher(space, journal).studies[STUDY].get_trials()
     assert t.state == TrialState.FAIL and t.user_attrs["ray_trial_id"] == "f"
     assert "NonFiniteLossError" in t.user_attrs["fail_reason"]
+
+
+def test_a_trial_that_ended_after_the_last_snapshot_still_gets_its_confirmation_run(tmp_path):
+    """The trial ends (the journal says COMPLETE) after Ray's last experiment checkpoint, and the
+    driver is killed: the searcher's saved state and Ray's both hold it as running. On resume the
+    searcher must still count it as its arm's ended trial, or the arm's search ends with nothing
+    to confirm (seen in the full-space kill test: one arm of 38 without its confirmation run)."""
+    p = tmp_path / "s.yaml"
+    p.write_text("arms: {backbone: [resnet18]}\nparams:\n  lr: {type: float, low: 0.001, high: 0.01}\n"
+                 "budget: {max_epochs: 2, grace_period: 1, reduction_factor: 2, trials_per_arm: 1}\n"
+                 "confirm: {top_k: 1, seeds: 1}\n")
+    space = load_space(p)
+    run_dir = tmp_path / "run"
+    (run_dir / "trials").mkdir(parents=True)
+    searcher = ArmSearcher(space, run_dir / "optuna.journal", stages=space.eval_stages())
+    blank = pickle.dumps(searcher)
+    config = searcher.suggest("a")
+    searcher.on_trial_result("a", {"epoch": 1, "map50": 0.3})
+    searcher.save(str(tmp_path / "searcher-state.json"))  # Ray's last experiment checkpoint
+    write_experiment_state(run_dir / "trials", {"a": "RUNNING"})
+    _store(run_dir, "a", config, [0.3, 0.4])
+    searcher.on_trial_complete("a", {"epoch": 2, "map50": 0.4})  # then the kill
+
+    resumed = pickle.loads(blank)
+    resumed.restore(str(tmp_path / "searcher-state.json"))
+    confirm = resumed.suggest("c")
+    assert isinstance(confirm, dict) and confirm["stage"] == "confirm" and confirm["source_trial"] == "a", confirm
+    assert resumed.suggest("d") is resumed.FINISHED
