@@ -130,6 +130,22 @@ def assert_only_each_arms_best_keeps_checkpoints(records, checkpoints_of=checkpo
     assert all(checkpoints_of(r) for r in records if r.stage == "confirm")
 
 
+def confirming_searcher(tmp_path: Path, trials_per_arm: int):
+    """(space, run folder, ArmSearcher) for one resnet18 arm of `trials_per_arm` 2-epoch trials and a
+    confirmation stage of one configuration x one seed; the run folder's `trials` exists."""
+    from search.searcher import ArmSearcher
+    from search.space import load_space
+
+    p = Path(tmp_path) / "s.yaml"
+    p.write_text("arms: {backbone: [resnet18]}\nparams:\n  lr: {type: float, low: 0.001, high: 0.01}\n"
+                 f"budget: {{max_epochs: 2, grace_period: 1, reduction_factor: 2, trials_per_arm: {trials_per_arm}}}\n"
+                 "confirm: {top_k: 1, seeds: 1}\n")
+    space = load_space(p)
+    run_dir = Path(tmp_path) / "run"
+    (run_dir / "trials").mkdir(parents=True)
+    return space, run_dir, ArmSearcher(space, run_dir / "optuna.journal", stages=space.eval_stages())
+
+
 def live_config(trial_dir: Path) -> dict | None:
     """A trial's params.json read while its search runs, or None when it cannot be read yet: Ray
     rewrites every file of its staging folder in place at each experiment snapshot, so a poll can

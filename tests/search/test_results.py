@@ -15,7 +15,7 @@ from search.progress import ArmTable
 from search.searcher import ArmSearcher
 from search.space import load_space
 
-from searchutil import write_experiment_state
+from searchutil import confirming_searcher, write_experiment_state
 
 ARM = "resnet18-v1-none-t5"
 
@@ -175,20 +175,11 @@ def test_the_searcher_and_results_pick_the_same_of_tied_trials(tmp_path):
     the ended trials; results.ranked picks from the trial folders afterwards (search.export, the
     report). Three trials with the same score, asked as c, a, b (folder order: a, b, c): both pick
     c, the first asked."""
-    from search.searcher import ArmSearcher
-
-    space_file = tmp_path / "s.yaml"
-    space_file.write_text("arms: {backbone: [resnet18]}\nparams:\n  lr: {type: float, low: 0.001, high: 0.01}\n"
-                          "budget: {max_epochs: 2, grace_period: 1, reduction_factor: 2, trials_per_arm: 3}\n"
-                          "confirm: {top_k: 1, seeds: 1}\n")
-    space = load_space(space_file)
-    run_dir = tmp_path / "run"
-    searcher = ArmSearcher(space, run_dir / "optuna.journal", stages=space.eval_stages())
-    run_dir.mkdir()
+    _, run_dir, searcher = confirming_searcher(tmp_path, trials_per_arm=3)
     for tid in ("c", "a", "b"):
         config = searcher.suggest(tid)
         d = run_dir / "trials" / f"{config['arm']}_{tid}"
-        d.mkdir(parents=True)
+        d.mkdir()
         (d / "params.json").write_text(json.dumps(config))
         (d / "result.json").write_text("".join(json.dumps({"trial_id": tid, "epoch": float(e), "map50": 0.5}) + "\n"
                                                for e in (1, 2)))

@@ -12,7 +12,7 @@ from search.results import collect
 from search.searcher import ArmSearcher, reconcile_studies
 from search.space import load_space
 
-from searchutil import write_experiment_state
+from searchutil import confirming_searcher, write_experiment_state
 
 STUDY = "resnet18-v1-none-t5"
 
@@ -113,14 +113,7 @@ def test_a_trial_that_ended_after_the_last_snapshot_still_gets_its_confirmation_
     driver is killed: the searcher's saved state and Ray's both hold it as running. On resume the
     searcher must still count it as its arm's ended trial, or the arm's search ends with nothing
     to confirm (seen in the full-space kill test: one arm of 38 without its confirmation run)."""
-    p = tmp_path / "s.yaml"
-    p.write_text("arms: {backbone: [resnet18]}\nparams:\n  lr: {type: float, low: 0.001, high: 0.01}\n"
-                 "budget: {max_epochs: 2, grace_period: 1, reduction_factor: 2, trials_per_arm: 1}\n"
-                 "confirm: {top_k: 1, seeds: 1}\n")
-    space = load_space(p)
-    run_dir = tmp_path / "run"
-    (run_dir / "trials").mkdir(parents=True)
-    searcher = ArmSearcher(space, run_dir / "optuna.journal", stages=space.eval_stages())
+    _, run_dir, searcher = confirming_searcher(tmp_path, trials_per_arm=1)
     blank = pickle.dumps(searcher)
     config = searcher.suggest("a")
     searcher.on_trial_result("a", {"epoch": 1, "map50": 0.3})
