@@ -122,11 +122,15 @@ class Schedule:
     timestamps. ideal = slept / concurrency + startup."""
     slept: float
     startup: float
-    ideal: float
+    concurrency: int
     held: float
     gap: float
     tail: float
     last_end: float
+
+    @property
+    def ideal(self) -> float:
+        return self.slept / self.concurrency + self.startup
 
     def as_row(self, wall: float, t_start: float) -> dict:
         return {"slept_s": round(self.slept, 1), "startup_s": round(self.startup, 1), "ideal_s": round(self.ideal, 1),
@@ -150,7 +154,7 @@ def schedule(records, t_start: float, concurrency: int) -> Schedule:
     startup = first_epoch - t_start
     gap, tail = slot_idle(intervals, concurrency)
     held = sum(e - s for s, e in intervals) - slept
-    return Schedule(slept, startup, slept / concurrency + startup, held, gap, tail, max(e for _, e in intervals))
+    return Schedule(slept, startup, concurrency, held, gap, tail, max(e for _, e in intervals))
 
 
 def one_size(size: int, args, curves: Path) -> dict:

@@ -78,18 +78,18 @@ class ArmTable(Callback):
                 self.best[arm], self._dirty = v, True
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        last = trial.last_result or {}
-        self.status[trial.trial_id] = outcome(epochs=int(last.get("epoch", 0)), max_epochs=self.max_epochs,
-                                              fail_reason=last.get("fail_reason")).status
-        self._arm(trial)
-        self._dirty = True
+        self._ended(trial, errored=False)
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        self._ended(trial, errored=True)
+
+    def _ended(self, trial, errored: bool) -> str:
+        """Record a trial's end (results.outcome of its last result); returns its arm."""
         last = trial.last_result or {}
         self.status[trial.trial_id] = outcome(epochs=int(last.get("epoch", 0)), max_epochs=self.max_epochs,
-                                              errored=True).status
-        self._arm(trial)
+                                              fail_reason=last.get("fail_reason"), errored=errored).status
         self._dirty = True
+        return self._arm(trial)
 
     def on_step_begin(self, iteration, trials, **info):
         if not self._adopted:
@@ -104,15 +104,11 @@ class ArmTable(Callback):
         for trial in trials:
             if trial.trial_id in self.status or trial.status not in (trial.TERMINATED, trial.ERROR):
                 continue
-            last = trial.last_result or {}
-            self.status[trial.trial_id] = outcome(epochs=int(last.get("epoch", 0)), max_epochs=self.max_epochs,
-                                                  fail_reason=last.get("fail_reason"),
-                                                  errored=trial.status == trial.ERROR).status
-            arm = self._arm(trial)
+            arm = self._ended(trial, errored=trial.status == trial.ERROR)
             best = compat.metric_max(trial, self.metric)
             if trial.trial_id not in self.later and best is not None and math.isfinite(best) and best > self.best[arm]:
                 self.best[arm] = best
-            self.resumed = self._dirty = True
+            self.resumed = True
         if self.resumed:
             self.t0 = time.monotonic()  # the pickled start belongs to the first driver (maybe another machine)
 

@@ -342,15 +342,14 @@ class ArmSearcher(Searcher):
                    for name, study in self.studies.items()}
         saved_live, self.live = self.live, {k: (name, otid) for k, (name, otid) in self.live.items()
                                             if otid in running.get(name, {})}
+        known = self._stored_trials()  # Ray trial id -> its folder, for the trials Ray's state holds
         if self.stages:
-            # Such a trial ended in this searcher's memory but not in its saved state, and Ray's
-            # state still holds it as running, so no one else records its end: without it, its
-            # arm's search would end with no trial to confirm (seen in the full-space kill test).
+            # A trial dropped just above ended in this searcher's memory but not in its saved state,
+            # and Ray's state still holds it as running, so no one else records its end: without it,
+            # its arm's search would end with no trial to confirm (seen in the full-space kill test).
             for ray_id, (name, otid) in saved_live.items():
                 if ray_id not in self.live and ray_id not in self.ended:
                     self._keep_stored_end(ray_id, name, otid)
-        known = self._stored_trials()  # Ray trial id -> its folder, for the trials Ray's state holds
-        if self.stages:
             self._add_stored_ends(known)
         owned = set(self.live.values())
         for name, trials in running.items():
