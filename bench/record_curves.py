@@ -12,6 +12,13 @@ held 19 GB, and the first recording filled this machine's disk at its 48th trial
 checkpoints are removed once the curves are saved. A trial that did not run every epoch (a crash)
 is left out of curves.json and named in the JSON line (`dropped`); `--save-only` saves the curves
 of a run folder that is already there.
+
+`--complete` fills such a gap afterwards without a new search: the space's sampler is seeded (per
+arm, search.searcher.open_studies), so asking each arm's study `trials_per_arm` times again gives
+the configurations the recording run was given, in order. Those without a curve in curves.json are
+trained here, one at a time, with search.run's data split, `detector.engine.fit` (the trainable's
+engine) and one torch thread (a one-CPU Ray trial's), and their curves are appended (trial id
+`completed-<arm>-<n>`, n the proposal's position) with the command in the file's `command`.
 """
 from __future__ import annotations
 
@@ -19,13 +26,16 @@ import argparse
 import json
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from search import replay, run  # noqa: E402
+from detector.data import load_splits  # noqa: E402
+from search import replay, run, searcher  # noqa: E402
+from search.space import Arm  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -34,7 +44,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "bench" / "curves"))
     ap.add_argument("--space", default=str(ROOT / "bench" / "curves" / "space.yaml"))
     ap.add_argument("--save-only", action="store_true", help="save the curves of the run folder already there")
+    ap.add_argument("--complete", action="store_true",
+                    help="train the configurations the recording run was given but has no curve of, and add them")
     args = ap.parse_args(argv)
+    if args.complete:
+        return complete(Path(args.out), argv)
     run_dir = Path(args.storage) / "curves"
     wall = None
     if not args.save_only:
@@ -57,6 +71,48 @@ def main(argv=None) -> int:
                       "epochs": sum(len(c.values) for c in rec.curves), "short": len(rec.short()),
                       "gpu_hours": round(rec.grid_cost() / 3600, 3), "best": {a: rec.best(a) for a in rec.arms()},
                       "out": str(out), "bytes": out.stat().st_size}))
+    return 0
+
+
+def missing_proposals(rec: replay.Recording) -> list[tuple[int, Arm, dict]]:
+    """(position, arm, params) of each configuration the space's seeded sampler proposes, arm by
+    arm, for which the recording holds no curve."""
+    studies = searcher.open_studies(rec.space, None)  # in memory, seeded as the recording run's were
+    missing = []
+    for arm in rec.space.arms:
+        held = [c.params for c in rec.of(arm.name)]
+        for n in range(rec.space.trials_per_arm):
+            params = searcher._suggest(studies[arm.name].ask(), rec.space)
+            if params not in held:
+                missing.append((n, arm, params))
+    return missing
+
+
+def complete(folder: Path, argv) -> int:
+    import torch
+
+    from detector.engine import fit
+
+    rec = replay.load_recording(folder)
+    todo = missing_proposals(rec)
+    split = rec.space.split()
+    splits = load_splits(rec.space.data, val_data=rec.space.val_data, images=rec.space.images,
+                         val_fraction=split.val_fraction, test_fraction=split.test_fraction, seed=split.split_seed)
+    torch.set_num_threads(1)
+    added, t0 = [], time.perf_counter()
+    for n, arm, params in todo:
+        rows = []
+        with tempfile.TemporaryDirectory(prefix="smallobj-complete-") as work:
+            fit(rec.space.trial_config(arm, params), splits.train, splits.val, work,
+                on_epoch=lambda m, _: rows.append({**m, "reported_at": time.time()}))
+        added.append(replay.curve_of(f"completed-{arm.name}-{n}", arm.name, params, "finished", rows,
+                                     rec.space.metric))
+    before = json.loads((folder / replay.CURVES).read_text()).get("command", "")
+    command = f"{before} && python bench/record_curves.py" + "".join(f" {a}" for a in (argv or sys.argv[1:]))
+    out = replay.Recording(rec.space, rec.curves + added, rec.source).save(folder, command=command)
+    print(json.dumps({"wall_s": round(time.perf_counter() - t0, 1), "added": [c.trial_id for c in added],
+                      "params": [c.params for c in added], "best": [c.best() for c in added],
+                      "trials": len(rec.curves) + len(added), "out": str(out)}))
     return 0
 
 

@@ -194,6 +194,15 @@ def synthetic_recording(space_file: str | Path, folder: str | Path, per_arm: int
     return folder
 
 
+def curve_of(trial_id: str, arm: str, params: dict, status: str, rows: list[dict], metric: str) -> Curve:
+    """A trial's curve from its per-epoch results (epochs 1..n, in order): the metric, the epoch's
+    cost as the replay's clock counts it (training plus validation) and when it was reported."""
+    return Curve(trial_id=trial_id, arm=arm, params=params, status=status,
+                 values=tuple(float(r.get(metric, math.nan)) for r in rows),
+                 costs=tuple(float(r.get("epoch_time_s", 0.0)) + float(r.get("eval_time_s", 0.0)) for r in rows),
+                 reported_at=tuple(float(r.get("reported_at", r.get("timestamp", 0.0))) for r in rows))
+
+
 def _from_run(run_dir: Path) -> Recording:
     try:
         space = load_space(run_dir / "space.yaml")
@@ -211,12 +220,8 @@ def _from_run(run_dir: Path) -> Recording:
         epochs = sorted(by_epoch)
         if epochs != list(range(1, len(epochs) + 1)):
             raise ReplayError(f"{rec.path}: epochs {epochs} are not 1..n; the trial's result.json is incomplete")
-        rows = [by_epoch[e] for e in epochs]
-        curves.append(Curve(trial_id=rec.trial_id, arm=rec.arm, params=dict(rec.params), status=rec.status,
-                            values=tuple(float(r.get(space.metric, math.nan)) for r in rows),
-                            costs=tuple(float(r.get("epoch_time_s", 0.0)) + float(r.get("eval_time_s", 0.0))
-                                        for r in rows),
-                            reported_at=tuple(float(r.get("reported_at", r.get("timestamp", 0.0))) for r in rows)))
+        curves.append(curve_of(rec.trial_id, rec.arm, dict(rec.params), rec.status, [by_epoch[e] for e in epochs],
+                               space.metric))
     rec = Recording(space, curves, source=str(run_dir))
     _check(rec, run_dir)
     return rec
