@@ -119,7 +119,9 @@ class Schedule:
     block in `report` until the driver asks for the next result), or free (`gap` while trials were
     still to start, `tail` after the last one had started: bench/search_overhead.slot_idle). So
     wall = startup + (slept + held + gap + tail) / concurrency + shutdown, to Ray's whole-second
-    timestamps. ideal = slept / concurrency + startup."""
+    timestamps. ideal = slept / concurrency + startup. `in_report`: the part of `held` spent inside
+    `tune.report` (the trainable's `report_s`: Ray persisting the checkpoint, and the wait for the
+    driver); the rest of `held` is the trainable's own (writing its checkpoint, computing a result)."""
     slept: float
     startup: float
     concurrency: int
@@ -127,6 +129,7 @@ class Schedule:
     gap: float
     tail: float
     last_end: float
+    in_report: float = 0.0
 
     @property
     def ideal(self) -> float:
@@ -135,6 +138,7 @@ class Schedule:
     def as_row(self, wall: float, t_start: float) -> dict:
         return {"slept_s": round(self.slept, 1), "startup_s": round(self.startup, 1), "ideal_s": round(self.ideal, 1),
                 "wall_over_ideal": round(wall / self.ideal, 3), "held_slot_s": round(self.held, 1),
+                "held_in_report_slot_s": round(self.in_report, 1),
                 "gap_slot_s": round(self.gap, 1), "tail_slot_s": round(self.tail, 1),
                 "shutdown_s": round(t_start + wall - self.last_end, 1)}
 
@@ -142,19 +146,20 @@ class Schedule:
 def schedule(records, t_start: float, concurrency: int) -> Schedule:
     """The `Schedule` of a finished replayed run's records; `t_start` is the command's start. A trial
     runs from its first epoch's start (first report time - that epoch's sleep) to its last report."""
-    slept, intervals, first_epoch = 0.0, [], math.inf
+    slept, in_report, intervals, first_epoch = 0.0, 0.0, [], math.inf
     for r in records:
         times = [h["epoch_time_s"] for h in r.history]
         if not times:
             continue
         slept += sum(times)
+        in_report += sum(h.get("report_s", 0.0) for h in r.history)
         start = r.history[0]["reported_at"] - times[0]
         intervals.append((start, r.history[-1]["reported_at"]))
         first_epoch = min(first_epoch, start)
     startup = first_epoch - t_start
     gap, tail = slot_idle(intervals, concurrency)
     held = sum(e - s for s, e in intervals) - slept
-    return Schedule(slept, startup, concurrency, held, gap, tail, max(e for _, e in intervals))
+    return Schedule(slept, startup, concurrency, held, gap, tail, max(e for _, e in intervals), in_report)
 
 
 def one_size(size: int, args, curves: Path) -> dict:

@@ -45,10 +45,28 @@ PRUNE_EVERY_S = float(os.environ.get("SEARCH_PRUNE_EVERY_S", "60"))
 CHECKPOINT_PREFIX = "checkpoint_"
 
 
-def checkpoint_config(metric: str, keep: int | None) -> tune.CheckpointConfig:
-    """Ray keeps a trial's `keep` best checkpoints by `metric` and its latest (None: all of them,
-    for `PruneEndedCheckpoints` to delete)."""
-    return tune.CheckpointConfig(num_to_keep=keep, checkpoint_score_attribute=metric, checkpoint_score_order="max")
+def checkpoint_config() -> tune.CheckpointConfig:
+    """Ray keeps every checkpoint, for `PruneEndedCheckpoints` to delete, in the order they came.
+
+    No `checkpoint_score_attribute`: Ray would use it only to choose what `num_to_keep` deletes, and
+    with it Ray's checkpoint manager keeps each trial's list sorted by scanning it at every new
+    checkpoint, flattening each earlier result's metrics again (ray/train/_internal/
+    checkpoint_manager.py, "TODO: optimize this with sortedlist"): O(epochs^2) per trial, 29% of
+    the driver's busy time in bench/scale.py at 100 trials of 60 epochs (bench/RESULTS.md)."""
+    return tune.CheckpointConfig(num_to_keep=None)
+
+
+def lean_checkpoint_records() -> None:
+    """Ray's checkpoint manager keeps no metrics with each checkpoint (Ray's own switch,
+    `TUNE_ONLY_STORE_CHECKPOINT_SCORE_ATTRIBUTE`, added against its memory growth: ray-project/ray#54642).
+
+    Ray keeps a record of every checkpoint a trial reported, deleted ones included, with that
+    result's whole metrics dict, and writes all of them, cloudpickled, into every experiment
+    snapshot: 213 kB of the 226 kB saved per 60-epoch trial, and a 32 MB snapshot at 152 trials
+    (bench/scale.py), so each snapshot cost grew with every epoch reported. Nothing here reads those
+    metrics (results come from each trial's result.json; search.checkpoints reads only the
+    checkpoint numbers). Call before the Tuner starts, in the driver."""
+    os.environ["TUNE_ONLY_STORE_CHECKPOINT_SCORE_ATTRIBUTE"] = "1"
 
 
 class _Trial:

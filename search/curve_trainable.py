@@ -61,11 +61,12 @@ def replay_trial(config: dict, data: tuple = (), curves_dir: str = "", time_scal
     if restored is not None:
         with restored.as_directory() as d:
             state = json.loads((Path(d) / CKPT_NAME).read_text())
+    report_s = 0.0  # how long the previous epoch's `tune.report` took (bench/scale.py's `held` split)
     for epoch in range(state["epoch"] + 1, epochs + 1):
         i = min(epoch, len(curve.values)) - 1  # a curve shorter than the budget holds its last value
         time.sleep(curve.costs[i] * time_scale)
         m = {"epoch": float(epoch), metric: _value(curve.values[i], seed, epoch, curve.trial_id),
-             "epoch_time_s": curve.costs[i] * time_scale, "replayed_from": curve.trial_id}
+             "epoch_time_s": curve.costs[i] * time_scale, "replayed_from": curve.trial_id, "report_s": report_s}
         if m[metric] > state["best"]:
             state["best"] = m[metric]
             if has_test:
@@ -73,4 +74,6 @@ def replay_trial(config: dict, data: tuple = (), curves_dir: str = "", time_scal
         state["epoch"] = epoch
         with tempfile.TemporaryDirectory(prefix="smallobj-replay-ckpt-") as d:
             (Path(d) / CKPT_NAME).write_text(json.dumps(state))
-            tune.report({**m, "reported_at": time.time()}, checkpoint=tune.Checkpoint.from_directory(d))
+            reported_at = time.time()
+            tune.report({**m, "reported_at": reported_at}, checkpoint=tune.Checkpoint.from_directory(d))
+            report_s = time.time() - reported_at

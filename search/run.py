@@ -143,11 +143,12 @@ def run_search(space: Space, loc: RunLocation, data, resume: bool, stream=None, 
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
-    from search.checkpoints import PruneEndedCheckpoints, checkpoint_config
+    from search.checkpoints import PruneEndedCheckpoints, checkpoint_config, lean_checkpoint_records
     from search.progress import ArmTable
     from search.scheduler import PerArmASHA
     from search.searcher import ArmSearcher
 
+    lean_checkpoint_records()
     trainable = _trainable(space, data, replay)
     table = ArmTable(space.metric, [a.name for a in space.arms], space.max_epochs, stream=stream)
     run_dir = loc.local
@@ -176,7 +177,7 @@ def run_search(space: Space, loc: RunLocation, data, resume: bool, stream=None, 
                 name="trials", storage_path=loc.ray_storage, verbose=0,
                 callbacks=[table, PruneEndedCheckpoints(space.metric, space.max_epochs),
                            *_tracker_callbacks(trackers, loc)],
-                checkpoint_config=checkpoint_config(space.metric, None),  # search.checkpoints prunes
+                checkpoint_config=checkpoint_config(),  # search.checkpoints prunes
                 failure_config=tune.FailureConfig(max_failures=2)),
         )
     tuner.fit()

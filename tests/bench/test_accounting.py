@@ -48,16 +48,20 @@ def test_a_runs_wall_time_is_its_start_up_slots_and_shutdown():
     """bench/scale.py's Schedule: wall = startup + (slept + held + gap + tail) / slots + shutdown.
     2 slots, the command starts at 0 and ends at 8. A sleeps 1-3 and 4-6 (held 3-4 between its
     reports), B sleeps 1-4; C waits from 4 to 5 while a slot is free (gap 1), sleeps 5-7; from 6 to 7
-    one slot is free with nothing left to start (tail 1); the driver ends 1 s after C."""
+    one slot is free with nothing left to start (tail 1); the driver ends 1 s after C. A's first
+    report took 0.5 s of its held second (its second result says so: `report_s`)."""
     from types import SimpleNamespace
 
     from bench.scale import schedule
 
-    def trial(*epochs):  # (sleep s, reported at)
-        return SimpleNamespace(history=[{"epoch_time_s": s, "reported_at": t} for s, t in epochs])
+    def trial(*epochs):  # (sleep s, reported at[, the previous report's s])
+        return SimpleNamespace(history=[{"epoch_time_s": s, "reported_at": t, "report_s": r}
+                                        for s, t, r in (e + (0.0,) * (3 - len(e)) for e in epochs)])
 
-    account = schedule([trial((2, 3), (2, 6)), trial((3, 4)), trial((2, 7)), trial()], t_start=0.0, concurrency=2)
+    account = schedule([trial((2, 3), (2, 6, 0.5)), trial((3, 4)), trial((2, 7)), trial()], t_start=0.0,
+                       concurrency=2)
     assert (account.slept, account.startup, account.held, account.gap, account.tail) == (9, 1, 1, 1, 1)
+    assert account.in_report == 0.5
     assert account.ideal == 9 / 2 + 1
     row = account.as_row(wall=8.0, t_start=0.0)
     assert row["shutdown_s"] == 1.0 and row["wall_over_ideal"] == round(8 / 5.5, 3)
