@@ -95,6 +95,9 @@ def complete(folder: Path, argv) -> int:
 
     rec = replay.load_recording(folder)
     todo = missing_proposals(rec)
+    if not todo:
+        print(json.dumps({"added": [], "trials": len(rec.curves), "out": str(folder / replay.CURVES)}))
+        return 0
     split = rec.space.split()
     splits = load_splits(rec.space.data, val_data=rec.space.val_data, images=rec.space.images,
                          val_fraction=split.val_fraction, test_fraction=split.test_fraction, seed=split.split_seed)
