@@ -33,7 +33,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from detector.data import load_splits  # noqa: E402
 from search import replay, run, searcher  # noqa: E402
 from search.space import Arm  # noqa: E402
 
@@ -98,9 +97,7 @@ def complete(folder: Path, argv) -> int:
     if not todo:
         print(json.dumps({"added": [], "trials": len(rec.curves), "out": str(folder / replay.CURVES)}))
         return 0
-    split = rec.space.split()
-    splits = load_splits(rec.space.data, val_data=rec.space.val_data, images=rec.space.images,
-                         val_fraction=split.val_fraction, test_fraction=split.test_fraction, seed=split.split_seed)
+    splits = rec.space.load_splits()
     torch.set_num_threads(1)
     added, t0 = [], time.perf_counter()
     for n, arm, params in todo:

@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 
 from detector import config as C
-from detector.data import DataError, load_splits
+from detector.data import DataError
 from search.space import Space, SpaceError, dry_run_text, load_space
 from search.storage import JOURNAL, RunLocation, resuming_in
 
@@ -290,11 +290,8 @@ def main(argv=None) -> int:
                       file=sys.stderr)
                 return 2
     data_arg = args.data or space.data
-    split = space.split()
     try:  # before the run folder exists: bad data leaves nothing behind
-        splits = load_splits(data_arg, val_data=args.val_data or space.val_data,
-                             test_data=args.test_data or space.test_data, images=args.images or space.images,
-                             val_fraction=split.val_fraction, test_fraction=split.test_fraction, seed=split.split_seed)
+        splits = space.load_splits(data_arg, val_data=args.val_data, test_data=args.test_data, images=args.images)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

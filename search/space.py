@@ -113,6 +113,17 @@ class Space:
         """The split fields of the run (`fixed` or the defaults), as a configuration."""
         return C.from_dict({k: self.fixed[k] for k in SPLIT_FIELDS if k in self.fixed}, source=f"{self.path}: fixed")
 
+    def load_splits(self, data: str | None = None, val_data: str | None = None, test_data: str | None = None,
+                    images: str | None = None):
+        """The train, validation and test images of a run of this space (detector.data.load_splits with
+        the space's data and split fields; an argument given overrides the space's). Raises DataError."""
+        from detector.data import load_splits  # imports torch: not at import time (search.curve_trainable)
+
+        split = self.split()
+        return load_splits(data or self.data, val_data=val_data or self.val_data, test_data=test_data or self.test_data,
+                           images=images or self.images, val_fraction=split.val_fraction,
+                           test_fraction=split.test_fraction, seed=split.split_seed)
+
     def baseline_config(self, arm: Arm, seed: int) -> C.TrainConfig:
         """The shared-hyperparameter configuration of one arm: `fixed`, the arm, the baseline's values,
         the full budget and `seed` (raises ConfigError on impossible values)."""
