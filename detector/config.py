@@ -22,6 +22,8 @@ VERSIONS = ("v1", "v2")
 WEIGHT_SOURCES = ("none", "imagenet", "coco")  # or a path to a checkpoint of this project
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
+STEM_INITS = ("sum", "mean")
+AMP_MODES = ("off", "bf16", "fp16")  # detector/precision.py maps them to autocast dtypes
 # Anchor presets, one size per FPN level (P2..P6). "default" is torchvision's; "small" suits
 # objects of 4-24 px at scale 1; "auto" derives the sizes from the dataset's box sizes.
 ANCHOR_PRESETS = {
@@ -42,6 +44,7 @@ class TrainConfig:
     weights: str = "none"
     trainable_layers: Union[int, str] = 5
     in_channels: int = 1
+    stem_init: str = "sum"
     num_classes: Union[int, None] = None
     anchor_sizes: Union[str, tuple] = "default"
     aspect_ratios: tuple = (0.5, 1.0, 2.0)
@@ -81,7 +84,7 @@ class TrainConfig:
     batch_size: int = 4
     epochs: int = 20
     clip_grad_norm: Union[float, None] = 10.0
-    amp: bool = True
+    amp: str = "off"
     channels_last: bool = False
     seed: int = 0
     metric: str = "map50"
@@ -103,6 +106,7 @@ FIELD_DOCS = {
     "weights": "none | imagenet (backbone) | coco (whole detector; resnet50 only) | path to a checkpoint of this project",
     "trainable_layers": "0-5 trainable ResNet stages counted from the top (torchvision's meaning), or 'stem' (only the first conv)",
     "in_channels": "1 (greyscale, the default) or 3",
+    "stem_init": "how a 1-channel first conv is made from pretrained RGB weights: sum (the kernels' sum over R, G, B: a grey image gives the pretrained activation; timm's choice) or mean (the study's: a third of it)",
     "num_classes": "object classes without background; null = taken from the dataset",
     "anchor_sizes": "one anchor size per FPN level (5 ints, px), or a preset: default (32..512), small (8..128), auto (from the data)",
     "aspect_ratios": "anchor aspect ratios (height/width), shared by all levels",
@@ -140,7 +144,7 @@ FIELD_DOCS = {
     "batch_size": "images per training step",
     "epochs": "training epochs",
     "clip_grad_norm": "gradient-norm clipping threshold (null = off)",
-    "amp": "mixed precision on CUDA (bf16 where supported, else fp16 with a gradient scaler); ignored on the CPU",
+    "amp": "mixed precision: off (float32), bf16 (bfloat16 autocast, on CUDA and on the CPU) or fp16 (float16 autocast with a gradient scaler); boxes stay float32 in every mode. true/false of older files read as bf16/off",
     "channels_last": "channels-last memory format for the model and images",
     "seed": "seed of shuffling, augmentation and initialisation (the split has its own: split_seed)",
     "metric": f"validation metric that chooses the best epoch (model.pt) and drives patience, maximised: one of {', '.join(METRICS)}",
@@ -184,6 +188,7 @@ def _validate(c: TrainConfig) -> None:
         _rule(c.trainable_layers == 5, "trainable_layers", c.trainable_layers,
               "freezing means nothing without pretrained weights: must be 5 when weights is 'none'")
     _rule(c.in_channels in (1, 3) and _is_int(c.in_channels), "in_channels", c.in_channels, "must be 1 or 3")
+    _rule(c.stem_init in STEM_INITS, "stem_init", c.stem_init, f"must be one of {list(STEM_INITS)}")
     _rule(c.num_classes is None or (_is_int(c.num_classes) and c.num_classes >= 1), "num_classes",
           c.num_classes, "must be null or an integer >= 1")
     if isinstance(c.anchor_sizes, str):
@@ -205,7 +210,8 @@ def _validate(c: TrainConfig) -> None:
     for name in ("box_score_thresh", "box_nms_thresh", "warmup_factor"):
         v = getattr(c, name)
         _rule(_is_num(v) and 0.0 <= v <= 1.0, name, v, "must be a number in [0, 1]")
-    for name in ("hflip", "vflip", "rot90", "nesterov", "amp", "channels_last"):
+    _rule(c.amp in AMP_MODES, "amp", c.amp, f"must be one of {list(AMP_MODES)}")
+    for name in ("hflip", "vflip", "rot90", "nesterov", "channels_last"):
         v = getattr(c, name)
         _rule(isinstance(v, bool), name, v, "must be true or false")
     _rule(c.crop_size is None or (_is_int(c.crop_size) and c.crop_size >= 16), "crop_size", c.crop_size,
@@ -274,6 +280,8 @@ def from_dict(data: dict, source: str = "config") -> TrainConfig:
         if k in ("lr", "weight_decay", "momentum", "gamma", "warmup_epochs", "warmup_factor", "box_score_thresh",
                  "box_nms_thresh", "val_fraction", "test_fraction", "clip_grad_norm") and _is_int(v):
             v = float(v)  # YAML `lr: 1` is an int; the field is a float
+        if k == "amp" and isinstance(v, bool):
+            v = "bf16" if v else "off"  # the boolean of earlier versions (YAML reads `amp: off` as false too)
         values[k] = v
     try:
         return TrainConfig(**values)

@@ -401,7 +401,10 @@ class DetectionDataset(torch.utils.data.Dataset):
     """Decoded images as (image (C, H, W) float in [0, 1], target) pairs for torchvision.
 
     `augment(image, boxes, generator)` is applied per sample with a generator seeded by
-    (seed, epoch, index), so results do not depend on the number of loader workers.
+    (seed, epoch, index), so results do not depend on the number of loader workers. The key is an
+    index (the epoch is then the one `set_epoch` set) or an (epoch, index) pair, as `EpochSampler`
+    yields: persistent worker processes hold their own copy of the dataset, so the epoch travels
+    with each index.
     """
 
     def __init__(self, ds: DecodedDataset, channels: int = 1, augment: Callable | None = None, seed: int = 0):
@@ -413,17 +416,37 @@ class DetectionDataset(torch.utils.data.Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key: "int | tuple[int, int]"):
+        epoch, i = key if isinstance(key, tuple) else (self.epoch, key)
         img = to_tensor(self.ds.images[i], self.ds.ranges[i])
         boxes = torch.from_numpy(self.ds.boxes[i]).float()
         labels = torch.from_numpy(self.ds.labels[i]).long()
         if self.augment is not None:
-            g = torch.Generator().manual_seed(hash((self.seed, self.epoch, i)) & 0x7FFF_FFFF)
+            g = torch.Generator().manual_seed(hash((self.seed, epoch, i)) & 0x7FFF_FFFF)
             img, boxes, keep = self.augment(img, boxes, g)
             labels = labels[keep]
         if self.channels == 3:
             img = img.expand(3, -1, -1)
         return img, {"boxes": boxes.reshape(-1, 4), "labels": labels, "image_id": i}
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Shuffled (epoch, index) keys for `DetectionDataset`: each epoch's order is a function of
+    (seed, epoch) alone, so one loader serves a whole run and a resumed run draws the orders an
+    uninterrupted one would have. Call `set_epoch` before iterating."""
+
+    def __init__(self, n: int, seed: int = 0):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
+        return iter([(self.epoch, i) for i in torch.randperm(self.n, generator=g).tolist()])
 
 
 def collate(batch):

@@ -26,12 +26,17 @@ from torchvision.ops import box_iou
 
 from detector import config as C
 from detector.config import TrainConfig
-from detector.data import DecodedDataset, DetectionDataset, collate
+from detector.data import DecodedDataset, DetectionDataset, EpochSampler, collate
 from detector.metrics import is_better
 from detector.model import DataStats, build_model, count_params, detections_per_img
+from detector.precision import amp_dtype, autocast
 from detector.transforms import Augment
 
 IOU_SCORE_THRESH = 0.5  # predictions at or above this score count for iou_per_pred / iou_per_gt
+# The one field a resume may change: weights, optimizer state and schedule are float32 in every amp
+# mode, so a run can continue in another precision (the gradient scaler starts fresh when the
+# checkpoint has none, as one written without fp16 has). Any other changed field is refused.
+RESUME_MAY_CHANGE = ("amp",)
 LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
 
 
@@ -50,17 +55,15 @@ class Setup:
     device: torch.device
     stats: DataStats
     image_scale: float          # model input scale relative to the data (for 'auto' anchors)
-    amp_dtype: torch.dtype | None
+    amp_dtype: torch.dtype | None  # autocast dtype of training, evaluation, prediction and latency alike
 
     @staticmethod
     def create(cfg: TrainConfig, train: DecodedDataset, device: str | torch.device | None = None) -> "Setup":
+        """Raises ConfigError when the device cannot run `cfg.amp` (bf16 on a GPU without bfloat16)."""
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         short_sides = sorted(min(im.shape) for im in train.images)
         scale = cfg.min_size / short_sides[len(short_sides) // 2]
-        amp = None
-        if cfg.amp and dev.type == "cuda":
-            amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return Setup(dev, train.stats(), scale, amp)
+        return Setup(dev, train.stats(), scale, amp_dtype(cfg.amp, dev))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -121,7 +124,7 @@ def train_one_epoch(model, optimizer, scheduler, loader, *, setup: Setup, cfg: T
         imgs = [im.to(dev, non_blocking=non_blocking) for im in imgs]
         targets = [{"boxes": t["boxes"].to(dev, non_blocking=non_blocking),
                     "labels": t["labels"].to(dev, non_blocking=non_blocking)} for t in targets]
-        with torch.autocast(dev.type, dtype=setup.amp_dtype or torch.float32, enabled=setup.amp_dtype is not None):
+        with autocast(dev, setup.amp_dtype):
             loss_dict = model(imgs, targets)
         parts = torch.stack([loss_dict[k].float() for k in LOSS_KEYS])
         loss = parts.sum()
@@ -176,16 +179,21 @@ def _mean_best_iou(preds: list[torch.Tensor], gts: list[torch.Tensor]) -> tuple[
 
 
 @torch.no_grad()
+def detect(model, images: list[torch.Tensor], device: torch.device, dtype: torch.dtype | None) -> list[dict]:
+    """The model's detections ({boxes (N, 4) xyxy px, scores (N,), labels (N,)}, on the CPU) for
+    `images` (each (C, H, W) in [0, 1]), in eval mode under the autocast of `dtype`: the one place
+    evaluation, `detector.predict` and the detection figures run a model, so they agree."""
+    model.eval()
+    x = [im.to(device, non_blocking=device.type == "cuda") for im in images]
+    with autocast(device, dtype):
+        out = model(x)
+    return [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in o.items()} for o in out]
+
+
 def predict_batches(model, loader, setup: Setup):
     """Yield (predictions, targets) per batch, predictions on the CPU."""
-    model.eval()
-    non_blocking = setup.device.type == "cuda"
     for imgs, targets in loader:
-        imgs = [im.to(setup.device, non_blocking=non_blocking) for im in imgs]
-        with torch.autocast(setup.device.type, dtype=setup.amp_dtype or torch.float32,
-                            enabled=setup.amp_dtype is not None):
-            out = model(imgs)
-        yield [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in o.items()} for o in out], targets
+        yield detect(model, imgs, setup.device, setup.amp_dtype), targets
 
 
 def evaluate(model, loader, setup: Setup, max_detections: int) -> dict:
@@ -226,8 +234,7 @@ def latency_ms(model, image: torch.Tensor, setup: Setup, repeats: int = 20, warm
     x = [image.to(setup.device)]
     sync = torch.cuda.synchronize if setup.device.type == "cuda" else (lambda: None)
     times = []
-    with torch.autocast(setup.device.type, dtype=setup.amp_dtype or torch.float32,
-                        enabled=setup.amp_dtype is not None):
+    with autocast(setup.device, setup.amp_dtype):
         for i in range(warmup + repeats):
             sync()
             t0 = time.perf_counter()
@@ -255,10 +262,11 @@ def reset_peak_mem(device: torch.device) -> None:
 
 
 def peak_mem_mb(device: torch.device) -> float:
-    """Peak memory since the last `reset_peak_mem`, in MiB: GPU memory allocated (CUDA), else the
-    process's resident-set high-water mark (VmHWM; the lifetime peak where that cannot be reset)."""
+    """Peak memory since the last `reset_peak_mem`, in MiB: on CUDA the memory the caching allocator
+    reserved (what a trial sharing the GPU cannot use; `peak_alloc_mb` is the part tensors held), else
+    the process's resident-set high-water mark (VmHWM; the lifetime peak where that cannot be reset)."""
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+        return torch.cuda.max_memory_reserved(device) / 2 ** 20
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -266,6 +274,27 @@ def peak_mem_mb(device: torch.device) -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def limit_gpu_memory(device: torch.device, fraction: float | None) -> None:
+    """Cap this process's CUDA caching allocator at `fraction` (0, 1] of the device's memory.
+
+    Trials that share a GPU (a fractional `resources.gpu`) each cap themselves at their share, so
+    the one that outgrows its share gets the out-of-memory error, not its neighbour. No-op on the CPU
+    or without a fraction."""
+    if device.type != "cuda" or fraction is None:
+        return
+    if not 0 < fraction <= 1:
+        raise ValueError(f"gpu memory fraction must be in (0, 1], got {fraction!r}")
+    torch.cuda.set_per_process_memory_fraction(fraction, device)
+
+
+def release_gpu_memory(device: torch.device) -> None:
+    """Return the cached blocks of a finished run to the GPU (Ray reuses worker processes for the
+    next trial, and the neighbours on a shared GPU can use them meanwhile)."""
+    if device.type == "cuda":
+        gc.collect()
+        torch.cuda.empty_cache()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -310,29 +339,53 @@ def model_from_checkpoint(path: str | os.PathLike, device: str | torch.device = 
 # The loop
 
 
-EpochCallback = Callable[[dict, Path], None]
+EpochCallback = Callable[[dict, "Path | None"], None]
+
+
+def _loader(dataset, cfg: TrainConfig, pin: bool, **kw) -> torch.utils.data.DataLoader:
+    """A DataLoader for the whole run: with workers, they persist across epochs (forked once, not
+    every epoch from a process that may hold a CUDA context)."""
+    return torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                                       collate_fn=collate, pin_memory=pin,
+                                       persistent_workers=cfg.num_workers > 0, **kw)
 
 
 def fit(cfg: TrainConfig, train: DecodedDataset, val: DecodedDataset, out_dir: str | os.PathLike, *,
         test: DecodedDataset | None = None, device: str | torch.device | None = None,
         on_epoch: EpochCallback | None = None, resume: bool = False, progress: bool = False,
-        log: Callable[[str], None] | None = None) -> dict:
+        log: Callable[[str], None] | None = None, checkpoint_epochs: Callable[[int], bool] | None = None,
+        gpu_memory_fraction: float | None = None) -> dict:
     """Train `cfg` on `train`, evaluating on `val` after every epoch.
 
     With `test` (held-out images), each epoch that becomes the best on validation is also scored on
     `test`, under the same keys prefixed `test_` (`test_map50` ...): the epoch is chosen on
     validation only, and the test images never influence training, the best epoch or patience.
 
-    Writes into `out_dir`: `checkpoint.pt` (latest, every epoch, atomically), `model.pt` (best
-    weights + configuration), `metrics.jsonl` (one object per epoch) and `summary.json`.
-    `on_epoch(metrics, checkpoint_path)` is called after each epoch's checkpoint is written.
-    With `resume`, training continues after the epoch stored in `out_dir/checkpoint.pt`.
-    Returns the summary dict. Raises NonFiniteLossError, OutOfMemoryError.
+    Writes into `out_dir`: `checkpoint.pt` (latest, atomically), `model.pt` (best weights +
+    configuration), `metrics.jsonl` (one object per epoch) and `summary.json`. The checkpoint is
+    written after every epoch for which `checkpoint_epochs(epoch)` is true (default: every epoch) and
+    always after the run's last epoch (the last of `cfg.epochs`, or the one patience stops at).
+    `on_epoch(metrics, checkpoint_path)` is called after each epoch, with the path when that epoch's
+    checkpoint was written and None otherwise.
+    With `resume`, training continues after the epoch stored in `out_dir/checkpoint.pt` (a changed
+    `amp` is accepted, any other changed field refused: RESUME_MAY_CHANGE).
+    `gpu_memory_fraction` caps this process's CUDA allocator at that share of the GPU (trials
+    packed on one GPU; limit_gpu_memory). The CUDA cache is emptied when the run ends.
+    Returns the summary dict. Raises NonFiniteLossError, OutOfMemoryError, ConfigError.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    log = log or (lambda s: None)
     setup = Setup.create(cfg, train, device)
+    limit_gpu_memory(setup.device, gpu_memory_fraction)
+    try:
+        return _fit(cfg, train, val, Path(out_dir), setup, test=test, on_epoch=on_epoch, resume=resume,
+                    progress=progress, log=log or (lambda s: None),
+                    checkpoint_epochs=checkpoint_epochs or (lambda epoch: True))
+    finally:
+        release_gpu_memory(setup.device)
+
+
+def _fit(cfg: TrainConfig, train: DecodedDataset, val: DecodedDataset, out: Path, setup: Setup, *,
+         test, on_epoch, resume: bool, progress: bool, log, checkpoint_epochs) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)  # initialisation of every layer that is not loaded
     model = build_model(cfg, setup.stats, image_scale=setup.image_scale).to(setup.device)
     if cfg.channels_last:
@@ -343,15 +396,17 @@ def fit(cfg: TrainConfig, train: DecodedDataset, val: DecodedDataset, out_dir: s
                                                                  cfg.crop_size), seed=cfg.seed)
     val_set = DetectionDataset(val, cfg.in_channels)
     pin = setup.device.type == "cuda"
-    val_loader = torch.utils.data.DataLoader(val_set, batch_size=cfg.batch_size, shuffle=False,
-                                             num_workers=cfg.num_workers, collate_fn=collate, pin_memory=pin)
-    test_loader = None if test is None else torch.utils.data.DataLoader(
-        DetectionDataset(test, cfg.in_channels), batch_size=cfg.batch_size, shuffle=False,
-        num_workers=cfg.num_workers, collate_fn=collate, pin_memory=pin)
+    # One training loader for the run: its sampler draws each epoch's order from (seed, epoch) and
+    # hands the epoch to the workers with every index, so a resumed run sees the same shuffles and
+    # augmentations as an uninterrupted one, whatever the workers did before.
+    sampler = EpochSampler(len(train_set), seed=cfg.seed)
+    loader = _loader(train_set, cfg, pin, sampler=sampler, drop_last=False)
+    val_loader = _loader(val_set, cfg, pin, shuffle=False)
+    test_loader = None if test is None else _loader(DetectionDataset(test, cfg.in_channels), cfg, pin, shuffle=False)
     iters_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer, iters_per_epoch)
-    scaler = torch.amp.GradScaler("cuda", enabled=setup.amp_dtype == torch.float16)
+    scaler = torch.amp.GradScaler(setup.device.type, enabled=setup.amp_dtype == torch.float16)
 
     history: list[dict] = []
     best, best_epoch, start = -math.inf, 0, 1
@@ -359,16 +414,19 @@ def fit(cfg: TrainConfig, train: DecodedDataset, val: DecodedDataset, out_dir: s
     if resume and ckpt_path.exists():
         ck = load_checkpoint(ckpt_path)
         saved_cfg = C.from_dict(ck["config"], source=f"{ckpt_path} [config]")
-        if saved_cfg != cfg:
+        differing = [k for k in C.FIELD_NAMES if getattr(saved_cfg, k) != getattr(cfg, k)]
+        if [k for k in differing if k not in RESUME_MAY_CHANGE]:
             raise C.ConfigError(f"{ckpt_path}: was written with another configuration; resume with the same one "
-                                f"(differing fields: {[k for k in C.FIELD_NAMES if getattr(saved_cfg, k) != getattr(cfg, k)]})")
+                                f"(differing fields: {differing}; only {list(RESUME_MAY_CHANGE)} may change)")
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
-        scaler.load_state_dict(ck["scaler"])
+        if scaler.is_enabled() and ck.get("scaler"):
+            scaler.load_state_dict(ck["scaler"])  # else the scaler starts fresh (none was saved)
         _set_rng_state(ck["rng"])
         history, best, best_epoch, start = ck["history"], ck["best"], ck["best_epoch"], ck["epoch"] + 1
-        log(f"resumed from {ckpt_path} after epoch {ck['epoch']}")
+        log(f"resumed from {ckpt_path} after epoch {ck['epoch']}"
+            + (f"; amp {saved_cfg.amp} -> {cfg.amp}" if saved_cfg.amp != cfg.amp else ""))
 
     metrics_file = out / "metrics.jsonl"
     metrics_file.write_text("".join(json.dumps(h) + "\n" for h in history))  # drop epochs after the checkpoint
@@ -378,40 +436,41 @@ def fit(cfg: TrainConfig, train: DecodedDataset, val: DecodedDataset, out_dir: s
     t_start = time.perf_counter()
     try:
         for epoch in range(start, cfg.epochs + 1):
-            # Reseeding per epoch makes a resumed run draw the same shuffles, augmentations and RoI
-            # samples as an uninterrupted one, whatever happened before.
+            # Reseeding per epoch makes a resumed run draw the same RoI samples (and, through the
+            # sampler, shuffles and augmentations) as an uninterrupted one, whatever happened before.
             torch.manual_seed(cfg.seed * 1_000_003 + epoch)
-            train_set.set_epoch(epoch)
-            loader = torch.utils.data.DataLoader(
-                train_set, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
-                collate_fn=collate, pin_memory=pin, drop_last=False,
-                generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch))
+            sampler.set_epoch(epoch)
             reset_peak_mem(setup.device)
             m = train_one_epoch(model, optimizer, scheduler, loader, setup=setup, cfg=cfg, scaler=scaler,
                                 epoch=epoch, progress=progress)
             m.update(evaluate(model, val_loader, setup, max_dets))
             m.update(epoch=float(epoch), peak_mem_mb=peak_mem_mb(setup.device),
                      params_total=float(total), params_trainable=float(trainable))
+            if setup.device.type == "cuda":
+                m["peak_alloc_mb"] = torch.cuda.max_memory_allocated(setup.device) / 2 ** 20
             if is_better(m[cfg.metric], best):  # the one rule: strictly better, so ties keep the first
                 best, best_epoch = m[cfg.metric], epoch
                 if test_loader is not None:
                     m.update({f"test_{k}": v for k, v in evaluate(model, test_loader, setup, max_dets).items()})
                 atomic_save(_model_file(model, cfg, train, setup), out / "model.pt")
             history.append(m)
-            atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
-                         "rng": _rng_state(), "config": C.to_dict(cfg), "history": history, "best": best,
-                         "best_epoch": best_epoch, "stats": _stats_dict(setup.stats),
-                         "image_scale": setup.image_scale, "class_names": list(train.class_names)}, ckpt_path)
+            stopped_early = cfg.patience is not None and epoch - best_epoch >= cfg.patience
+            written = None
+            if checkpoint_epochs(epoch) or epoch == cfg.epochs or stopped_early:
+                atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
+                             "rng": _rng_state(), "config": C.to_dict(cfg), "history": history, "best": best,
+                             "best_epoch": best_epoch, "stats": _stats_dict(setup.stats),
+                             "image_scale": setup.image_scale, "class_names": list(train.class_names)}, ckpt_path)
+                written = ckpt_path
             with open(metrics_file, "a") as f:
                 f.write(json.dumps(m) + "\n")
             log(f"epoch {epoch}/{cfg.epochs}  loss {m['loss']:.4f}  map50 {m['map50']:.4f}  "
                 f"map {m['map']:.4f}  iou/pred {m['iou_per_pred']:.3f}  iou/gt {m['iou_per_gt']:.3f}  "
                 f"{m['train_img_per_s']:.1f} img/s")
             if on_epoch is not None:
-                on_epoch(dict(m), ckpt_path)
-            if cfg.patience is not None and epoch - best_epoch >= cfg.patience:
-                stopped_early = True
+                on_epoch(dict(m), written)
+            if stopped_early:
                 log(f"early stop: no better {cfg.metric} for {cfg.patience} epochs (best {best:.4f} at epoch {best_epoch})")
                 break
     except torch.cuda.OutOfMemoryError:
@@ -419,7 +478,7 @@ def fit(cfg: TrainConfig, train: DecodedDataset, val: DecodedDataset, out_dir: s
     if out_of_memory:
         # Outside the except block, the traceback (and the activations its frames hold) is gone, so
         # dropping the model and optimizer really returns their memory to the GPU.
-        del model, optimizer, scheduler, scaler
+        del model, optimizer, scheduler, scaler, loader, val_loader, test_loader
         gc.collect()
         torch.cuda.empty_cache()
         raise OutOfMemoryError(f"CUDA out of memory with batch_size={cfg.batch_size}, min_size={cfg.min_size}, "
@@ -431,7 +490,7 @@ def fit(cfg: TrainConfig, train: DecodedDataset, val: DecodedDataset, out_dir: s
     summary = {"metric": cfg.metric, "best_epoch": best_epoch, "best": best_m, "epochs_run": len(history),
                "stopped_early": stopped_early, "total_time_s": time.perf_counter() - t_start, **lat,
                "params_total": total, "params_trainable": trainable, "device": str(setup.device),
-               "data_fingerprint": train.fingerprint(), "config": C.to_dict(cfg)}
+               "amp": cfg.amp, "data_fingerprint": train.fingerprint(), "config": C.to_dict(cfg)}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 

@@ -24,7 +24,6 @@ import torch
 from torch import nn
 from torchvision.models import resnet18, resnet34, resnet50, resnet101
 from torchvision.models.detection import FasterRCNN
-from torchvision.models.detection.anchor_utils import AnchorGenerator
 # The one function both of torchvision's Faster R-CNN builders (and resnet_fpn_backbone) use to put
 # an FPN on a ResNet; resnet_fpn_backbone itself cannot set the FPN's norm layer that v2 needs.
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
@@ -33,9 +32,12 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from detector import weights as W
 from detector.config import ANCHOR_PRESETS, TrainConfig
+from detector.precision import Float32AnchorGenerator, keep_boxes_in_float32
 
 RESNETS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50, "resnet101": resnet101}
-# ImageNet's RGB statistics; a greyscale image gets their mean (what the RGB-mean first conv expects).
+# ImageNet's RGB statistics; a greyscale image gets their mean. A grey image fed to the RGB network as
+# three equal channels gives conv1 = sum_c w_c * (x - m_c) / s_c, which the 1-channel stem reproduces
+# with the summed kernel and these averaged statistics (`stem_init: sum`; see _first_conv).
 RGB_MEAN, RGB_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 GREY_MEAN, GREY_STD = (sum(RGB_MEAN) / 3,), (sum(RGB_STD) / 3,)
 COCO_NUM_CLASSES = 91
@@ -89,7 +91,7 @@ def model_kwargs(cfg: TrainConfig, stats: DataStats | None = None, image_scale: 
         box_batch_size_per_image=cfg.box_batch_size_per_image,
         box_detections_per_img=detections_per_img(cfg, stats),
         box_score_thresh=cfg.box_score_thresh, box_nms_thresh=cfg.box_nms_thresh,
-        rpn_anchor_generator=AnchorGenerator(
+        rpn_anchor_generator=Float32AnchorGenerator(
             sizes=tuple((s,) for s in anchor_sizes(cfg, stats, image_scale)),
             aspect_ratios=(tuple(cfg.aspect_ratios),) * 5),
     )
@@ -119,7 +121,8 @@ def build_model(cfg: TrainConfig, stats: DataStats | None = None, *, load_weight
         state = W.load_state_dict(W.weight_file(cfg.backbone, cfg.version, "imagenet"))
         resnet.load_state_dict(state)
     if kind != "coco":  # the COCO file holds a 3-channel conv1: adapt it after loading
-        resnet.conv1 = _first_conv(resnet.conv1, cfg.in_channels, rgb_mean=(kind == "imagenet" and load_weights))
+        resnet.conv1 = _first_conv(resnet.conv1, cfg.in_channels, cfg.stem_init if kind == "imagenet" and load_weights
+                                   else None)
 
     layers = 0 if cfg.trainable_layers == "stem" else cfg.trainable_layers
     backbone = _resnet_fpn_extractor(resnet, layers, norm_layer=nn.BatchNorm2d if cfg.version == "v2" else None)
@@ -143,7 +146,7 @@ def build_model(cfg: TrainConfig, stats: DataStats | None = None, *, load_weight
                 print(f"note: COCO weights: {len(skipped)} tensors of another shape left initialised: "
                       f"{skipped[:4]}", file=sys.stderr)
         body = model.backbone.body
-        body.conv1 = _first_conv(body.conv1, cfg.in_channels, rgb_mean=load_weights)
+        body.conv1 = _first_conv(body.conv1, cfg.in_channels, cfg.stem_init if load_weights else None)
         # Replace the 91-class predictor, as the study does (background + N classes).
         in_features = model.roi_heads.box_predictor.cls_score.in_features
         model.roi_heads.box_predictor = FastRCNNPredictor(in_features, num_classes + 1)
@@ -154,19 +157,28 @@ def build_model(cfg: TrainConfig, stats: DataStats | None = None, *, load_weight
             print(f"note: {cfg.weights}: tensors of another shape left initialised: {skipped}", file=sys.stderr)
 
     _apply_freezing(model, cfg.trainable_layers)
+    keep_boxes_in_float32(model)  # boxes stay float32 under any autocast (detector/precision.py)
     return model
 
 
-def _first_conv(old: nn.Conv2d, in_channels: int, rgb_mean: bool) -> nn.Conv2d:
-    """The ResNet stem conv for `in_channels` (the study's snippet). With pretrained weights and one
-    channel, its kernel is the mean over the RGB channels of the pretrained kernel, not random."""
+def _first_conv(old: nn.Conv2d, in_channels: int, init: str | None) -> nn.Conv2d:
+    """The ResNet stem conv for `in_channels`. With pretrained weights (`init` set) and one channel,
+    its kernel comes from the pretrained RGB kernel (64, 3, 7, 7) -> (64, 1, 7, 7):
+
+    - 'sum' (timm's `adapt_input_conv`): the sum over R, G, B. A grey image then gives the activation
+      the pretrained network gives the same image as three equal channels, which the BatchNorm after
+      it (frozen with `trainable_layers` < 5) was fitted to.
+    - 'mean' (the study's snippet): the mean, a third of that activation.
+
+    `init` None leaves the new conv randomly initialised (no pretrained weights)."""
     if in_channels == old.in_channels:
         return old
     new = nn.Conv2d(in_channels, old.out_channels, kernel_size=old.kernel_size, stride=old.stride,
                     padding=old.padding, bias=False)
-    if rgb_mean:
+    if init is not None:
+        reduce = {"sum": old.weight.sum, "mean": old.weight.mean}[init]
         with torch.no_grad():
-            new.weight.copy_(old.weight.mean(dim=1, keepdim=True).expand_as(new.weight))  # (64, 1, 7, 7)
+            new.weight.copy_(reduce(dim=1, keepdim=True).expand_as(new.weight))  # (64, 1, 7, 7)
     return new
 
 

@@ -17,7 +17,9 @@ import torch
 from PIL import UnidentifiedImageError
 
 from detector.data import Report, decode_image, to_tensor
-from detector.engine import model_from_checkpoint
+from detector.config import ConfigError
+from detector.engine import detect, model_from_checkpoint
+from detector.precision import amp_dtype
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 
@@ -33,6 +35,11 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, cfg, class_names = model_from_checkpoint(a.checkpoint, device)
+    try:
+        dtype = amp_dtype(cfg.amp, device)  # the precision the model was evaluated in
+    except ConfigError as e:
+        print(f"error: {a.checkpoint}: {e}", file=sys.stderr)
+        return 2
     thresh = cfg.box_score_thresh if a.score_thresh is None else a.score_thresh
     files = sorted(f for f in Path(a.images).rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
@@ -47,7 +54,7 @@ def main(argv=None) -> int:
             continue
         x = to_tensor(arr, rng)
         x = x.expand(3, -1, -1) if cfg.in_channels == 3 else x
-        out = model([x.to(device)])[0]
+        out = detect(model, [x], device, dtype)[0]
         images.append({"id": image_id, "file_name": str(f.relative_to(a.images)), "height": arr.shape[0],
                        "width": arr.shape[1]})
         for box, label, score in zip(out["boxes"].tolist(), out["labels"].tolist(), out["scores"].tolist()):

@@ -28,19 +28,17 @@ GT_COLOUR, PRED_COLOUR = "lime", "red"
 
 def _predict(checkpoint: str, train, images) -> list[dict]:
     """In a Ray task: the kept model's boxes and scores on `images` (a DecodedDataset)."""
-    import torch
-
     from detector.data import DetectionDataset
+    from detector.engine import detect
     from search.latency import load_kept
 
     model, cfg, setup = load_kept(checkpoint, train)
     ds = DetectionDataset(images, cfg.in_channels)
     out = []
-    with torch.no_grad():
-        for i in range(len(ds)):
-            pred = model([ds[i][0].to(setup.device)])[0]
-            keep = pred["scores"] >= SCORE
-            out.append({"boxes": pred["boxes"][keep].cpu().numpy(), "scores": pred["scores"][keep].cpu().numpy()})
+    for i in range(len(ds)):
+        pred = detect(model, [ds[i][0]], setup.device, setup.amp_dtype)[0]  # the precision of evaluation
+        keep = pred["scores"] >= SCORE
+        out.append({"boxes": pred["boxes"][keep].numpy(), "scores": pred["scores"][keep].numpy()})
     return out
 
 

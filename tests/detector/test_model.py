@@ -79,18 +79,62 @@ def test_v1_v2_heads_differ_as_torchvision_defines_them():
     assert len(v1.rpn.head.conv) == 1 and len(v2.rpn.head.conv) == 2
 
 
-def test_pretrained_first_conv_is_rgb_mean_and_other_layers_load(torch_home):
-    # The generated files hold 1, 2, 3 in the R, G, B kernels: the grey kernel must be exactly 2.
+def test_pretrained_first_conv_is_the_rgb_sum_or_mean_and_other_layers_load(torch_home):
+    # The generated files hold 1, 2, 3 in the R, G, B kernels: the grey kernel must be exactly 6
+    # (stem_init: sum, the default) or 2 (mean, the study's).
     for weights, version in (("imagenet", "v1"), ("coco", "v1"), ("coco", "v2")):
-        m = build_model(C.TrainConfig(backbone="resnet50", version=version, weights=weights, trainable_layers=3))
-        assert m.backbone.body.conv1.weight.shape == (64, 1, 7, 7)
-        assert torch.equal(m.backbone.body.conv1.weight, torch.full((64, 1, 7, 7), 2.0)), weights
+        for stem_init, value in (("sum", 6.0), ("mean", 2.0)):
+            m = build_model(C.TrainConfig(backbone="resnet50", version=version, weights=weights, trainable_layers=3,
+                                          stem_init=stem_init))
+            assert m.backbone.body.conv1.weight.shape == (64, 1, 7, 7)
+            assert torch.equal(m.backbone.body.conv1.weight, torch.full((64, 1, 7, 7), value)), (weights, stem_init)
     state = torch.load(W.WeightFile(W.IMAGENET_WEIGHTS["resnet34"]).path, weights_only=True)
     m = build_model(C.TrainConfig(backbone="resnet34", weights="imagenet", trainable_layers=5))
     assert torch.equal(m.backbone.body.layer3[1].conv2.weight, state["layer3.1.conv2.weight"])
     # Three-channel input keeps the pretrained kernel unchanged.
     m3 = build_model(C.TrainConfig(backbone="resnet34", weights="imagenet", in_channels=3))
     assert torch.equal(m3.backbone.body.conv1.weight, state["conv1.weight"])
+
+
+def test_grey_stem_gives_the_pretrained_activation_of_the_same_image_in_three_channels(torch_home, tmp_path):
+    """conv1 of the 1-channel model on a grey image vs conv1 of the RGB model on that image repeated
+    in R, G and B, each input normalised by its own model (grey: the RGB statistics averaged)."""
+    import os
+
+    import torchvision
+
+    from tests.conftest import write_fake_hub_file
+
+    # A file of the real name and layout whose conv1 is a real-looking kernel: random, with R, G and
+    # B correlated as in trained networks (a shared part plus a smaller per-channel part).
+    torch.manual_seed(0)
+    home = tmp_path / "home"
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    shared = torch.randn(64, 1, 7, 7)
+    state["conv1.weight"] = shared + 0.3 * torch.randn(64, 3, 7, 7)
+    write_fake_hub_file(home / "hub" / "checkpoints", W.WeightFile(W.IMAGENET_WEIGHTS["resnet18"]), state)
+    old = os.environ["TORCH_HOME"]
+    os.environ["TORCH_HOME"] = str(home)
+    try:
+        models = {(ch, init): build_model(C.TrainConfig(backbone="resnet18", weights="imagenet", trainable_layers=3,
+                                                        in_channels=ch, stem_init=init)).eval()
+                  for ch, init in ((3, "sum"), (1, "sum"), (1, "mean"))}
+    finally:
+        os.environ["TORCH_HOME"] = old
+    grey = torch.rand(1, 96, 96) * 0.6 + 0.2  # an image of intensities 0.2-0.8
+
+    def conv1(model, image):
+        with torch.no_grad():
+            return model.backbone.body.conv1(model.transform.normalize(image)[None])
+
+    rgb = conv1(models[3, "sum"], grey.expand(3, -1, -1))
+    rel = {init: ((conv1(models[1, init], grey) - rgb).norm() / rgb.norm()).item() for init in ("sum", "mean")}
+    ratio = (conv1(models[1, "mean"], grey).norm() / rgb.norm()).item()
+    # sum: equal up to the per-channel normalisation (means 0.406-0.485, stds 0.224-0.229 against
+    # their averages: 2.8% of the activation here, against 67% with mean).
+    assert rel["sum"] < 0.05
+    # mean: a third of the activation the pretrained BatchNorm after conv1 expects.
+    assert ratio == pytest.approx(1 / 3, abs=0.01)
 
 
 def test_pretrained_v1_uses_frozen_batchnorm_like_torchvision(torch_home):
