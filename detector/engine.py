@@ -344,9 +344,12 @@ EpochCallback = Callable[[dict, "Path | None"], None]
 
 def _loader(dataset, cfg: TrainConfig, pin: bool, **kw) -> torch.utils.data.DataLoader:
     """A DataLoader for the whole run: with workers, they persist across epochs (forked once, not
-    every epoch from a process that may hold a CUDA context)."""
+    every epoch from a process that may hold a CUDA context). Its own generator: starting an
+    iteration draws the workers' base seed from it, never from the global RNG that the model's RoI
+    sampling uses (a fresh iterator per epoch without workers, one per run with them, would
+    otherwise leave that RNG in different states)."""
     return torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                                       collate_fn=collate, pin_memory=pin,
+                                       collate_fn=collate, pin_memory=pin, generator=torch.Generator().manual_seed(0),
                                        persistent_workers=cfg.num_workers > 0, **kw)
 
 

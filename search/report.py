@@ -207,7 +207,11 @@ def arm_rows(records: list[TrialRecord], metric: str, latencies: dict | None = N
                        latency_n=lat.get("latency_n"), latency_device=lat.get("device"),
                        params_total=h.get("params_total", math.nan),
                        params_trainable=h.get("params_trainable", math.nan),
-                       peak_mem_mb=max(x.get("peak_mem_mb", 0.0) for x in best.history))
+                       peak_mem_mb=max(x.get("peak_mem_mb", 0.0) for x in best.history),
+                       # The largest peak of any of the arm's runs: what to size a GPU share by
+                       # (spaces/README.md, "Packing trials on a GPU").
+                       arm_peak_mem_mb=max((x.get("peak_mem_mb", 0.0) for r in records if r.arm == arm
+                                            for x in r.history), default=math.nan))
         conf = confirmed(records, arm)
         if conf:  # the arm's best confirmed configuration, on validation (as it was chosen)
             vals = conf[0].values()
@@ -541,7 +545,7 @@ def write_report(run_dir: Path, out: Path) -> dict:
     md += ["## Conclusion of the search", "", summary_line, ""]
     md += ["## Arms compared", "",
            f"| arm | best {metric} | mean ± sd over seeds | map | map_small | epochs to 95% | s/epoch | train img/s | "
-           "inference ms | params total (M) | trainable (M) | peak mem (MB) | trials run / stopped / failed |",
+           "inference ms | params total (M) | trainable (M) | peak mem (MiB): best / any run | trials run / stopped / failed |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: -r.get("best", -1)):
         conf = f"{r['confirm_mean']:.4f} ± {r['confirm_std']:.4f} (n={r['confirm_n']})" if "confirm_mean" in r else "-"
@@ -549,7 +553,7 @@ def write_report(run_dir: Path, out: Path) -> dict:
                   f"{_fmt(r.get('epochs_to_95'), 'd')} | {_fmt(r.get('epoch_time_s'), '.1f')} | "
                   f"{_fmt(r.get('train_img_s'), '.1f')} | {_fmt(r.get('latency_ms'), '.1f')} | "
                   f"{_fmt(r.get('params_total', math.nan) / 1e6, '.2f')} | "
-                  f"{_fmt(r.get('params_trainable', math.nan) / 1e6, '.2f')} | {_fmt(r.get('peak_mem_mb'), '.0f')} | "
+                  f"{_fmt(r.get('params_trainable', math.nan) / 1e6, '.2f')} | {_fmt(r.get('peak_mem_mb'), '.0f')} / {_fmt(r.get('arm_peak_mem_mb'), '.0f')} | "
                   f"{r['trials']} / {r['stopped']} / {r['failed']} |")
     md += ["", "## Learning curves", ""] + [f"![{k}]({k.replace(' ', '_')})" for k in figures[:4]]
     md += ["", "## Accuracy against cost", "", "![latency](cost_latency.png) ![params](cost_params.png)", "",

@@ -110,7 +110,8 @@ def _trainable(space: Space, data, replay: dict | None = None):
     else:
         from search.trainable import train_trial
 
-        fn = tune.with_parameters(train_trial, data=data)
+        fn = tune.with_parameters(train_trial, data=data, checkpoint_epochs=space.checkpoint_epochs(),
+                                  gpu_share=space.gpu)
     return tune.with_resources(fn, {"cpu": space.cpu, "gpu": space.gpu})
 
 

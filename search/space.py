@@ -27,7 +27,7 @@ STRATEGIES = ("per-architecture", "joint")
 TOP_KEYS = ("name", "metric", "strategy", "data", "val_data", "test_data", "images", "arms", "fixed", "params",
             "baseline", "budget", "resources", "confirm", "seed")
 BUDGET_KEYS = {"max_epochs": 10, "grace_period": 1, "reduction_factor": 3, "trials_per_arm": 8, "max_concurrent": None,
-               "stopping": "asha", "sampler": "tpe"}
+               "stopping": "asha", "sampler": "tpe", "checkpoint_every": 1}
 # budget.stopping: "asha" stops weak trials early; "none" runs every trial to max_epochs (full learning
 # curves: what search.replay scores strategies on). budget.sampler: Optuna's TPE, or random proposals.
 STOPPING = ("asha", "none")
@@ -107,7 +107,20 @@ class Space:
     baseline: dict = field(default_factory=dict)  # one set of values for every arm (the study's way)
     stopping: str = "asha"
     sampler: str = "tpe"
+    checkpoint_every: int = 1
     raw: dict = field(default_factory=dict, compare=False)
+
+    def checkpoint_epochs(self) -> frozenset:
+        """The epochs after which a trial saves (and Ray persists) its checkpoint: every
+        `checkpoint_every`-th and every ASHA rung (where a trial may be stopped: a stopped trial keeps
+        its state); the engine adds the run's last epoch. A trial that fails resumes from its last
+        checkpoint, losing at most `checkpoint_every - 1` epochs."""
+        epochs = set(range(self.checkpoint_every, self.max_epochs + 1, self.checkpoint_every))
+        rung = self.grace_period
+        while self.stopping == "asha" and rung <= self.max_epochs:
+            epochs.add(rung)
+            rung *= self.reduction_factor
+        return frozenset(epochs)
 
     def split(self) -> C.TrainConfig:
         """The split fields of the run (`fixed` or the defaults), as a configuration."""
@@ -303,7 +316,7 @@ def load_space(path: str | os.PathLike) -> Space:
     bad = sorted(set(budget) - set(BUDGET_KEYS))
     if bad:
         raise _err(path, "budget", f"unknown key(s) {bad}; allowed: {list(BUDGET_KEYS)}")
-    for k in ("max_epochs", "grace_period", "trials_per_arm"):
+    for k in ("max_epochs", "grace_period", "trials_per_arm", "checkpoint_every"):
         if not isinstance(budget[k], int) or isinstance(budget[k], bool) or budget[k] < 1:
             raise _err(path, f"budget.{k}", f"must be an integer >= 1, got {budget[k]!r}")
     if not isinstance(budget["reduction_factor"], int) or budget["reduction_factor"] < 2:
@@ -327,6 +340,11 @@ def load_space(path: str | os.PathLike) -> Space:
         if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0 or (k == "cpu" and v == 0):
             raise _err(path, f"resources.{k}", f"must be a number {'> 0' if k == 'cpu' else '>= 0'} "
                        f"(fractions share a device), got {v!r}")
+    if res["gpu"] > 1:
+        raise _err(path, "resources.gpu", f"must be at most 1, got {res['gpu']!r}: one trial trains on one GPU "
+                   "(there is no data-parallel training); to use more GPUs, run more trials at once "
+                   "(budget.max_concurrent), or pack several trials on each GPU with a fraction such as 0.5")
+    fixed = _default_num_workers(path, fixed, params, res["cpu"])
 
     confirm = raw.get("confirm") or {}
     if confirm:
@@ -350,7 +368,7 @@ def load_space(path: str | os.PathLike) -> Space:
                   max_concurrent=mc, cpu=float(res["cpu"]), gpu=float(res["gpu"]),
                   confirm_top_k=confirm.get("top_k", 0), confirm_seeds=confirm.get("seeds", 0), seed=seed,
                   test_data=raw.get("test_data"), baseline=baseline, stopping=budget["stopping"],
-                  sampler=budget["sampler"], raw=raw)
+                  sampler=budget["sampler"], checkpoint_every=budget["checkpoint_every"], raw=raw)
     _check_extremes(space)
     for arm in space.arms:
         try:
@@ -395,6 +413,22 @@ def _parse_baseline(path, raw, params: dict, confirm: dict) -> dict:
     if not confirm:
         raise _err(path, "baseline", "needs a `confirm` section: the baseline trains with its `seeds`")
     return dict(raw)
+
+
+def _default_num_workers(path: str, fixed: dict, params: dict, cpu: float) -> dict:
+    """`fixed` with `num_workers` set to the trial's CPU share minus one (the trial's main process
+    uses one core) unless the space sets it; a value above the share is refused."""
+    share = int(cpu)
+    if "num_workers" not in fixed and "num_workers" not in params:
+        return {**fixed, "num_workers": max(share - 1, 0)}
+    p = params.get("num_workers")
+    values = [fixed["num_workers"]] if p is None else (list(p.choices) if p.type == "categorical" else [p.high])
+    where = "fixed.num_workers" if p is None else "params.num_workers"
+    for v in values:
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v > share:
+            raise _err(path, where, f"must be at most the trial's CPU share (resources.cpu = {cpu:g}: "
+                       f"{share} worker processes; the default is {max(share - 1, 0)}), got {v!r}")
+    return fixed
 
 
 def _check_extremes(space: Space) -> None:

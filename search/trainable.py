@@ -63,11 +63,15 @@ def resolve(data: tuple) -> tuple:
     return tuple(ray.get(d) if isinstance(d, ray.ObjectRef) else d for d in data)
 
 
-def train_trial(config: dict, data: tuple) -> None:
+def train_trial(config: dict, data: tuple, checkpoint_epochs: frozenset | None = None,
+                gpu_share: float = 0.0) -> None:
     """Ray Tune function trainable. `config` comes from search.searcher (arm, study, stage, cfg,
     params); `data` holds the object-store references of (train, val, test) (test may be None):
     search.run puts each dataset in the object store once, and they are resolved here (zero-copy:
-    the arrays map this node's copy)."""
+    the arrays map this node's copy). `checkpoint_epochs` (Space.checkpoint_epochs; None = every
+    epoch): the epochs whose checkpoint is saved and handed to Ray; the others report metrics only.
+    `gpu_share` (resources.gpu): below 1, the trial caps its CUDA allocator at that share, so packed
+    trials cannot take each other's memory."""
     config = config.get("trial", config)  # runs made before the stages shared the search's queue
     train, val = resolve(data[:2])
     test = resolve(data[2:3])[0] if scores_test(config, data) else None
@@ -81,16 +85,21 @@ def train_trial(config: dict, data: tuple) -> None:
             with restored.as_directory() as d:
                 shutil.copy(Path(d) / CKPT_NAME, work / CKPT_NAME)
 
-        def on_epoch(metrics: dict, ckpt_path: Path) -> None:
+        def on_epoch(metrics: dict, ckpt_path: Path | None) -> None:
             nonlocal last_epoch
             last_epoch = int(metrics["epoch"])
+            if ckpt_path is None:  # not a checkpoint epoch: metrics only, nothing for Ray to persist
+                tune.report({**metrics, "reported_at": time.time()})
+                return
             with tempfile.TemporaryDirectory(prefix="smallobj-ckpt-") as d:
                 os.link(ckpt_path, Path(d) / CKPT_NAME)  # same filesystem: no copy until Ray persists it
                 # reported_at: the order of every trial's results in time, which search.replay needs to
                 # reproduce the scheduler's decisions (Ray's own `timestamp` has whole seconds).
                 tune.report({**metrics, "reported_at": time.time()}, checkpoint=tune.Checkpoint.from_directory(d))
 
-        fit(cfg, train, val, work, test=test, on_epoch=on_epoch, resume=restored is not None)
+        fit(cfg, train, val, work, test=test, on_epoch=on_epoch, resume=restored is not None,
+            checkpoint_epochs=None if checkpoint_epochs is None else checkpoint_epochs.__contains__,
+            gpu_memory_fraction=gpu_share if 0 < gpu_share < 1 else None)
     except (NonFiniteLossError, OutOfMemoryError) as e:
         # Deterministic failures: retrying from the checkpoint would fail the same way, so the trial
         # ends now with its reason (the searcher tells Optuna FAIL) instead of raising into Ray's retries.

@@ -68,8 +68,10 @@ def test_test_images_are_scored_at_the_epochs_validation_chooses_and_change_noth
 
 
 def test_resumed_run_ends_with_the_same_metrics(splits, tmp_path):
-    cfg = C.from_dict({**CFG, "epochs": 3})
-    straight = fit(cfg, *splits, tmp_path / "a")
+    """Interrupted and resumed with two persistent loader workers, the run matches an uninterrupted
+    one without workers: shuffles and augmentations depend on (seed, epoch, image) only."""
+    straight = fit(C.from_dict({**CFG, "epochs": 3}), *splits, tmp_path / "a")
+    cfg = C.from_dict({**CFG, "epochs": 3, "num_workers": 2})
     # Interrupted after epoch 1: train a 3-epoch run, stopping it from the callback.
 
     class Stop(Exception):
@@ -89,6 +91,28 @@ def test_resumed_run_ends_with_the_same_metrics(splits, tmp_path):
         for k in ("loss", "map50", "map", "iou_per_gt", "lr"):
             assert x[k] == pytest.approx(y[k], rel=1e-5, abs=1e-6), k
     assert resumed["best"]["map50"] == pytest.approx(straight["best"]["map50"], abs=1e-6)
+
+
+def test_checkpoints_on_chosen_epochs_and_a_resume_loses_only_the_epochs_after_the_last(splits, tmp_path):
+    """checkpoint_epochs={1} over 3 epochs: written after epochs 1 and 3 (the last always), the
+    callback is told which; a run stopped after epoch 2 resumes after epoch 1 and redoes epoch 2."""
+    cfg = C.from_dict({**CFG, "epochs": 3})
+    seen = []
+
+    def stop_after_2(m, ck):
+        seen.append((m["epoch"], ck))
+        if m["epoch"] == 2:
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        fit(cfg, *splits, tmp_path, on_epoch=stop_after_2, checkpoint_epochs={1}.__contains__)
+    assert seen == [(1.0, tmp_path / "checkpoint.pt"), (2.0, None)]
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 1
+    logs, after = [], []
+    s = fit(cfg, *splits, tmp_path, resume=True, log=logs.append, checkpoint_epochs={1}.__contains__,
+            on_epoch=lambda m, ck: after.append((m["epoch"], ck is not None)))
+    assert "after epoch 1" in logs[0] and after == [(2.0, False), (3.0, True)] and s["epochs_run"] == 3
+    assert [json.loads(x)["epoch"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1.0, 2.0, 3.0]
 
 
 def test_resume_with_another_configuration_is_refused(splits, tmp_path):

@@ -22,7 +22,7 @@ class InjectedFault(RuntimeError):
     """Raised once per trial by `train_trial_failing_once`."""
 
 
-def train_trial_failing_once(config: dict, data) -> None:
+def train_trial_failing_once(config: dict, data, **kw) -> None:
     """`train_trial`, raising InjectedFault right after the trial reports epoch FAIL_AFTER_EPOCH (with
     its checkpoint) the first time; a marker file in the trial folder remembers that it did, so Ray's
     retry from that checkpoint runs normally."""
@@ -40,7 +40,7 @@ def train_trial_failing_once(config: dict, data) -> None:
 
     trainable.fit = fit  # in this worker process only, for this trial
     try:
-        trainable.train_trial(config, data)
+        trainable.train_trial(config, data, **kw)
     finally:
         trainable.fit = real_fit
 
@@ -48,7 +48,7 @@ def train_trial_failing_once(config: dict, data) -> None:
 SEEN_DIR_ENV = "SMALLOBJ_TEST_SEEN_DIR"  # set by the test before Ray starts: its workers inherit it
 
 
-def train_trial_recording_images(config: dict, data) -> None:
+def train_trial_recording_images(config: dict, data, **trial_kw) -> None:
     """`train_trial`, writing $SMALLOBJ_TEST_SEEN_DIR/<trial id>.json: the image ids of every dataset
     its training (`detector.engine.fit`) was given ({"train": [...], "val": [...], "test": [...] or
     absent}). Every trial is handed the object-store reference of the test images; what matters is
@@ -64,6 +64,6 @@ def train_trial_recording_images(config: dict, data) -> None:
 
     trainable.fit = recording_fit
     try:
-        trainable.train_trial(config, data)
+        trainable.train_trial(config, data, **trial_kw)
     finally:
         trainable.fit = fit

@@ -14,7 +14,8 @@ from search import results as R
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _trial(run_dir, stage, arm, tid, epochs_map50, params, fail=None, extra_cfg=None, source="", test=None, seed=0):
+def _trial(run_dir, stage, arm, tid, epochs_map50, params, fail=None, extra_cfg=None, source="", test=None, seed=0,
+           peak=500.0):
     """A trial folder as Ray leaves it (`stage` "trials": a search trial). `test`: the test mAP50
     reported at the best validation epoch (as detector.engine.fit does); `source`: the search trial a
     confirmation run retrains."""
@@ -31,7 +32,7 @@ def _trial(run_dir, stage, arm, tid, epochs_map50, params, fail=None, extra_cfg=
         lines.append({"trial_id": tid, "epoch": float(e), "map50": m, "map": m / 2, "map_small": m / 3,
                       "loss": 2.0 / e, "iou_per_pred": 0.5, "iou_per_gt": m, "epoch_time_s": 10.0,
                       "train_img_per_s": 4.0, "params_total": params,
-                      "params_trainable": params / 2, "peak_mem_mb": 500.0})
+                      "params_trainable": params / 2, "peak_mem_mb": peak + e})
         if test is not None and m == best and epochs_map50.index(m) == e - 1:
             lines[-1].update(test_map50=test, test_map=test / 2, test_map_small=test / 3, test_iou_per_pred=0.5,
                              test_iou_per_gt=test)
@@ -72,7 +73,7 @@ def handmade(tmp_path):
     (run / "space.yaml").write_text("budget: {max_epochs: 4, grace_period: 1, reduction_factor: 2}\n")
     _trial(run, "trials", "A", "a1", [0.2, 0.5, 0.7, 0.8], params=41_290_000)
     _trial(run, "trials", "A", "a2", [0.1], params=41_290_000)             # stopped at rung 1
-    _trial(run, "trials", "A", "a3", [0.3, 0.4, 0.5, 0.6], params=41_290_000)
+    _trial(run, "trials", "A", "a3", [0.3, 0.4, 0.5, 0.6], params=41_290_000, peak=2000.0)  # a larger batch
     _trial(run, "trials", "B", "b1", [0.3, 0.5, 0.6, 0.55], params=28_270_000)
     _trial(run, "trials", "B", "b2", [0.2, 0.3], params=28_270_000)       # stopped at rung 2
     _trial(run, "trials", "B", "b3", [], params=28_270_000, fail="NonFiniteLossError: boom")
@@ -106,6 +107,8 @@ def test_table_values_figures_and_conclusion_from_known_numbers(handmade):
     assert "Best arm on validation: **A**, map50 0.7800 ± 0.0283" in text
     assert "Behind it beyond the 95% interval: B (0.5900 ± 0.0141; gap 0.1900, 95% interval" in text
     assert "| A | 0.8000 | 0.7800 ± 0.0283 (n=2) | 0.4000 |" in text and "| 41.29 | 20.64 |" in text
+    # Peak memory: the best trial's (a1: 500 + 4 epochs) and the largest of any of the arm's runs (a3).
+    assert a["peak_mem_mb"] == 504.0 and a["arm_peak_mem_mb"] == 2004.0 and "| 504 / 2004 |" in text
     assert "b3 (B): NonFiniteLossError: boom" in text
     # Pareto front: B is faster and smaller, A more accurate: both on it.
     assert "Pareto front (latency): A, B" in text or "Pareto front (latency): B, A" in text

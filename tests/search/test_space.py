@@ -83,6 +83,16 @@ def test_arms_are_the_product_minus_impossible_combinations(tmp_path):
      "x.yaml: params.split_seed: the split is the run's, not a trial's: set it under `fixed`"),
     (("budget:", "fixed: {val_fraction: 0.5, test_fraction: 0.5}\nbudget:"),
      "test_fraction: val_fraction + test_fraction must be < 1"),
+    (("budget:", "resources: {cpu: 4, gpu: 2}\nbudget:"),
+     "x.yaml: resources.gpu: must be at most 1, got 2: one trial trains on one GPU (there is no data-parallel "
+     "training); to use more GPUs, run more trials at once (budget.max_concurrent), or pack several trials"),
+    (("budget:", "resources: {cpu: 2}\nfixed: {num_workers: 3}\nbudget:"),
+     "x.yaml: fixed.num_workers: must be at most the trial's CPU share (resources.cpu = 2: 2 worker processes; "
+     "the default is 1), got 3"),
+    (("params:\n", "resources: {cpu: 2}\nparams:\n  num_workers: {type: categorical, choices: [0, 4]}\n"),
+     "x.yaml: params.num_workers: must be at most the trial's CPU share"),
+    (("trials_per_arm: 2", "trials_per_arm: 2, checkpoint_every: 0"),
+     "x.yaml: budget.checkpoint_every: must be an integer >= 1, got 0"),
 ])
 def test_bad_spaces_are_rejected_with_the_rule(tmp_path, edit, message):
     old, new = edit
@@ -139,3 +149,22 @@ def test_stopping_none_has_no_rungs_and_the_dry_run_says_so(tmp_path):
     text = dry_run_text(space)
     assert "no early stopping (budget.stopping: none); proposals: random" in text
     assert "ASHA rungs at epochs [1, 2] (reduction factor 2); proposals: tpe" in dry_run_text(load_space(_write(tmp_path, BASE)))
+
+
+@pytest.mark.parametrize("resources, expected", [("{cpu: 4, gpu: 1}", 3), ("{cpu: 1}", 0), ("{cpu: 2.5, gpu: 0.5}", 1)])
+def test_loader_workers_default_to_the_trial_s_cpu_share_minus_one(tmp_path, resources, expected):
+    s = load_space(_write(tmp_path, BASE + f"resources: {resources}\n"))
+    assert s.fixed["num_workers"] == expected
+    assert s.trial_config(s.arms[0], {"lr": 0.01}).num_workers == expected
+    # A space may still fix it, within the share.
+    fixed = load_space(_write(tmp_path, BASE + f"resources: {resources}\nfixed: {{num_workers: 0}}\n"))
+    assert fixed.trial_config(fixed.arms[0], {"lr": 0.01}).num_workers == 0
+
+
+def test_checkpoints_every_n_epochs_and_at_every_rung(tmp_path):
+    text = BASE.replace("max_epochs: 4, grace_period: 1, reduction_factor: 2",
+                        "max_epochs: 20, grace_period: 3, reduction_factor: 2, checkpoint_every: 5")
+    assert sorted(load_space(_write(tmp_path, text)).checkpoint_epochs()) == [3, 5, 6, 10, 12, 15, 20]
+    no_asha = text.replace("checkpoint_every: 5", "checkpoint_every: 5, stopping: none")
+    assert sorted(load_space(_write(tmp_path, no_asha)).checkpoint_epochs()) == [5, 10, 15, 20]
+    assert load_space(_write(tmp_path, BASE)).checkpoint_epochs() == {1, 2, 3, 4}  # the default: every epoch
