@@ -1,7 +1,7 @@
 """The project's training loop, data pipeline included, against the bare torchvision loop.
 
     .venv/bin/python bench/loop_vs_raw.py [--arch resnet18-v1] [--size 256] [--batch 2] [--steps 12]
-                                         [--device cpu|cuda] [--amp]
+                                         [--device cpu|cuda] [--amp off|bf16|fp16]
 
 Measures, one after the other: (1) ../shared/tools/raw_torchvision_bench.py as a subprocess (random
 tensors already on the device, no data pipeline, no metrics); (2) that script's bare step in this
@@ -36,6 +36,7 @@ from detector import synth  # noqa: E402
 from detector.data import DetectionDataset, collate, load_coco  # noqa: E402
 from detector.engine import Setup, build_optimizer, build_scheduler, train_one_epoch  # noqa: E402
 from detector.model import build_model  # noqa: E402
+from detector.precision import amp_dtype, autocast  # noqa: E402
 from detector.transforms import Augment  # noqa: E402
 
 
@@ -44,8 +45,10 @@ def raw(a) -> dict:
                                 if (d / "raw_torchvision_bench.py").exists()), None)
     if raw_script is None:
         return {"train_img_s": None, "note": "raw_torchvision_bench.py not found; pass --raw"}
+    if a.amp == "fp16":
+        return {"train_img_s": None, "note": "raw_torchvision_bench.py has no fp16 mode (its --amp is bf16)"}
     cmd = [sys.executable, raw_script, "--arch", a.arch, "--size", str(a.size), "--batch", str(a.batch),
-           "--steps", str(a.steps), "--warmup", "2", "--device", a.device] + (["--amp"] if a.amp else [])
+           "--steps", str(a.steps), "--warmup", "2", "--device", a.device] + (["--amp"] if a.amp == "bf16" else [])
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -70,13 +73,16 @@ def bare_on_our_data(a, data: Path) -> dict:
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     losses = []
+    dtype = amp_dtype(a.amp, dev)
+    scaler = torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16)
 
     def step(images, targets):
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.amp and dev.type == "cuda"):
+        with autocast(dev, dtype):
             loss = sum(model(images, targets).values())
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
         losses.append(loss.detach())
 
     for b in batches[:2]:
@@ -109,7 +115,7 @@ def project(a, data: Path) -> dict:
     opt = build_optimizer(cfg, model)
     n = len(ds)
     sched = build_scheduler(cfg, opt, (n + a.batch - 1) // a.batch)
-    scaler = torch.amp.GradScaler("cuda", enabled=setup.amp_dtype == torch.float16)
+    scaler = torch.amp.GradScaler(setup.device.type, enabled=setup.amp_dtype == torch.float16)
     train = DetectionDataset(ds, 1, Augment(cfg.hflip, cfg.vflip, cfg.rot90))
     pin = setup.device.type == "cuda"
 
@@ -132,7 +138,7 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--amp", action="store_true")
+    p.add_argument("--amp", choices=list(C.AMP_MODES), default="off")
     p.add_argument("--raw", help="path of raw_torchvision_bench.py (default: ../shared/tools, shared/tools, .gpu)")
     p.add_argument("--repeats", type=int, default=3, help="alternating runs of each loop (medians reported)")
     a = p.parse_args()

@@ -142,9 +142,9 @@ def bare_loop(cfg: C.TrainConfig, train, val, engine_rng: bool = False, score_co
 
     Its random streams (batch order; the RPN's and box head's sampling of anchors and proposals,
     which draw from torch's global generator) are its own, unless `engine_rng`: then each epoch
-    starts them as `fit` does (torch.manual_seed(seed * 1_000_003 + epoch); a DataLoader generator
-    seeded seed * 7919 + epoch, which first draws the loader's base seed, then the permutation), and
-    the two loops must compute the same numbers: whatever else the engine does changes nothing."""
+    starts them as `fit` does (torch.manual_seed(seed * 1_000_003 + epoch); the permutation of
+    detector.data.EpochSampler, from a generator seeded seed * 7919 + epoch), and the two loops
+    must compute the same numbers: whatever else the engine does changes nothing."""
     setup = Setup.create(cfg, train, "cpu")
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, setup.stats, image_scale=setup.image_scale)
@@ -168,7 +168,6 @@ def bare_loop(cfg: C.TrainConfig, train, val, engine_rng: bool = False, score_co
         if engine_rng:
             torch.manual_seed(cfg.seed * 1_000_003 + epoch)
             g = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
-            torch.empty((), dtype=torch.int64).random_(generator=g)  # what DataLoader's iterator draws first
         else:
             g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
         order = torch.randperm(len(items), generator=g).tolist()

@@ -366,10 +366,11 @@ def fit(cfg: TrainConfig, train: DecodedDataset, val: DecodedDataset, out_dir: s
 
     Writes into `out_dir`: `checkpoint.pt` (latest, atomically), `model.pt` (best weights +
     configuration), `metrics.jsonl` (one object per epoch) and `summary.json`. The checkpoint is
-    written after every epoch for which `checkpoint_epochs(epoch)` is true (default: every epoch) and
-    always after the run's last epoch (the last of `cfg.epochs`, or the one patience stops at).
-    `on_epoch(metrics, checkpoint_path)` is called after each epoch, with the path when that epoch's
-    checkpoint was written and None otherwise.
+    written after every epoch for which `checkpoint_epochs(epoch)` is true (default: every epoch),
+    always after the run's last epoch (the last of `cfg.epochs`, or the one patience stops at), and
+    after an epoch that rewrote model.pt (so model.pt is never ahead of the checkpoint).
+    `on_epoch(metrics, checkpoint_path)` is called after each epoch, with the path on the epochs
+    `checkpoint_epochs` (or the last) chose, the ones a caller persists, and None otherwise.
     With `resume`, training continues after the epoch stored in `out_dir/checkpoint.pt` (a changed
     `amp` is accepted, any other changed field refused: RESUME_MAY_CHANGE).
     `gpu_memory_fraction` caps this process's CUDA allocator at that share of the GPU (trials
@@ -451,28 +452,30 @@ def _fit(cfg: TrainConfig, train: DecodedDataset, val: DecodedDataset, out: Path
                      params_total=float(total), params_trainable=float(trainable))
             if setup.device.type == "cuda":
                 m["peak_alloc_mb"] = torch.cuda.max_memory_allocated(setup.device) / 2 ** 20
-            if is_better(m[cfg.metric], best):  # the one rule: strictly better, so ties keep the first
+            improved = is_better(m[cfg.metric], best)
+            if improved:  # the one rule: strictly better, so ties keep the first
                 best, best_epoch = m[cfg.metric], epoch
                 if test_loader is not None:
                     m.update({f"test_{k}": v for k, v in evaluate(model, test_loader, setup, max_dets).items()})
                 atomic_save(_model_file(model, cfg, train, setup), out / "model.pt")
             history.append(m)
             stopped_early = cfg.patience is not None and epoch - best_epoch >= cfg.patience
-            written = None
-            if checkpoint_epochs(epoch) or epoch == cfg.epochs or stopped_early:
+            persist = checkpoint_epochs(epoch) or epoch == cfg.epochs or stopped_early
+            # checkpoint.pt is also written (locally, not handed on) when model.pt changed, so that
+            # model.pt never holds an epoch a resume would train again.
+            if persist or improved:
                 atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                              "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
                              "rng": _rng_state(), "config": C.to_dict(cfg), "history": history, "best": best,
                              "best_epoch": best_epoch, "stats": _stats_dict(setup.stats),
                              "image_scale": setup.image_scale, "class_names": list(train.class_names)}, ckpt_path)
-                written = ckpt_path
             with open(metrics_file, "a") as f:
                 f.write(json.dumps(m) + "\n")
             log(f"epoch {epoch}/{cfg.epochs}  loss {m['loss']:.4f}  map50 {m['map50']:.4f}  "
                 f"map {m['map']:.4f}  iou/pred {m['iou_per_pred']:.3f}  iou/gt {m['iou_per_gt']:.3f}  "
                 f"{m['train_img_per_s']:.1f} img/s")
             if on_epoch is not None:
-                on_epoch(dict(m), written)
+                on_epoch(dict(m), ckpt_path if persist else None)
             if stopped_early:
                 log(f"early stop: no better {cfg.metric} for {cfg.patience} epochs (best {best:.4f} at epoch {best_epoch})")
                 break

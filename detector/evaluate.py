@@ -10,6 +10,7 @@ import sys
 
 import torch
 
+from detector.config import ConfigError
 from detector.data import DataError, DetectionDataset, collate, load_any, require_usable
 from detector.engine import Setup, evaluate, model_from_checkpoint
 
@@ -32,7 +33,11 @@ def main(argv=None) -> int:
         return 2
     loader = torch.utils.data.DataLoader(DetectionDataset(ds, cfg.in_channels), batch_size=a.batch_size,
                                          collate_fn=collate)
-    setup = Setup.create(cfg, ds, device)
+    try:
+        setup = Setup.create(cfg, ds, device)
+    except ConfigError as e:
+        print(f"error: {a.checkpoint}: {e}", file=sys.stderr)
+        return 2
     metrics = evaluate(model, loader, setup, model.roi_heads.detections_per_img)
     metrics["images"] = len(ds)
     print(json.dumps(metrics))

@@ -14,12 +14,11 @@ larger than the objects this tool is for. `keep_boxes_in_float32` makes every mo
 and build its anchors in float32, so decoding, clipping, NMS, the losses and post-processing run in
 float32 whatever autocast is active, including a user's own `torch.autocast` around the model.
 """
-from __future__ import annotations
-
 import contextlib
+from typing import List, Tuple
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 
 from detector.config import AMP_MODES, ConfigError
@@ -55,20 +54,21 @@ class Float32AnchorGenerator(AnchorGenerator):
     change here keeps them float32."""
 
     def set_cell_anchors(self, dtype: torch.dtype, device: torch.device):
-        super().set_cell_anchors(torch.float32, device)
+        # torchvision's body with float32 for `dtype` (written out, not super(): TorchScript).
+        self.cell_anchors = [cell_anchor.to(dtype=torch.float32, device=device) for cell_anchor in self.cell_anchors]
 
 
-def _to_float32(x):
-    """Floating tensors in a (nested) tuple/list output cast to float32; everything else as it is."""
-    if isinstance(x, torch.Tensor):
-        return x.float() if x.is_floating_point() and x.dtype != torch.float32 else x
-    if isinstance(x, (list, tuple)):
-        return type(x)(_to_float32(v) for v in x)
-    return x
+# Forward hooks, typed for TorchScript (torch.jit.script of the model keeps working):
+def _rpn_head_float32(module: nn.Module, inputs: Tuple[List[Tensor]],
+                      output: Tuple[List[Tensor], List[Tensor]]) -> Tuple[List[Tensor], List[Tensor]]:
+    """RPNHead -> (objectness per level (N, A, H, W), box deltas per level (N, 4A, H, W)) in float32."""
+    return [o.float() for o in output[0]], [d.float() for d in output[1]]
 
 
-def _float32_output_hook(module: nn.Module, args, output):
-    return _to_float32(output)
+def _box_predictor_float32(module: nn.Module, inputs: Tuple[Tensor],
+                           output: Tuple[Tensor, Tensor]) -> Tuple[Tensor, Tensor]:
+    """FastRCNNPredictor -> (class logits (R, C), box deltas (R, 4C)) in float32."""
+    return output[0].float(), output[1].float()
 
 
 def keep_boxes_in_float32(model) -> None:
@@ -82,6 +82,6 @@ def keep_boxes_in_float32(model) -> None:
     if not isinstance(model.rpn.anchor_generator, Float32AnchorGenerator):
         raise TypeError("keep_boxes_in_float32: the model's anchor generator must be a Float32AnchorGenerator "
                         f"(got {type(model.rpn.anchor_generator).__name__})")
-    for module in (model.rpn.head, model.roi_heads.box_predictor):
-        if not any(h is _float32_output_hook for h in module._forward_hooks.values()):
-            module.register_forward_hook(_float32_output_hook)
+    for module, hook in ((model.rpn.head, _rpn_head_float32), (model.roi_heads.box_predictor, _box_predictor_float32)):
+        if not any(h is hook for h in module._forward_hooks.values()):
+            module.register_forward_hook(hook)

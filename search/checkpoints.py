@@ -1,6 +1,7 @@
 """Which checkpoints a search keeps.
 
-A search trial writes a checkpoint every epoch. Ray can delete old ones itself
+A search trial hands Ray a checkpoint every epoch (or as `budget.checkpoint_every` and the rungs
+choose: Space.checkpoint_epochs). Ray can delete old ones itself
 (`CheckpointConfig(num_to_keep=k)`), but then it forces an experiment snapshot (every trial's state
 written, the run folder copied) as soon as any trial has checkpointed k times since the last one,
 so that its saved state never names a deleted checkpoint: with k = 1, one snapshot per epoch of

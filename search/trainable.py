@@ -3,7 +3,8 @@
 search.run puts the decoded dataset in Ray's object store once (`ray.put`) and hands its reference
 to every trial through `tune.with_parameters`; the trials on a node map that node's one
 shared-memory copy (numpy arrays are zero-copy there; bench/memory.py measures it).
-Checkpoints go through Ray Tune's API every epoch, so ASHA pauses, node failures and resumes
+Checkpoints go through Ray Tune's API on the epochs `budget.checkpoint_every` and the ASHA rungs
+choose (Space.checkpoint_epochs; every epoch by default), so ASHA stops, node failures and resumes
 continue from real checkpoints.
 """
 from __future__ import annotations
@@ -15,10 +16,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
 from ray import tune
 
 from detector import config as C
-from detector.engine import NonFiniteLossError, OutOfMemoryError, fit
+from detector.engine import NonFiniteLossError, OutOfMemoryError, fit, release_gpu_memory
 from search.stages import scores_test
 
 CKPT_NAME = "checkpoint.pt"
@@ -100,10 +102,16 @@ def train_trial(config: dict, data: tuple, checkpoint_epochs: frozenset | None =
         fit(cfg, train, val, work, test=test, on_epoch=on_epoch, resume=restored is not None,
             checkpoint_epochs=None if checkpoint_epochs is None else checkpoint_epochs.__contains__,
             gpu_memory_fraction=gpu_share if 0 < gpu_share < 1 else None)
-    except (NonFiniteLossError, OutOfMemoryError) as e:
+    except (NonFiniteLossError, OutOfMemoryError, C.ConfigError) as e:
         # Deterministic failures: retrying from the checkpoint would fail the same way, so the trial
         # ends now with its reason (the searcher tells Optuna FAIL) instead of raising into Ray's retries.
+        # (ConfigError: what the configuration asks of this node's device, e.g. bf16 on a GPU without it.)
         # The metric is reported (as NaN) because Ray requires the search's metric in every result.
         tune.report({"fail_reason": f"{type(e).__name__}: {e}", "epoch": float(last_epoch), cfg.metric: math.nan})
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        # Past the except block the failed run's frames are gone, so its cached GPU memory can be
+        # returned now (fit's own release runs while an exception still holds the model). Ray reuses
+        # this worker for the next trial, and a neighbour on a shared GPU can use the memory meanwhile.
+        if torch.cuda.is_available():
+            release_gpu_memory(torch.device("cuda"))

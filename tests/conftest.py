@@ -17,6 +17,16 @@ TINY = dict(min_size=64, max_size=64, anchor_sizes=[8, 16, 32, 64, 128], box_bat
             rpn_pre_nms_top_n_test=200, rpn_post_nms_top_n_test=100, num_workers=0, batch_size=2)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` skip cleanly where CUDA is absent (`pytest -m gpu` on the GPU machine runs them)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """A real COCO dataset written by the synthetic generator: 10 images of 64 px."""

@@ -93,9 +93,16 @@ def test_resumed_run_ends_with_the_same_metrics(splits, tmp_path):
     assert resumed["best"]["map50"] == pytest.approx(straight["best"]["map50"], abs=1e-6)
 
 
-def test_checkpoints_on_chosen_epochs_and_a_resume_loses_only_the_epochs_after_the_last(splits, tmp_path):
-    """checkpoint_epochs={1} over 3 epochs: written after epochs 1 and 3 (the last always), the
-    callback is told which; a run stopped after epoch 2 resumes after epoch 1 and redoes epoch 2."""
+def test_checkpoints_on_chosen_epochs_and_a_resume_loses_only_the_epochs_after_the_last(splits, tmp_path,
+                                                                                         monkeypatch):
+    """checkpoint_epochs={1} over 3 epochs whose validation map50 is 0.5, 0.4, 0.6 (scripted): the
+    checkpoint is written after epoch 1 (chosen) and 3 (the last), and not after epoch 2, which
+    neither was chosen nor rewrote model.pt; the callback is told which epochs to persist. A run
+    stopped after epoch 2 resumes after epoch 1 and trains epoch 2 again."""
+    from detector import engine
+
+    scores = [{"map50": v} for v in (0.5, 0.4, 0.6)]
+    monkeypatch.setattr(engine, "evaluate", _scripted_evaluate(scores + scores[1:]))
     cfg = C.from_dict({**CFG, "epochs": 3})
     seen = []
 
@@ -113,6 +120,27 @@ def test_checkpoints_on_chosen_epochs_and_a_resume_loses_only_the_epochs_after_t
             on_epoch=lambda m, ck: after.append((m["epoch"], ck is not None)))
     assert "after epoch 1" in logs[0] and after == [(2.0, False), (3.0, True)] and s["epochs_run"] == 3
     assert [json.loads(x)["epoch"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1.0, 2.0, 3.0]
+
+
+def test_an_epoch_that_rewrites_model_pt_also_writes_the_checkpoint(splits, tmp_path, monkeypatch):
+    """model.pt is never ahead of checkpoint.pt: an improving epoch writes both, though not a
+    checkpoint epoch (and is not handed to the caller to persist)."""
+    from detector import engine
+
+    monkeypatch.setattr(engine, "evaluate", _scripted_evaluate([{"map50": v} for v in (0.2, 0.5, 0.4)]))
+    seen = []
+
+    def stop_after_2(m, ck):
+        seen.append(ck)
+        if m["epoch"] == 2:
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        fit(C.from_dict({**CFG, "epochs": 3}), *splits, tmp_path, on_epoch=stop_after_2,
+            checkpoint_epochs=lambda epoch: False)
+    assert seen == [None, None]
+    ck = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert ck["epoch"] == 2 and ck["best_epoch"] == 2
 
 
 def test_resume_with_another_configuration_is_refused(splits, tmp_path):

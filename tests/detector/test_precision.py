@@ -71,6 +71,7 @@ def test_a_model_under_a_user_s_own_autocast_returns_float32_boxes():
     # The generator really is torchvision's, with one method changed.
     assert isinstance(model.rpn.anchor_generator, AnchorGenerator)
     assert isinstance(model.rpn.anchor_generator, Float32AnchorGenerator)
+    torch.jit.script(model)  # the float32 parts keep torchvision's model scriptable
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +122,7 @@ def _mosaic_model(model_pt, float32_boxes: bool = True):
     return model.eval(), stats
 
 
+@pytest.mark.slow
 def test_a_trained_model_scores_the_same_map50_under_bf16_as_in_fp32_on_2048_px_images(trained):
     batches = _mosaics(trained["val"])
     scores = {}
@@ -134,6 +136,7 @@ def test_a_trained_model_scores_the_same_map50_under_bf16_as_in_fp32_on_2048_px_
     assert scores["fp32"] - scores["bf16, torchvision's"] > 0.02
 
 
+@pytest.mark.slow
 def test_predict_runs_in_the_precision_of_evaluation(trained, tmp_path):
     from detector import predict
 
@@ -188,7 +191,8 @@ def _stop_after(n):
     return cb
 
 
-@pytest.mark.parametrize("first, then", [("bf16", "fp16"), ("fp16", "off")])
+@pytest.mark.parametrize("first, then", [pytest.param("bf16", "fp16", marks=pytest.mark.slow),  # fp16 on a CPU: 45 s
+                                         ("fp16", "off")])
 def test_resume_continues_in_another_precision(tiny_splits, tmp_path, first, then):
     """The rule (engine.RESUME_MAY_CHANGE): amp may change on resume; the gradient scaler starts fresh
     when the checkpoint has none (bf16 and off save an empty one) and is dropped when fp16 ends."""

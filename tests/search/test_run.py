@@ -346,6 +346,35 @@ budget: {max_epochs: 3, grace_period: 1, reduction_factor: 2, trials_per_arm: 1}
     assert t.state == TrialState.COMPLETE and sorted(t.intermediate_values) == [1, 2, 3]
 
 
+def test_with_checkpoint_every_a_retried_trial_redoes_only_the_epochs_since_its_last_checkpoint(
+        tiny_data, tmp_path, monkeypatch):
+    """budget.checkpoint_every 2 over 3 epochs (rung at 2): checkpoints after epochs 2 and 3 only. The
+    fault after epoch 1 finds no checkpoint, so Ray's retry starts over: one epoch (checkpoint_every - 1)
+    is trained twice, and Ray keeps the checkpoints of epochs 2 and 3 only."""
+    import faults
+    from ray import cloudpickle
+
+    from search import trainable
+
+    cloudpickle.register_pickle_by_value(faults)
+    monkeypatch.setattr(trainable, "train_trial", faults.train_trial_failing_once)
+    space = _space(tmp_path, tiny_data, """
+arms: {backbone: [resnet18]}
+params:
+  lr: {type: float, low: 0.005, high: 0.01}
+budget: {max_epochs: 3, grace_period: 2, reduction_factor: 2, trials_per_arm: 1, checkpoint_every: 2}
+""")
+    assert run.main(["--space", str(space), "--storage", str(tmp_path / "runs"), "--name", "f", "--num-cpus", "2"]) == 0
+    (row,) = _rows(tmp_path / "runs" / "f")
+    assert row["status"] == "finished" and row["epochs_run"] == "3"
+    trial_dir = next((tmp_path / "runs" / "f" / "trials").glob("resnet18*"))
+    epochs = [json.loads(x)["epoch"] for x in (trial_dir / "result.json").read_text().splitlines()]
+    assert epochs == [1.0, 1.0, 2.0, 3.0]  # epoch 1 lost with the failure (no checkpoint), then 1, 2, 3
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "runs" / "f" / "optuna.journal")))
+    (t,) = optuna.load_study(study_name="resnet18-v1-none-t5", storage=storage).trials
+    assert t.state == TrialState.COMPLETE and sorted(t.intermediate_values) == [1, 2, 3]
+
+
 @pytest.mark.slow
 def test_resume_refuses_a_truncated_experiment_state(searched, tmp_path):
     import shutil
