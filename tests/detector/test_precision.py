@@ -74,6 +74,26 @@ def test_a_model_under_a_user_s_own_autocast_returns_float32_boxes():
     torch.jit.script(model)  # the float32 parts keep torchvision's model scriptable
 
 
+def test_training_targets_are_encoded_from_float32_boxes_under_bf16():
+    """The RPN's and the box head's regression targets: both sides of every encode are float32 in a
+    bf16 training step (anchors and proposals included), and the losses come out float32."""
+    model = _untrained().train()
+    seen = []
+    for coder in (model.rpn.box_coder, model.roi_heads.box_coder):
+        encode = coder.encode
+
+        def spy(reference_boxes, proposals, encode=encode):
+            seen.append({b.dtype for b in reference_boxes} | {p.dtype for p in proposals})
+            return encode(reference_boxes, proposals)
+
+        coder.encode = spy
+    boxes = torch.tensor([[1500.0, 40.0, 1512.0, 52.0], [1900.0, 60.0, 1910.0, 71.0]])
+    with autocast(torch.device("cpu"), BF16):
+        losses = model([torch.rand(1, 128, 2048)], [{"boxes": boxes, "labels": torch.ones(2, dtype=torch.int64)}])
+    assert seen == [{torch.float32}, {torch.float32}]
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A resnet18 trained 6 epochs on 24 synthetic 64-px images (about 35 s here; validation mAP50
