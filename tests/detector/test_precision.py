@@ -21,7 +21,11 @@ from detector.precision import Float32AnchorGenerator, autocast
 from tests.conftest import TINY
 
 BF16 = torch.bfloat16
-MOSAIC_ROWS, MOSAIC_COLS = 2, 32  # 64-px tiles: 128 x 2048 px, half the objects at x >= 1024 (8-px bf16 steps)
+# Mosaics of the 64-px validation images at a 96-px pitch: 192 x 2016 px, half the objects at
+# x >= 1024 (8-px bfloat16 steps). The 32-px gaps hold the grey mean, which normalises to 0: the
+# border the model was trained with (its convolutions' zero padding), not a neighbouring tile.
+MOSAIC_ROWS, MOSAIC_COLS, PITCH = 2, 21, 96
+GREY_MEAN = 0.449
 
 
 def _untrained(**changes):
@@ -97,40 +101,45 @@ def test_training_targets_are_encoded_from_float32_boxes_under_bf16():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A resnet18 trained 6 epochs on 24 synthetic 64-px images (about 35 s here; validation mAP50
-    0.24), its validation images and its model.pt."""
+    0.24), its validation images and its files (model.pt: the best epoch's; checkpoint.pt: the last)."""
     root = tmp_path_factory.mktemp("trained")
     data = synth.write_dataset(root / "data", n_images=32, size=64, seed=3)
     train, val = load_splits(str(data), val_fraction=0.25, seed=0)[:2]
     cfg = C.from_dict({**TINY, "backbone": "resnet18", "epochs": 6, "lr": 0.02, "warmup_epochs": 0.5, "seed": 1,
                        "rpn_pre_nms_top_n_test": 600, "rpn_post_nms_top_n_test": 300})
     summary = fit(cfg, train, val, root / "run")
-    return {"val": val, "model_pt": root / "run" / "model.pt", "best_map50": summary["best"]["map50"],
-            "data": data}
+    return {"val": val, "model_pt": root / "run" / "model.pt", "last_pt": root / "run" / "checkpoint.pt",
+            "best_map50": summary["best"]["map50"], "data": data}
 
 
 def _mosaics(val) -> list:
-    """Two 128 x 2048 batches tiled from the 64-px validation images: objects keep their trained scale."""
+    """Two 192 x 2016 batches tiled from the 64-px validation images: objects keep their trained scale."""
     tiles = DetectionDataset(val)
     batches = []
     for offset in (0, 3):
-        img = torch.zeros(1, 64 * MOSAIC_ROWS, 64 * MOSAIC_COLS)
+        img = torch.full((1, PITCH * MOSAIC_ROWS, PITCH * MOSAIC_COLS), GREY_MEAN)
         boxes, labels = [], []
         for k in range(MOSAIC_ROWS * MOSAIC_COLS):
             x, t = tiles[(k + offset) % len(tiles)]
             r, c = divmod(k, MOSAIC_COLS)
-            img[:, 64 * r:64 * (r + 1), 64 * c:64 * (c + 1)] = x
-            boxes.append(t["boxes"] + torch.tensor([64.0 * c, 64.0 * r] * 2))
+            img[:, PITCH * r:PITCH * r + 64, PITCH * c:PITCH * c + 64] = x
+            boxes.append(t["boxes"] + torch.tensor([float(PITCH * c), float(PITCH * r)] * 2))
             labels.append(t["labels"])
         batches.append(([img], [{"boxes": torch.cat(boxes), "labels": torch.cat(labels)}]))
     return batches
 
 
+TILES = MOSAIC_ROWS * MOSAIC_COLS
+
+
 def _mosaic_model(model_pt, float32_boxes: bool = True):
-    """The trained weights in a model sized for the mosaics (the transform keeps them at scale 1)."""
+    """The trained weights in a model sized for the mosaics (the transform keeps them at scale 1),
+    with the proposal and detection budgets of TINY per tile (200 / 100 / 100): a smaller budget
+    for the whole mosaic leaves each tile a few proposals and makes its score a matter of luck."""
     ck = load_checkpoint(model_pt)
     cfg = C.from_dict(ck["config"]).replace(
-        min_size=64 * MOSAIC_ROWS, max_size=64 * MOSAIC_COLS, rpn_pre_nms_top_n_test=3000,
-        rpn_post_nms_top_n_test=3000, box_detections_per_img=2000)
+        min_size=PITCH * MOSAIC_ROWS, max_size=PITCH * MOSAIC_COLS, rpn_pre_nms_top_n_test=200 * TILES,
+        rpn_post_nms_top_n_test=100 * TILES, box_detections_per_img=100 * TILES)
     stats = DataStats(**{**ck["stats"], "box_size_quantiles": tuple(ck["stats"]["box_size_quantiles"])})
     model = build_model(cfg, stats, load_weights=False, image_scale=ck["image_scale"])
     model.load_state_dict(ck["model"])
@@ -143,17 +152,20 @@ def _mosaic_model(model_pt, float32_boxes: bool = True):
 
 
 @pytest.mark.slow
-def test_a_trained_model_scores_the_same_map50_under_bf16_as_in_fp32_on_2048_px_images(trained):
+def test_a_trained_model_scores_the_same_map50_under_bf16_as_in_fp32_on_2000_px_images(trained):
     batches = _mosaics(trained["val"])
     scores = {}
     for name, float32_boxes, dtype in (("fp32", True, None), ("bf16", True, BF16), ("bf16, torchvision's", False, BF16)):
-        model, stats = _mosaic_model(trained["model_pt"], float32_boxes)
-        scores[name] = evaluate(model, batches, Setup(torch.device("cpu"), stats, 1.0, dtype), 2000)["map50"]
+        # The last epoch's weights (checkpoint.pt), not the best epoch's: the same model whichever
+        # epoch validation happened to prefer.
+        model, stats = _mosaic_model(trained["last_pt"], float32_boxes)
+        scores[name] = evaluate(model, batches, Setup(torch.device("cpu"), stats, 1.0, dtype), 100 * TILES)["map50"]
     print(json.dumps(scores))
-    assert trained["best_map50"] > 0.2 and scores["fp32"] > 0.15  # a model that detects, at its trained scale
+    assert trained["best_map50"] > 0.2 and scores["fp32"] > 0.1  # a model that detects, at its trained scale
     assert abs(scores["bf16"] - scores["fp32"]) <= 0.01
-    # What the float32 boxes prevent: here, with torchvision's own dtype flow, bf16 loses over 0.02.
-    assert scores["fp32"] - scores["bf16, torchvision's"] > 0.02
+    # What the float32 boxes prevent: torchvision's own dtype flow loses more than the tolerance
+    # (0.026 here), so the assertion above fails without them.
+    assert scores["fp32"] - scores["bf16, torchvision's"] > 0.01
 
 
 @pytest.mark.slow
