@@ -485,8 +485,7 @@ def _fit(cfg: TrainConfig, train: DecodedDataset, val: DecodedDataset, out: Path
         # Outside the except block, the traceback (and the activations its frames hold) is gone, so
         # dropping the model and optimizer really returns their memory to the GPU.
         del model, optimizer, scheduler, scaler, loader, val_loader, test_loader
-        gc.collect()
-        torch.cuda.empty_cache()
+        release_gpu_memory(setup.device)
         raise OutOfMemoryError(f"CUDA out of memory with batch_size={cfg.batch_size}, min_size={cfg.min_size}, "
                                f"max_size={cfg.max_size} ({cfg.backbone} {cfg.version}); lower batch_size or "
                                f"min_size")
