@@ -161,7 +161,7 @@ def run_search(space: Space, loc: RunLocation, data, resume: bool, stream=None, 
         # With object storage the searcher copies the journal into every experiment checkpoint,
         # which Ray uploads: the studies are never behind Ray's trials in the bucket.
         searcher = ArmSearcher(space, run_dir / JOURNAL, snapshot_journal=loc.uri is not None,
-                               stages=space.eval_stages())
+                               stages=space.eval_stages(), max_concurrent=space.max_concurrent)
         # budget.stopping: none records full learning curves (the input of search.replay).
         scheduler = PerArmASHA(space, run_dir) if space.stopping == "asha" else FIFOScheduler()
         tuner = tune.Tuner(
@@ -169,7 +169,7 @@ def run_search(space: Space, loc: RunLocation, data, resume: bool, stream=None, 
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                         # the most there can be; the searcher ends the run when all are done
                                         num_samples=space.total_trials() + space.eval_runs(),
-                                        max_concurrent_trials=space.max_concurrent,
+                                        # (budget.max_concurrent: the searcher's, not Ray's ConcurrencyLimiter)
                                         # A new trial reuses a finished trial's worker process (torch and
                                         # the dataset already loaded) instead of starting one.
                                         reuse_actors=True,

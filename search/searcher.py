@@ -130,8 +130,16 @@ class ArmSearcher(Searcher):
     while other arms still search. No slot waits for the slowest arm's search.
     """
 
-    def __init__(self, space: Space, journal: Path, snapshot_journal: bool = False, stages: tuple = ()):
+    def __init__(self, space: Space, journal: Path, snapshot_journal: bool = False, stages: tuple = (),
+                 max_concurrent: int | None = None):
         super().__init__(metric=space.metric, mode="max")
+        # At most this many runs (search trials and later-stage runs) at once; None: no limit. Kept
+        # here, not in Ray's ConcurrencyLimiter: the limiter restores its own list of live trials, which
+        # after a lost head node can hold trials Ray's (older) experiment state never had; they never
+        # end, and a resume with as many of them as slots waited forever (seen: test_storage's resume).
+        # Restoring, this searcher counts the runs Ray itself holds (`restore`).
+        self.max_concurrent = max_concurrent
+        self.running: set[str] = set()  # Ray trial ids suggested and not yet ended
         self.space, self.journal = space, None if journal is None else Path(journal)  # None: studies in memory
         self.snapshot_journal = snapshot_journal  # copy the journal into each experiment checkpoint
         self.stages = tuple(stages)
@@ -207,6 +215,14 @@ class ArmSearcher(Searcher):
         return None if waiting else Searcher.FINISHED
 
     def suggest(self, trial_id: str):
+        if self.max_concurrent and len(self.running) >= self.max_concurrent:
+            return None  # every slot taken: Ray asks again when a run ends
+        config = self._suggest_run(trial_id)
+        if isinstance(config, dict):
+            self.running.add(trial_id)
+        return config
+
+    def _suggest_run(self, trial_id: str):
         t0 = time.perf_counter()
         if self.stages:
             # Later-stage runs first: each trains the full budget, the longest work there is.
@@ -234,7 +250,7 @@ class ArmSearcher(Searcher):
             trial.set_user_attr("fail_reason", str(e))
             study.tell(trial, state=TrialState.FAIL)
             self.started[name] += 1
-            return self.suggest(trial_id)
+            return self._suggest_run(trial_id)
         trial.set_user_attr("ray_trial_id", trial_id)
         trial.set_user_attr("arm", arm.name)
         trial.set_user_attr("suggest_s", round(time.perf_counter() - t0, 6))  # the searcher's cost (bench/scale.py)
@@ -271,6 +287,7 @@ class ArmSearcher(Searcher):
                 trial.report(float(value), step=int(result["epoch"]))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        self.running.discard(trial_id)
         trial = self._trial(trial_id)
         if trial is None:
             return
@@ -332,6 +349,11 @@ class ArmSearcher(Searcher):
             state = json.load(f)
         self.started = {k: int(v) for k, v in state["started"].items()}
         self.live = {k: (name, int(otid)) for k, (name, otid) in state["live"].items()}
+        # Ray resumes the trials of its own state only. The runs taking a slot are those of them that
+        # have not ended (an errored one is retried), whatever this searcher's (possibly newer) state
+        # remembers; a trial it handed out that Ray's state lacks will not run (see below).
+        statuses = ray_statuses(self.journal.parent / "trials") if self.journal is not None else None
+        self.running = {t for t, status in (statuses or {}).items() if status != "TERMINATED"}
         self.ended, self.issued = state.get("ended", {}), set(state.get("issued", []))
         self._handles, self._stage_runs = {}, {}
         # A live trial whose Optuna trial has already ended was stopped (or finished) after Ray's last
@@ -340,8 +362,13 @@ class ArmSearcher(Searcher):
         # ended trial would raise UpdateFinishedTrialError).
         running = {name: {compat.optuna_trial_id(t): t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
                    for name, study in self.studies.items()}
+        # A live trial Ray's state lacks was handed out after Ray's last checkpoint: Ray will not run
+        # it, so its Optuna trial (still RUNNING) becomes an orphan below and is handed out again.
         saved_live, self.live = self.live, {k: (name, otid) for k, (name, otid) in self.live.items()
-                                            if otid in running.get(name, {})}
+                                            if otid in running.get(name, {}) and (statuses is None or k in statuses)}
+        for k, (name, otid) in saved_live.items():
+            if k not in self.live and otid in running.get(name, {}):
+                self.started[name] -= 1  # counted when handed out; handed out again as an orphan
         known = self._stored_trials()  # Ray trial id -> its folder, for the trials Ray's state holds
         if self.stages:
             # A trial dropped just above ended in this searcher's memory but not in its saved state,

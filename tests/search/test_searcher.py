@@ -127,3 +127,38 @@ def test_a_trial_that_ended_after_the_last_snapshot_still_gets_its_confirmation_
     confirm = resumed.suggest("c")
     assert isinstance(confirm, dict) and confirm["stage"] == "confirm" and confirm["source_trial"] == "a", confirm
     assert resumed.suggest("d") is resumed.FINISHED
+
+
+def test_runs_asked_after_rays_last_state_do_not_hold_slots_after_a_resume(tmp_path):
+    """budget.max_concurrent 2. The head node is lost just after the searcher handed out two trials
+    that Ray's last experiment state never recorded (its state holds a and b, which had finished; the
+    searcher's newer state also remembers c and d). On resume Ray runs no c or d: they must not take
+    the two slots (Ray's ConcurrencyLimiter restored its own list of them and the resumed search
+    waited forever, seen in test_storage's resume), and the third trial is asked for at once."""
+    space = _space(tmp_path)
+    run_dir = tmp_path / "run"
+    (run_dir / "trials").mkdir(parents=True)
+    searcher = ArmSearcher(space, run_dir / "optuna.journal", max_concurrent=2)
+    blank = pickle.dumps(searcher)
+    configs = {tid: searcher.suggest(tid) for tid in ("a", "b")}
+    assert searcher.suggest("x") is None  # both slots taken
+    for tid in ("a", "b"):
+        searcher.on_trial_result(tid, {"epoch": 1, "map50": 0.2})
+        searcher.on_trial_complete(tid, {"epoch": 3, "map50": 0.2})
+        _store(run_dir, tid, configs[tid], [0.2, 0.2, 0.2])
+    write_experiment_state(run_dir / "trials", {"a": "TERMINATED", "b": "TERMINATED"})  # Ray's last state
+    configs_c = searcher.suggest("c")
+    assert isinstance(configs_c, dict)
+    searcher.save(str(tmp_path / "searcher-state.json"))  # the searcher's, newer: c is live in it
+
+    resumed = pickle.loads(blank)
+    resumed.restore(str(tmp_path / "searcher-state.json"))
+    assert resumed.running == set()
+    third = resumed.suggest("e")  # c's Optuna trial, which no Ray trial holds, handed out again
+    assert isinstance(third, dict) and third["stage"] == "search" and third["params"] == configs_c["params"]
+    assert resumed.suggest("f") is resumed.FINISHED  # a, b and e: the arm's three trials
+    # Ray's state is what counts: with two runs in it unfinished, a third waits for a slot.
+    write_experiment_state(run_dir / "trials", {"a": "TERMINATED", "b": "RUNNING", "e": "PENDING"})
+    again = pickle.loads(blank)
+    again.restore(str(tmp_path / "searcher-state.json"))
+    assert again.running == {"b", "e"} and again.suggest("g") is None
