@@ -1,6 +1,7 @@
 """search.replay: strategies scored on recorded learning curves, with the project's own scheduler and
-searcher. Hand-made tables with a known answer (fast), and two real recorded runs on a local Ray:
-one with every trial run to the end (`budget: {stopping: none}`), one with ASHA on."""
+searcher. Hand-made tables with a known answer (fast), and two recorded searches on a local Ray
+(their trials replay synthetic curves): one with every trial run to the end (`budget: {stopping:
+none}`), one with ASHA on."""
 from __future__ import annotations
 
 import hashlib
@@ -146,7 +147,9 @@ def test_cli_writes_replay_md_with_the_table_the_figure_and_a_recommendation(tmp
 
 
 # ------------------------------------------------------------------------------------------------
-# Recorded runs on a real local Ray
+# Recorded runs on a real local Ray. What is recorded is a real search's run folder; its trials replay
+# synthetic curves (search.curve_trainable, --replay-curves) instead of training: the recording, the
+# scheduler's decisions and their replay do not depend on where the values came from.
 
 
 def _search(tmp, data, budget: str, name: str) -> Path:
@@ -156,7 +159,9 @@ params:
   lr: {{type: float, low: 0.005, high: 0.03, log: true}}
 budget: {budget}
 """, name=f"{name}.yaml")
-    assert run.main(["--space", str(space), "--storage", str(tmp / "runs"), "--name", name, "--num-cpus", "2"]) == 0
+    curves = R.synthetic_recording(space, tmp / f"{name}-curves", per_arm=6, command="test")
+    assert run.main(["--space", str(space), "--storage", str(tmp / "runs"), "--name", name, "--num-cpus", "2",
+                     "--replay-curves", str(curves), "--time-scale", "0.01"]) == 0
     return tmp / "runs" / name
 
 

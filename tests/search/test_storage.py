@@ -1,5 +1,7 @@
 """Runs on object storage: a real S3 protocol (moto's S3 server on localhost, reached by pyarrow and
-Ray exactly as AWS would be, through AWS_ENDPOINT_URL), real Ray, real Optuna."""
+Ray exactly as AWS would be, through AWS_ENDPOINT_URL), real Ray, real Optuna. The searches' trials
+replay synthetic curves (search.curve_trainable: a checkpoint every epoch, through the same
+`tune.report` a training trial uses): what goes where is the search's business, not the model's."""
 from __future__ import annotations
 
 import logging
@@ -11,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from search import replay as R
 from search import storage
+from search.curve_trainable import CKPT_NAME
 from search.results import collect
 from searchutil import (ROOT, SearchProcess, assert_every_trial_once, assert_only_each_arms_best_keeps_checkpoints,
                         wait_until, write_space)
@@ -61,8 +65,14 @@ def _keys(uri: str) -> list[str]:
                   fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True, allow_not_found=True)) if i.type == pyarrow.fs.FileType.File)
 
 
-def _search(tmp_path: Path, *args: str) -> SearchProcess:
-    return SearchProcess("--num-cpus", "2", *args, log_dir=tmp_path)
+def _search(tmp_path: Path, *args: str, time_scale: float = 0.01) -> SearchProcess:
+    """search.run on the space file in tmp_path, its trials replaying curves recorded for it (a
+    resumed run replays the same ones: its run.json names them)."""
+    curves = tmp_path / "curves"
+    if not curves.exists():
+        R.synthetic_recording(tmp_path / "s.yaml", curves, per_arm=6, command="test")
+    replay = [] if "--resume" in args else ["--replay-curves", str(curves), "--time-scale", str(time_scale)]
+    return SearchProcess("--num-cpus", "2", *args, *replay, log_dir=tmp_path)
 
 
 def test_a_run_on_s3_keeps_everything_in_the_bucket(bucket, tiny_data, tmp_path):
@@ -84,7 +94,7 @@ def test_a_run_on_s3_keeps_everything_in_the_bucket(bucket, tiny_data, tmp_path)
     def in_bucket(record) -> list[str]:  # ...the checkpoints went to the bucket, where the pruner kept the best's
         d = Path(record.path).name
         return sorted({k.split("/")[2] for k in keys if k.startswith(f"trials/{d}/checkpoint_")
-                       and k.endswith("checkpoint.pt")})
+                       and k.endswith(CKPT_NAME)})
     records = collect(work, "map50", 3)
     assert {Path(r.path).name for r in records} == trial_dirs
     assert_only_each_arms_best_keeps_checkpoints(records, in_bucket)
@@ -111,7 +121,7 @@ def test_resume_from_s3_on_a_machine_without_the_working_copy(bucket, tiny_data,
     space = write_space(tmp_path, tiny_data, SPACE)
     first = tmp_path / "head1"
     with _search(tmp_path, "--space", str(space), "--storage", bucket, "--name", "lost",
-                 "--local-dir", str(first)) as search:
+                 "--local-dir", str(first), time_scale=0.05) as search:  # epochs of 1-2 s: killed mid-search
         # Trials' result.json files and the journal reach the bucket with Ray's experiment checkpoints.
         wait_until(lambda: sum(k.endswith("result.json") for k in _keys(f"{bucket}/lost")) >= 2
                    and "trials/optuna.journal" in _keys(f"{bucket}/lost"), 300, "two trials were uploaded",
