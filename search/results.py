@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from detector import config as C
-from detector.metrics import best_epoch
+from detector.metrics import METRICS, best_epoch
 
 STATUS_FINISHED, STATUS_STOPPED, STATUS_FAILED, STATUS_RUNNING = "finished", "stopped", "failed", "running"
 STATUSES = (STATUS_FINISHED, STATUS_STOPPED, STATUS_FAILED, STATUS_RUNNING)
@@ -22,7 +22,7 @@ STATUSES = (STATUS_FINISHED, STATUS_STOPPED, STATUS_FAILED, STATUS_RUNNING)
 # runs made before that kept each stage in a folder of its own.
 STAGE_DIRS = {"trials": "search", "confirm": "confirm", "baseline": "baseline"}
 # Held-out test metrics: reported by confirmation and baseline runs at the epochs validation chose.
-TEST_KEYS = ("map50", "map", "map_small", "iou_per_pred", "iou_per_gt")
+TEST_KEYS = METRICS  # what the engine scores on the test images (every metric it can select by)
 
 
 @dataclass(frozen=True)

@@ -13,58 +13,26 @@ import yaml
 
 from detector import config as C
 from detector.data import load_splits
-from search import export, report, run
-from search.results import collect, ranked
-
-from searchutil import write_space
+from detector.metrics import METRICS
+from search import export, report
+from search.results import ranked
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def study(tiny_data, tmp_path_factory):
-    import faults
-    from ray import cloudpickle
-
-    from search import trainable
-
-    tmp = tmp_path_factory.mktemp("study")
-    # The first three lines continue the tiny `fixed:` block that write_space starts with.
-    space = write_space(tmp, tiny_data, """
-  test_fraction: 0.2
-  val_fraction: 0.3
-  split_seed: 4
-arms: {backbone: [resnet18], version: [v1, v2], weights: [none]}
-params:
-  lr: {type: float, low: 0.002, high: 0.03, log: true}
-budget: {max_epochs: 2, grace_period: 1, reduction_factor: 2, trials_per_arm: 2, max_concurrent: 2}
-confirm: {top_k: 1, seeds: 2}
-baseline: {lr: 0.01}
-resources: {cpu: 1}
-""")
-    cloudpickle.register_pickle_by_value(faults)  # the workers get the wrapper without importing tests/
-    os.environ[faults.SEEN_DIR_ENV] = str(tmp / "seen")
-    (tmp / "seen").mkdir()
-    real = trainable.train_trial
-    trainable.train_trial = faults.train_trial_recording_images
-    try:
-        rc = run.main(["--space", str(space), "--storage", str(tmp / "runs"), "--name", "r", "--num-cpus", "2"])
-    finally:
-        trainable.train_trial = real
-    assert rc == 0
-    run_dir = tmp / "runs" / "r"
-    return run_dir, collect(run_dir, "map50", 2), tiny_data, tmp
+@pytest.fixture
+def study(study_run):
+    """The suite's shared real search (tests/search/conftest.py `study_run`): (run folder, records,
+    data, its folder)."""
+    return study_run.run_dir, study_run.records, study_run.data, study_run.folder
 
 
-def _seen(rec) -> dict:
+def _seen(rec, study_run) -> dict:
     """The image ids the run was handed (recorded by faults.train_trial_recording_images)."""
-    import faults
-
-    with open(os.path.join(os.environ[faults.SEEN_DIR_ENV], f"{rec.trial_id}.json")) as f:
-        return json.load(f)
+    return json.loads((study_run.seen_dir / f"{rec.trial_id}.json").read_text())
 
 
-def test_no_test_image_reaches_a_search_trial(study, tiny_data):
+def test_no_test_image_reaches_a_search_trial(study, study_run, tiny_data):
     run_dir, records, _, _ = study
     splits = load_splits(str(tiny_data), val_fraction=0.3, test_fraction=0.2, seed=4)
     test_ids = set(splits.test.image_ids)
@@ -72,14 +40,20 @@ def test_no_test_image_reaches_a_search_trial(study, tiny_data):
     stages = {r.stage for r in records}
     assert stages == {"search", "confirm", "baseline"}
     for r in records:
-        seen = _seen(r)
+        seen = _seen(r, study_run)
         if r.stage == "search":
             assert "test" not in seen and not (set(seen["train"]) | set(seen["val"])) & test_ids, r.trial_id
             assert not r.test
         else:  # confirmation and baseline runs score the test images at the epoch validation chose
             assert set(seen["test"]) == test_ids and not set(seen["train"]) & test_ids
-            assert set(r.test) == {"map50", "map", "map_small", "iou_per_pred", "iou_per_gt"}
-            assert r.history[r.best_epoch - 1]["test_map50"] == r.test["map50"]
+            # Every metric the engine can select by (detector.metrics.METRICS), as the engine logged it
+            # on the test images at the epoch validation chose, and at no other epoch.
+            at_best = r.history[r.best_epoch - 1]
+            assert r.test == {k: at_best[f"test_{k}"] for k in METRICS}, (r.trial_id, r.test)
+            # Scored whenever validation chose a new best (strictly better), never at another epoch.
+            vals = [h["map50"] for h in r.history]
+            chosen = [i + 1 for i, v in enumerate(vals) if all(v > w for w in vals[:i])]
+            assert [int(h["epoch"]) for h in r.history if "test_map50" in h] == chosen, (r.trial_id, vals)
         assert seen["val"] == list(map(int, splits.val.image_ids))  # one split for every stage
 
 
@@ -118,19 +92,19 @@ def test_report_answers_the_study_s_question(study, tmp_path):
         assert (tmp_path / "rep" / f"detections_{arm}.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_exported_configuration_retrains_on_the_same_images_to_the_same_numbers(study, tmp_path):
+def test_exported_configuration_retrains_on_the_same_images_to_the_same_numbers(study, study_run, tmp_path):
     run_dir, records, tiny_data, _ = study
     export.export(run_dir, tmp_path / "exp")  # --from confirm, the default here
     path = tmp_path / "exp" / "best.yaml"
     meta = yaml.safe_load(path.read_text())["search"]
     assert meta["selected_by"] == "confirm" and meta["split_seed"] == 4 and meta["confirmation"]["n"] == 2
-    assert set(meta["test"]) == {"map50", "map", "map_small", "iou_per_pred", "iou_per_gt"}
+    assert set(meta["test"]) == set(METRICS)  # each a mean and sd over the confirmation runs
     trial = next(r for r in records if r.trial_id == meta["trial_id"])
     cfg = C.load(path)
     assert cfg.seed == trial.config["seed"] and cfg.split_seed == 4
     val = load_splits(str(tiny_data), val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
                       seed=cfg.split_seed).val
-    assert list(map(int, val.image_ids)) == _seen(trial)["val"]
+    assert list(map(int, val.image_ids)) == _seen(trial, study_run)["val"]
     # One thread, as the trial's Ray worker had: the same arithmetic, so the same numbers.
     out = subprocess.run([sys.executable, "-m", "detector.train", "--config", str(path), "--data", str(tiny_data),
                           "--out", str(tmp_path / "retrain"), "--quiet", "--device", "cpu"],

@@ -7,43 +7,23 @@ from pathlib import Path
 
 import pytest
 
+import optuna
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+
 from search import export, run, trackers
-from search.results import collect
 
-from searchutil import write_space
-
-# Credentials as the trackers' own clients read them: planted, so that a copy of them anywhere in the
-# run folder is found. (40 hex digits: the shape of a W&B key.)
-SECRET = "5ec7e7aa5ec7e7aa5ec7e7aa5ec7e7aa5ec7e7aa"
-ENV = {"WANDB_API_KEY": SECRET, "WANDB_MODE": "offline", "MLFLOW_TRACKING_TOKEN": SECRET,
-       "WANDB_SILENT": "true"}
+from searchutil import SECRET
 
 
-@pytest.fixture(scope="module")
-def tracked(tiny_data, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("tracked")
-    space = write_space(tmp, tiny_data, """
-arms: {backbone: [resnet18], version: [v1, v2]}
-params:
-  lr: {type: float, low: 0.005, high: 0.02, log: true}
-budget: {max_epochs: 2, grace_period: 2, reduction_factor: 2, trials_per_arm: 1, max_concurrent: 2}
-confirm: {top_k: 1, seeds: 1}
-""")
-    old = {k: os.environ.get(k) for k in ENV}
-    os.environ.update(ENV)  # before Ray starts: its workers and the W&B logging actors inherit them
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    try:
-        rc = run.main(["--space", str(space), "--storage", str(tmp / "runs"), "--name", "tracked", "--num-cpus", "2",
-                       "--log", f"mlflow={uri}", "--log", "wandb=smallobj-test", "--log", "tensorboard"])
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    assert rc == 0
-    run_dir = tmp / "runs" / "tracked"
-    return run_dir, collect(run_dir, "map50", 2), uri, tmp
+@pytest.fixture
+def tracked(study_run):
+    """The suite's shared real search (tests/search/conftest.py `study_run`), which ran with every
+    tracker: (run folder, records, MLflow URI, its folder)."""
+    return study_run.run_dir, study_run.records, study_run.mlflow_uri, study_run.folder
+
+
+STAGES = ("search", "confirm", "baseline")
 
 
 @pytest.mark.slow
@@ -52,17 +32,20 @@ def test_mlflow_has_one_run_per_trial_with_its_configuration_metrics_and_tags(tr
 
     run_dir, records, uri, _ = tracked
     client = mlflow.MlflowClient(uri)
-    exp = client.get_experiment_by_name("tracked")  # the experiment is named after the search
-    runs = client.search_runs([exp.experiment_id])
-    assert len(runs) == len(records) == 4  # 2 search trials + 2 confirmation runs
+    exp = client.get_experiment_by_name("study")  # the experiment is named after the search
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    assert len(runs) == len(records) == 14  # 6 search trials, 4 confirmation and 4 baseline runs (2 seeds)
     by_arm_stage = {(r.data.tags["arm"], r.data.tags["stage"]) for r in runs}
-    assert by_arm_stage == {(a, s) for a in ("resnet18-v1-none-t5", "resnet18-v2-none-t5") for s in ("search", "confirm")}
+    assert by_arm_stage == {(a, s) for a in ("resnet18-v1-none-t5", "resnet18-v2-none-t5") for s in STAGES}
+    lengths = []
     for r in runs:
-        assert r.data.tags["search"] == "tracked"
-        lr = r.data.params.get("cfg/lr") or r.data.params.get("trial/cfg/lr")
+        assert r.data.tags["search"] == "study"
+        lr = r.data.params.get("cfg/lr")
         assert lr is not None and float(lr) > 0
-        history = client.get_metric_history(r.info.run_id, "map50")
-        assert [m.step for m in history] == [1, 2]
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "map50")]
+        assert steps == list(range(1, len(steps) + 1)), r.data.tags  # every epoch, in order
+        lengths.append(len(steps))
+    assert sorted(lengths) == sorted(r.epochs for r in records)  # ASHA stopped some search trials at epoch 1
 
 
 def _wandb_runs(run_dir: Path) -> list[dict]:
@@ -90,12 +73,14 @@ def _wandb_runs(run_dir: Path) -> list[dict]:
 def test_wandb_offline_has_one_run_per_trial_grouped_and_tagged(tracked):
     run_dir, records, _, _ = tracked
     runs = _wandb_runs(run_dir)
-    assert len(runs) == len(records) == 4
+    assert len(runs) == len(records) == 14
+    stages = []
     for r in runs:
         tags = list(r["run"].tags)
-        assert r["run"].run_group == "tracked" and r["run"].project == "smallobj-test"
-        assert "search:tracked" in tags and any(t.startswith("arm:resnet18-") for t in tags)
-        assert any(t in tags for t in ("stage:search", "stage:confirm"))
+        assert r["run"].run_group == "study" and r["run"].project == "smallobj-test"
+        assert "search:study" in tags and any(t.startswith("arm:resnet18-") for t in tags)
+        stages += [t.split(":")[1] for t in tags if t.startswith("stage:")]
+    assert sorted(stages) == sorted(r.stage for r in records)
 
 
 @pytest.mark.slow
@@ -105,8 +90,12 @@ def test_wandb_offline_runs_hold_every_epoch(tracked):
     trials that ended last in their stage, which Ray's last upload of the trial folders caught
     unfinished (search.trackers.WandbCallback.on_experiment_end)."""
     run_dir, records, _, _ = tracked
-    for r in _wandb_runs(run_dir):
-        assert [step for step, _ in r["history"]] == [1, 2], r["file"]
+    by_folder = {Path(r.path).name: r for r in records}
+    runs = _wandb_runs(run_dir)
+    assert len(runs) == len(records)
+    for r in runs:
+        rec = by_folder[r["file"].relative_to(run_dir).parts[1]]  # trials/<trial folder>/wandb/...
+        assert r["history"] == [(h["epoch"], pytest.approx(h["map50"])) for h in rec.history], r["file"]
         assert r["exit"], r["file"]
 
 
@@ -157,7 +146,10 @@ def test_optuna_dashboard_serves_one_study_per_arm_with_its_trials(tracked, tmp_
         for s in studies:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{s['study_id']}", timeout=10) as r:
                 trials = json.load(r)["trials"]
-            assert [t["state"] for t in trials] == ["Complete"]  # one trial per arm, full budget
+            # The journal's own states: finished trials Complete, ASHA's stops Pruned.
+            expected = sorted(t.state.name.capitalize() for t in optuna.load_study(
+                study_name=s["study_name"], storage=JournalStorage(JournalFileBackend(str(run_dir / "optuna.journal")))).trials)
+            assert sorted(t["state"] for t in trials) == expected and len(trials) == 3
     finally:
         server.terminate()
         server.wait(10)
@@ -165,11 +157,12 @@ def test_optuna_dashboard_serves_one_study_per_arm_with_its_trials(tracked, tmp_
 
 
 @pytest.mark.slow
-def test_no_credential_is_written_anywhere_the_run_writes(tracked):
+def test_no_credential_is_written_anywhere_the_run_writes(tracked, tmp_path):
     run_dir, _, _, tmp = tracked
-    export.export(run_dir, run_dir / "export")
-    found = [p for p in Path(tmp).rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
-    assert found == []
+    export.export(run_dir, tmp_path / "export")
+    files = [p for folder in (Path(tmp), tmp_path) for p in folder.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".wandb" for p in files) and any(p.name == "mlflow.db" for p in files)
+    assert [p for p in files if SECRET.encode() in p.read_bytes()] == []
 
 
 def test_a_tracker_that_is_not_installed_is_refused_before_anything_runs(monkeypatch, tmp_path, capsys):
