@@ -3,7 +3,9 @@ dies, and an autoscaler that starts GPU nodes taken from cluster.yaml.
 
 `ray.cluster_utils.Cluster` runs a head and worker nodes as separate raylets on this machine; the
 search runs as its own process (`python -m search.run --address ...`), as it does on a real cluster.
-The run folder is a local folder, which every simulated node shares (`--shared-storage`).
+The run folder is a local folder, which every simulated node shares (`--shared-storage`). The
+trials replay synthetic curves (`--replay-curves`) instead of training: nodes, retries and resumes
+are Ray's and the search's business, and a replayed trial checkpoints and restores every epoch.
 """
 from __future__ import annotations
 
@@ -18,11 +20,14 @@ import ray
 import yaml
 from ray.cluster_utils import AutoscalingCluster, Cluster
 
+from search import replay as R
 from searchutil import (ROOT, SearchProcess, assert_every_trial_once, kill_between_snapshots, reported_epochs,
                         result_rows, wait_until, write_space)
 
 
-pytestmark = pytest.mark.slow  # every test here runs whole searches
+# Whole searches; and the simulated clusters are what any Ray started beside them would join (ray.init
+# finds the newest cluster on this machine): nothing else runs meanwhile (`make test`'s second step).
+pytestmark = [pytest.mark.slow, pytest.mark.alone]
 
 @pytest.fixture
 def cluster():
@@ -36,9 +41,15 @@ def cluster():
         c.shutdown()
 
 
-def _start_search(space: Path, address: str, *extra: str) -> SearchProcess:
+def _start_search(space: Path, address: str, *extra: str, time_scale: float = 0.05) -> SearchProcess:
+    """search.run on the cluster, its trials replaying curves recorded for the space (search.curve_trainable:
+    epochs of 1-2 s at the default time scale, a checkpoint each); a resumed run replays the same ones."""
+    curves = space.parent / "curves"
+    if not curves.exists():
+        R.synthetic_recording(space, curves, per_arm=6, command="test")
+    replay = [] if "--resume" in extra else ["--replay-curves", str(curves), "--time-scale", str(time_scale)]
     return SearchProcess("--space", str(space), "--storage", str(space.parent / "runs"), "--name", "c",
-                         "--address", address, "--shared-storage", *extra, log_dir=space.parent)
+                         "--address", address, "--shared-storage", *extra, *replay, log_dir=space.parent)
 
 
 def _node_of(pid: int, nodes) -> object:
@@ -58,7 +69,7 @@ budget: {max_epochs: 10, grace_period: 10, reduction_factor: 2, trials_per_arm: 
 resources: {cpu: 1}
 """)
     # 10 epochs: the run folder shows a trial's results only at Ray's next snapshot, and with 4 epochs
-    # of the tiny data CI once saw the chosen trial's 4th epoch before the node was removed.
+    # of the tiny data (about 2 s each) CI once saw the chosen trial's 4th epoch before the node was removed.
     trials = tmp_path / "runs" / "c" / "trials"
     with _start_search(space, c.address) as search:
         wait_until(lambda: len([e for e in reported_epochs(trials).values() if e]) == 2, 240,
@@ -142,8 +153,8 @@ class _Autoscaling(AutoscalingCluster):
 
 def test_the_autoscaler_starts_gpu_nodes_for_the_trials(tiny_data, tmp_path, monkeypatch):
     """No node can run a trial at the start (the head has no CPU, as in cluster.yaml); the trials ask
-    for a GPU, the autoscaler starts cluster.yaml's GPU node types (GPUs simulated: the trials find no
-    CUDA and train on the CPU) and the search finishes.
+    for a GPU, the autoscaler starts cluster.yaml's GPU node types (GPUs simulated: the trials replay
+    curves) and the search finishes.
 
     Note: AutoscalingCluster runs `ray stop --force`, which stops every Ray on this machine."""
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")  # its `ray` CLI
@@ -159,7 +170,7 @@ params:
 budget: {max_epochs: 1, grace_period: 1, reduction_factor: 2, trials_per_arm: 2, max_concurrent: 2}
 resources: {cpu: 1, gpu: 1}
 """)
-        with _start_search(space, "auto") as search:
+        with _start_search(space, "auto", time_scale=0.01) as search:
             assert search.wait(300) == 0, search.output
         rows = result_rows(tmp_path / "runs" / "c")
         assert len(rows) == 2 and all(r["status"] == "finished" for r in rows)

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from search import replay as R
 from search.curve_trainable import NOISE
@@ -72,11 +73,12 @@ def test_a_replayed_search_runs_every_stage_and_reports_its_matched_curves(tmp_p
 
 
 def test_a_replayed_search_killed_mid_way_resumes_with_nothing_lost(tmp_path):
-    """The fault test of the issue at a size CI affords (30 trials over 2 arms); `--resume` needs no
-    --replay-curves: the run remembers what its trials replay. Epochs of 1-2 s leave quiet moments
-    between Ray's folder copies to kill in (see searchutil.kill_between_snapshots: a kill inside a copy,
-    which 0.2-0.4 s epochs made likely, truncated trial files)."""
-    space, curves = _setup(tmp_path, trials_per_arm=15)
+    """The fault test of the issue at a size CI affords (20 trials over 2 arms, killed after 12 have
+    started); `--resume` needs no --replay-curves: the run remembers what its trials replay. Epochs of
+    1-2 s leave quiet moments between Ray's folder copies to kill in (see
+    searchutil.kill_between_snapshots: a kill inside a copy, which 0.2-0.4 s epochs made likely,
+    truncated trial files)."""
+    space, curves = _setup(tmp_path, trials_per_arm=10)
     # Ended trials' checkpoints are deleted every 2 s (search.checkpoints), so the kill comes after some
     # were: a resume must not need any of them.
     env = {**os.environ, "SEARCH_PRUNE_EVERY_S": "2"}
@@ -92,7 +94,7 @@ def test_a_replayed_search_killed_mid_way_resumes_with_nothing_lost(tmp_path):
                        "--resume", log_dir=tmp_path, env=env) as resumed:
         assert resumed.wait(900) == 0, resumed.output
     run = tmp_path / "runs" / "r"
-    assert_every_trial_once(run, n_trials=30, max_epochs=6, repeats=True)
+    assert_every_trial_once(run, n_trials=20, max_epochs=6, repeats=True)
     records = collect(run, "map50", 6)
     assert sum(r.stage == "confirm" for r in records) == 4
     # Each arm's best keeps its checkpoints, and so does every confirmation run. Of the other search
@@ -129,7 +131,7 @@ def test_an_arm_s_confirmation_runs_while_another_arm_searches_and_resumes_exact
     confirmation starts while v2 still searches; the driver is killed then (both stages under way)
     and --resume finishes the run: every search trial once, and each arm's confirmation exactly
     once per seed, retraining its best (`results.ranked`)."""
-    space, curves = _setup(tmp_path, trials_per_arm=6, stopping="none")
+    space, curves = _setup(tmp_path, trials_per_arm=4, stopping="none")
     _slow_down(curves, arm_index=1, factor=3.0)
     run = tmp_path / "runs" / "r"
     fast, slow = "resnet18-v1-none-t5", "resnet18-v2-none-t5"
@@ -146,7 +148,7 @@ def test_an_arm_s_confirmation_runs_while_another_arm_searches_and_resumes_exact
     with SearchProcess("--space", str(space), "--storage", str(tmp_path / "runs"), "--name", "r", "--num-cpus", "4",
                        "--resume", log_dir=tmp_path) as resumed:
         assert resumed.wait(600) == 0, resumed.output
-    assert_every_trial_once(run, n_trials=12, max_epochs=6, repeats=True)
+    assert_every_trial_once(run, n_trials=8, max_epochs=6, repeats=True)
     records = collect(run, "map50", 6)
     # v2 was still searching at the kill: its search went on after the resume.
     assert max(h["reported_at"] for r in records if r.arm == slow and r.stage == "search" for h in r.history) > killed_at
@@ -163,8 +165,9 @@ def test_an_arm_s_confirmation_runs_while_another_arm_searches_and_resumes_exact
 def test_the_full_space_killed_mid_way_resumes_with_nothing_lost(tmp_path):
     """Issue 17's fault test on spaces/full.yaml's 38 arms (bench/scale.py's space: one CPU per trial,
     16 at a time, confirmation 1 x 1, epochs of 20-40 s replayed at 0.02). CI runs it at one trial per
-    arm (38 search + 38 confirmation runs); `SCALE_TEST_TRIALS=1000` runs the 1,000-trial size
-    (about an hour on a 2-core machine; see bench/RESULTS.md). Killed once half the search trials
+    arm (38 search + 38 confirmation runs) and a budget of 12 epochs, ASHA's grace period scaled with
+    it (the file's 60 and 15 took five times as long to the same end); `SCALE_TEST_TRIALS=1000` runs
+    the 1,000-trial size at the file's budget (about an hour on a 2-core machine; see bench/RESULTS.md). Killed once half the search trials
     have started (both stages are under way then: an arm's confirmation starts as soon as its own
     search has ended), --resume finishes the run: every search trial once, every study consistent
     with Ray's trials, and each arm's confirmation exactly once, retraining the arm's best."""
@@ -172,6 +175,10 @@ def test_the_full_space_killed_mid_way_resumes_with_nothing_lost(tmp_path):
 
     size = int(os.environ.get("SCALE_TEST_TRIALS", "38"))
     space_file = scaled_space(tmp_path, size, concurrency=16, confirm=(1, 1))
+    if "SCALE_TEST_TRIALS" not in os.environ:
+        doc = yaml.safe_load(space_file.read_text())
+        doc["budget"].update(max_epochs=12, grace_period=3)
+        space_file.write_text(yaml.safe_dump(doc, sort_keys=False))
     space = load_space(space_file)
     n_trials = space.total_trials()
     curves = R.synthetic_recording(space_file, tmp_path / "curves", per_arm=6, command="test")
