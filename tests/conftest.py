@@ -18,13 +18,18 @@ TINY = dict(min_size=64, max_size=64, anchor_sizes=[8, 16, 32, 64, 128], box_bat
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `gpu` skip cleanly where CUDA is absent (`pytest -m gpu` on the GPU machine runs them)."""
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    """Tests marked `gpu` skip cleanly where CUDA is absent (`pytest -m gpu` on the GPU machine runs them).
+
+    `make test` runs the suite on two xdist workers with `--dist loadgroup`: each file is one group, so
+    its module-scoped fixtures (a search it runs once, an S3 server) are made once; the files that read
+    the shared real search (tests/search/conftest.py `study_run`, session-scoped: once per worker)
+    form one group, so it runs once."""
+    skip = None if torch.cuda.is_available() else pytest.mark.skip(reason="needs a CUDA GPU")
+    shared = {item.path for item in items if "study_run" in getattr(item, "fixturenames", ())}
     for item in items:
-        if "gpu" in item.keywords:
+        if skip is not None and "gpu" in item.keywords:
             item.add_marker(skip)
+        item.add_marker(pytest.mark.xdist_group("study_run" if item.path in shared else item.nodeid.split("::")[0]))
 
 
 @pytest.fixture(scope="session")

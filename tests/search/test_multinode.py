@@ -26,7 +26,7 @@ from searchutil import (ROOT, SearchProcess, assert_every_trial_once, kill_betwe
 
 
 # Whole searches; and the simulated clusters are what any Ray started beside them would join (ray.init
-# finds the newest cluster on this machine): nothing else runs meanwhile (`make test`'s second step).
+# finds the newest cluster on this machine): `make test` runs this file beside tests/detector only.
 pytestmark = [pytest.mark.slow, pytest.mark.alone]
 
 @pytest.fixture
