@@ -156,10 +156,19 @@ def test_nonfinite_loss_is_a_named_error(splits, tmp_path):
 
 
 def test_early_stopping_with_patience(splits, tmp_path):
-    # lr so small nothing improves after the first epoch: patience 1 stops at epoch 2.
-    cfg = C.from_dict({**CFG, "lr": 1e-9, "epochs": 5, "patience": 1, "warmup_epochs": 0.0})
+    """With the real evaluation: the run stops at the first epoch that is `patience` epochs after the
+    best so far (strictly better counts; ties do not), with that epoch's checkpoint for a resume.
+    lr 1e-9 learns nothing, so validation plateaus within a few epochs (BatchNorm's running
+    statistics still move it a little: the stopping epoch is read from the metrics, not assumed)."""
+    cfg = C.from_dict({**CFG, "lr": 1e-9, "epochs": 6, "patience": 1, "warmup_epochs": 0.0})
     s = fit(cfg, *splits, tmp_path)
-    assert s["stopped_early"] and s["epochs_run"] < 5
+    values = [json.loads(x)["map50"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    best_at = [max(range(e + 1), key=lambda i: (values[i], -i)) + 1 for e in range(len(values))]  # first of a tie
+    stop = next(e for e in range(1, 7) if e - best_at[e - 1] >= 1)
+    assert s["stopped_early"] and s["epochs_run"] == len(values) == stop < 6, values
+    assert s["best_epoch"] == best_at[-1]
+    ck = load_checkpoint(tmp_path / "checkpoint.pt")  # written at the stop, for a resume
+    assert ck["epoch"] == stop and ck["best_epoch"] == s["best_epoch"]
 
 
 def test_map_counts_more_than_100_objects_per_image():
@@ -218,7 +227,8 @@ def test_print_config_is_a_loadable_reference(tmp_path):
 
 def test_train_evaluate_predict_commands(tiny_data, tmp_path):
     cfg = tmp_path / "c.yaml"
-    C.save(C.from_dict({**CFG, "epochs": 1}), cfg)
+    # box_score_thresh 0: the model keeps its top detections on every image, trained for one epoch or not.
+    C.save(C.from_dict({**CFG, "epochs": 1, "box_score_thresh": 0.0}), cfg)
     out = _run("detector.train", "--config", str(cfg), "--data", str(tiny_data), "--out", str(tmp_path / "r"),
                "--set", "lr=0.02", "--quiet")
     assert out.returncode == 0, out.stderr
@@ -231,21 +241,63 @@ def test_train_evaluate_predict_commands(tiny_data, tmp_path):
               "--images", str(tiny_data.parent / "images"), "--out", str(tmp_path / "det.json"))
     assert pr.returncode == 0, pr.stderr
     dets = json.loads((tmp_path / "det.json").read_text())
-    assert all(set(d) == {"image_id", "category_id", "bbox", "score"} for d in dets)
+    index = json.loads((tmp_path / "det.images.json").read_text())
+    files = sorted(p.name for p in (tiny_data.parent / "images").iterdir())
+    assert sorted(i["file_name"] for i in index["images"]) == files  # every image, by its file name
+    size = {i["id"]: (i["width"], i["height"]) for i in index["images"]}
+    per_image = {i: [d for d in dets if d["image_id"] == i] for i in size}
+    assert all(0 < len(v) <= 100 for v in per_image.values()), {i: len(v) for i, v in per_image.items()}
+    for d in dets:
+        assert set(d) == {"image_id", "category_id", "bbox", "score"} and d["category_id"] == 1
+        x, y, w, h = d["bbox"]  # COCO's [x, y, width, height], inside the image
+        W, H = size[d["image_id"]]
+        assert 0 <= x and 0 <= y and w >= 0 and h >= 0 and x + w <= W + 0.01 and y + h <= H + 0.01, d
+        assert 0.0 <= d["score"] <= 1.0
     bad = _run("detector.train", "--config", str(cfg), "--set", "optimizer=adam", "--out", str(tmp_path / "x"))
     assert bad.returncode == 2 and "optimizer: must be one of ['sgd', 'adamw'], got 'adam'" in bad.stderr
 
 
-def test_out_of_memory_becomes_a_named_error_with_the_sizes(splits, tmp_path):
-    # No GPU here: the CUDA out-of-memory exception is raised from inside the loop (the epoch
-    # callback), which exercises the same handler a real one reaches.
+def test_out_of_memory_becomes_a_named_error_with_the_sizes(splits, tmp_path, monkeypatch):
+    """CUDA's out-of-memory error inside a training step of epoch 2 (no GPU here: the model's forward
+    raises it, where a real one comes from) ends the run with OutOfMemoryError naming the sizes that did
+    not fit; the model is dropped before the GPU cache is released (so the memory really is returned),
+    and epoch 1's metrics, model.pt and checkpoint are kept."""
+    import gc
+    import weakref
+
+    from detector import engine
     from detector.engine import OutOfMemoryError
 
-    def oom(m, ck):
-        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    built, released = [], []
+    real_build = engine.build_model
 
-    with pytest.raises(OutOfMemoryError, match="batch_size=2, min_size=64, max_size=64 \\(resnet18 v1\\)"):
-        fit(C.from_dict({**CFG, "epochs": 1}), *splits, tmp_path, on_epoch=oom)
+    def build_model(*args, **kw):
+        model = real_build(*args, **kw)
+        calls = {"n": 0}
+        real_forward = model.forward
+
+        def forward(images, targets=None):
+            calls["n"] += model.training
+            if model.training and calls["n"] > math.ceil(len(splits[0]) / CFG["batch_size"]):  # epoch 2
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return real_forward(images, targets)
+
+        model.forward = forward
+        built.append(weakref.ref(model))
+        return model
+
+    def release(device):
+        gc.collect()
+        released.append(built[0]() is None)
+
+    monkeypatch.setattr(engine, "build_model", build_model)
+    monkeypatch.setattr(engine, "release_gpu_memory", release)
+    with pytest.raises(OutOfMemoryError, match="batch_size=2, min_size=64, max_size=64 \\(resnet18 v1\\); lower "
+                                               "batch_size or min_size"):
+        fit(C.from_dict({**CFG, "epochs": 3}), *splits, tmp_path)
+    assert released and released[0], "the GPU cache was released while the model was still referenced"
+    assert [json.loads(x)["epoch"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1.0]
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 1 and (tmp_path / "model.pt").exists()
 
 
 def _scripted_evaluate(per_epoch: list[dict]):
@@ -332,10 +384,23 @@ def test_latency_warms_up_and_times_under_the_same_settings_and_takes_the_median
     assert out["latency_n"] == 9 and 2.0 <= out["latency_ms"] < 50.0
 
 
-def test_engine_functions_take_their_settings_by_keyword():
+def test_engine_functions_take_their_settings_by_keyword(tiny_data):
+    """Settings given by position are refused (a swapped fraction or seed would run silently), and
+    given by keyword they land where they say: of the 10 tiny images, test_fraction 0.2 and
+    val_fraction 0.3 hold out 2 and 3 images (swapped: 3 and 2), disjoint, the same for the same seed."""
     from detector.engine import train_one_epoch
 
     with pytest.raises(TypeError):
         train_one_epoch(None, None, None, [], None, None, None, 1)
     with pytest.raises(TypeError):
-        load_splits(None, None, None, 0.2, 0)
+        load_splits(str(tiny_data), None, None, None, 0.3, 0.2, 4)
+
+    def sizes_and_ids(**kw):
+        s = load_splits(str(tiny_data), **kw)
+        ids = [list(map(int, d.image_ids)) for d in s]
+        assert sorted(sum(ids, [])) == list(range(1, 11)), ids  # every image once
+        return tuple(map(len, ids)), ids
+
+    (n, ids) = sizes_and_ids(val_fraction=0.3, test_fraction=0.2, seed=4)
+    assert n == (5, 3, 2) and sizes_and_ids(val_fraction=0.3, test_fraction=0.2, seed=4)[1] == ids
+    assert sizes_and_ids(val_fraction=0.2, test_fraction=0.3, seed=4)[0] == (5, 2, 3)
