@@ -9,6 +9,7 @@ import statistics
 import pytest
 
 from search import report
+from search.stats import flipped_pairs, pareto_front, spearman, study_rows
 from search import results as R
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -127,7 +128,7 @@ def test_study_table_from_known_numbers(handmade):
     first = text.split("## ")[1]
     assert first.startswith("Shared hyperparameters against a search per arm")
     assert "Scored on 5 held-out test images, which chose nothing" in first
-    rows = {r["arm"]: r for r in report.study_rows(res["records"])}
+    rows = {r["arm"]: r for r in study_rows(res["records"])}
     a, b = rows["A"], rows["B"]
     assert a["base"] == [0.50, 0.54] and a["tuned"] == [0.70, 0.74] and a["trial"] == "a1"
     assert (a["rank_base"], a["rank_tuned"], b["rank_base"], b["rank_tuned"]) == (2, 1, 1, 2)
@@ -138,7 +139,7 @@ def test_study_table_from_known_numbers(handmade):
     assert a["gain_lo"] == pytest.approx(0.0783, abs=1e-4) and a["gain_hi"] == pytest.approx(0.3217, abs=1e-4)
     assert "| A | 0.5200 ± 0.0283 (n=2) | 0.7200 ± 0.0283 (n=2) | +0.2000 (+0.0783 to +0.3217) | 2 | 1 |" in first
     assert "Kendall's τ between the two rankings: -1.00 (2 arms)" in first
-    [pair] = report.flipped_pairs(list(rows.values()))
+    [pair] = flipped_pairs(list(rows.values()))
     assert (pair["a"], pair["b"]) == ("A", "B") and pair["tuned_diff"] == pytest.approx(0.13)
     assert pair["base_diff"] == pytest.approx(-0.09)
     ci = stats.ttest_ind([0.70, 0.74], [0.58, 0.60], equal_var=False).confidence_interval(0.95)
@@ -157,7 +158,7 @@ def test_without_test_images_the_report_says_what_scored_it(handmade):
     res = report.write_report(handmade, handmade / "report")
     text = (handmade / "report" / "report.md").read_text()
     assert "**Scored on the validation images that selected the configurations**" in text.split("## ")[1]
-    rows = {r["arm"]: r for r in report.study_rows(res["records"])}
+    rows = {r["arm"]: r for r in study_rows(res["records"])}
     assert rows["A"]["tuned"] == [0.76, 0.80] and rows["A"]["base"] == [0.6, 0.6]
 
 
@@ -216,9 +217,9 @@ def test_in_progress_run_says_so(handmade):
 
 
 def test_spearman_and_pareto():
-    assert report.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
-    assert report.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
-    assert report.pareto_front([(1, 0.5), (2, 0.9), (3, 0.8), (1, 0.4)]) == [0, 1]
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert pareto_front([(1, 0.5), (2, 0.9), (3, 0.8), (1, 0.4)]) == [0, 1]
 
 
 def test_the_conclusion_over_many_arms_is_a_table_not_a_sentence():
