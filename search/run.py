@@ -129,14 +129,15 @@ def experiment_state_problem(run_dir: Path) -> str | None:
     return None
 
 
-def stages_problem(run_dir: Path, space: Space) -> str | None:
-    """Why this version cannot continue the run's stages after the search, or None."""
+def layout_problem(run_dir: Path) -> str | None:
+    """Why this version cannot resume the run folder's layout (search.results.check_layout), or None."""
+    from search.results import RunLayoutError, check_layout
+
     run_json = run_dir / "run.json"
-    info = json.loads(run_json.read_text()) if run_json.exists() else {}
-    if space.eval_stages() and not info.get("stages_share_queue", False):
-        return (f"{run_dir} was started by an earlier search.run, which ran the confirmation and baseline stages "
-                f"after the search in folders of their own; this version cannot continue them (its results stay "
-                f"readable: search.report, search.export)")
+    try:
+        check_layout(run_dir, json.loads(run_json.read_text()) if run_json.exists() else None)
+    except RunLayoutError as e:
+        return str(e)
     return None
 
 
@@ -187,7 +188,7 @@ def main(argv=None) -> int:
             print(f"fetching {loc} (all but checkpoints) into {run_dir}")
             loc.pull()
             loc.best_journal()
-        problem = experiment_state_problem(run_dir) or stages_problem(run_dir, space)
+        problem = experiment_state_problem(run_dir) or layout_problem(run_dir)
         if problem:
             print(f"error: --resume: {problem}; the run folder is left as it is, and a new search will not be "
                   f"started over it", file=sys.stderr)
@@ -234,7 +235,6 @@ def _run(args, space: Space, loc: RunLocation, name: str, data_arg, splits) -> i
     run_json = run_dir / "run.json"
     replay = {"curves_dir": str(Path(args.replay_curves).resolve()), "time_scale": args.time_scale} \
         if args.replay_curves else None
-    ray_loggers = "json"
     if args.resume and run_json.exists():
         old = json.loads(run_json.read_text())
         if old.get("data_fingerprint") != fingerprint:
@@ -242,12 +242,8 @@ def _run(args, space: Space, loc: RunLocation, name: str, data_arg, splits) -> i
                   f"vs {fingerprint})", file=sys.stderr)
             return 2
         replay = replay or old.get("replay")  # a replayed run resumes replaying, with its own curves
-        # A run started before search.run added the JSON logger itself resumes with its pickled
-        # callbacks, which lack it: Ray's default loggers stay on for it.
-        ray_loggers = old.get("ray_loggers", "default")
-    info.update(replay=replay, ray_loggers=ray_loggers)
-    if ray_loggers == "json":
-        driver.quiet_ray_loggers()
+    info.update(replay=replay, ray_loggers="json")  # Ray's own loggers off, its JSON one added (driver.py)
+    driver.quiet_ray_loggers()
     run_json.write_text(json.dumps(info, indent=1))
     loc.push(["space.yaml", "run.json"])
     print(f"run folder {loc}\n{len(space.arms)} arm(s), {space.total_trials()} trials, "

@@ -48,18 +48,29 @@ def _drop_stage(run_dir, stage):
             shutil.rmtree(d)
 
 
-def test_a_run_with_a_folder_per_stage_reads_the_same(handmade):
+def test_a_run_folder_of_an_earlier_layout_is_refused_naming_the_folder_and_why(handmade, tmp_path):
     """Runs made before the later stages shared the search's queue kept each stage in its own Tuner
-    folder, their configs nested under "trial": they read as the same trials of the same stages."""
-    before = sorted((r.trial_id, r.stage, r.best) for r in R.collect(handmade, "map50", 4))
+    folder (version 0.1 has none to keep): the report, the export and the results refuse them with
+    one message naming the folder and what is different, and write nothing."""
+    from search import export
+
     for d in list((handmade / "trials").iterdir()):
         config = json.loads((d / "params.json").read_text())
         if config["stage"] != "search":
             (handmade / config["stage"]).mkdir(exist_ok=True)
-            (d / "params.json").write_text(json.dumps({"trial": {k: v for k, v in config.items() if k != "stage"}}))
             d.rename(handmade / config["stage"] / d.name)
-    assert {p.name for p in handmade.iterdir() if p.is_dir()} >= {"confirm", "baseline"}
-    assert sorted((r.trial_id, r.stage, r.best) for r in R.collect(handmade, "map50", 4)) == before
+    message = rf"{handmade}: a run folder of an earlier layout \(it has a folder per stage \(confirm, baseline\)\)"
+    for call in (lambda: report.write_report(handmade, tmp_path / "rep"), lambda: export.export(handmade, tmp_path / "exp"),
+                 lambda: R.collect(handmade, "map50", 4)):
+        with pytest.raises(R.RunLayoutError, match=message):
+            call()
+    assert not (tmp_path / "rep").exists() and not (tmp_path / "exp").exists()
+    shutil.rmtree(handmade / "confirm")
+    shutil.rmtree(handmade / "baseline")
+    info = json.loads((handmade / "run.json").read_text())
+    (handmade / "run.json").write_text(json.dumps({k: v for k, v in info.items() if k != "stages_share_queue"}))
+    with pytest.raises(R.RunLayoutError, match="its run.json lacks stages_share_queue"):
+        report.write_report(handmade, tmp_path / "rep")
 
 
 @pytest.fixture
@@ -69,7 +80,7 @@ def handmade(tmp_path):
     run.mkdir()
     (run / "run.json").write_text(json.dumps({"name": "hand", "metric": "map50", "max_epochs": 4, "strategy":
                                               "per-architecture", "arms": ["A", "B"], "data": "x.json",
-                                              "data_fingerprint": "abc", "test_images": 5,
+                                              "data_fingerprint": "abc", "test_images": 5, "stages_share_queue": True,
                                               "versions": {"torch": "x"}}))
     (run / "space.yaml").write_text("budget: {max_epochs: 4, grace_period: 1, reduction_factor: 2}\n")
     _trial(run, "trials", "A", "a1", [0.2, 0.5, 0.7, 0.8], params=41_290_000)

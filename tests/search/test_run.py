@@ -17,7 +17,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from detector import config as C
-from search import export, run
+from search import driver, export, run
 from search.space import load_space
 
 from searchutil import (SearchProcess, assert_every_trial_once, kill_between_snapshots, live_config, reported_epochs,
@@ -415,7 +415,7 @@ def test_an_error_at_the_end_still_shuts_ray_down_shows_the_first_error_and_keep
     def unreachable(self):
         raise OSError("bucket unreachable")
 
-    monkeypatch.setattr(run, "run_search", failing_search)
+    monkeypatch.setattr(driver, "run_search", failing_search)
     monkeypatch.setattr(RunLocation, "pull", unreachable)
     space = _space(tmp_path, tiny_data, "arms: {backbone: [resnet18]}\nbudget: {max_epochs: 1, trials_per_arm: 1}\n")
     for name in ("a", "b"):
@@ -444,10 +444,11 @@ confirm: {top_k: 1, seeds: 2}
     (run_dir / "trials").mkdir(parents=True)
     write_experiment_state(run_dir / "trials", {"t1": "TERMINATED"})
     (run_dir / "trials" / "tuner.pkl").write_bytes(b"")
+    (run_dir / "confirm").mkdir()  # the later stages' own Tuner folder, as earlier versions had it
     (run_dir / "run.json").write_text(json.dumps({"stages": ["search", "confirm"]}))
     before = sorted(p for p in run_dir.rglob("*"))
     args = ["--space", str(space), "--storage", str(tmp_path / "runs"), "--name", "old", "--num-cpus", "2", "--resume"]
     assert run.main(args) == 2
     err = capsys.readouterr().err
-    assert "started by an earlier search.run" in err and "cannot continue them" in err and str(run_dir) in err
+    assert f"error: --resume: {run_dir}: a run folder of an earlier layout (it has a folder per stage (confirm))" in err
     assert sorted(p for p in run_dir.rglob("*")) == before
