@@ -26,6 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.synthetic import synthetic_recording  # noqa: E402
 from search import replay as R  # noqa: E402
 
 
@@ -48,7 +49,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=16)
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as d:
-        rec = R.load_recording(R.synthetic_recording(ROOT / "spaces" / "full.yaml", Path(d), args.configs_per_arm,
+        rec = R.load_recording(synthetic_recording(ROOT / "spaces" / "full.yaml", Path(d), args.configs_per_arm,
                                                         command="bench/replay_speed.py (synthetic)"))
         t0, c0 = time.perf_counter(), _cpu_s()
         outs = R.replay(rec, [args.strategy], args.repeats, args.workers, args.budget, jobs=args.jobs)[args.strategy]

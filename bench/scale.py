@@ -8,7 +8,7 @@ Each size is one real `python -m search.run` of spaces/full.yaml's arms, paramet
 and confirmation stage, with `trials_per_arm` = ceil(size / 38), `max_concurrent` = --concurrency
 (on a local Ray given that many CPUs, one per trial) and trials that replay curves instead of
 training (`--replay-curves`, search/curve_trainable.py): a synthetic recording of the space
-(`search.replay.synthetic_recording`, 27 configurations per arm), each epoch sleeping its recorded
+(`bench/synthetic.py`, 27 configurations per arm), each epoch sleeping its recorded
 20-40 s times --time-scale. Everything else is the search a user runs: the per-arm searcher and
 ASHA, Optuna journal, progress table, experiment checkpoints, results.
 
@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import proctree  # noqa: E402
 from bench.search_overhead import slot_idle  # noqa: E402
-from search import replay as R  # noqa: E402
+from bench.synthetic import synthetic_recording  # noqa: E402
 from search.results import collect, write_results  # noqa: E402
 from search.space import load_space  # noqa: E402
 
@@ -214,7 +214,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    curves = R.synthetic_recording(FULL, out / "curves", per_arm=27, command="bench/scale.py (synthetic)")
+    curves = synthetic_recording(FULL, out / "curves", per_arm=27, command="bench/scale.py (synthetic)")
     for size in args.sizes:
         row = one_size(size, args, curves)
         (out / f"scale-{size}.json").write_text(json.dumps(row, indent=1))

@@ -47,7 +47,6 @@ def _value(recorded: float, seed: int, epoch: int, stream: str) -> float:
 def replay_trial(config: dict, data: tuple = (), curves_dir: str = "", time_scale: float = 1.0) -> None:
     """Ray Tune function trainable with `train_trial`'s signature (see search.trainable); `data` is
     only looked at to know whether the trial is scored on test images."""
-    config = config.get("trial", config)
     has_test = scores_test(config, data)
     cfg, arm = config["cfg"], config["arm"]
     metric, matchers = _matchers(str(curves_dir))

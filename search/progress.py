@@ -28,12 +28,6 @@ from search.stages import is_later_stage
 LOG_EVERY_S = 30.0  # the shortest interval between two tables appended to a log (not a terminal)
 
 
-def _own_config(trial) -> dict:
-    """The trial's config as search.searcher builds it (runs made before the stages shared the
-    search's queue nest it under "trial")."""
-    return trial.config.get("trial", trial.config)
-
-
 class ArmTable(Callback):
     """Prints the table when something changed, at most every `every_s` seconds (and at the end).
 
@@ -59,7 +53,7 @@ class ArmTable(Callback):
 
     def _arm(self, trial) -> str:
         if trial.trial_id not in self.arm_of:
-            config = _own_config(trial)
+            config = trial.config
             self.arm_of[trial.trial_id] = config.get("arm", "?")
             if is_later_stage(config):
                 self.later.add(trial.trial_id)

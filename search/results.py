@@ -17,10 +17,9 @@ from detector.metrics import METRICS, best_epoch
 
 STATUS_FINISHED, STATUS_STOPPED, STATUS_FAILED, STATUS_RUNNING = "finished", "stopped", "failed", "running"
 STATUSES = (STATUS_FINISHED, STATUS_STOPPED, STATUS_FAILED, STATUS_RUNNING)
-# Ray's folder of each stage under the run folder -> the stage's name in records and results.csv.
-# A run's later-stage runs share `trials` with its search and name their stage in their config;
-# runs made before that kept each stage in a folder of its own.
-STAGE_DIRS = {"trials": "search", "confirm": "confirm", "baseline": "baseline"}
+# Ray's Tuner folder under the run folder: the search's trials and the later stages' runs, each
+# naming its stage in its config (search.stages).
+TRIALS_DIR = "trials"
 # Held-out test metrics: reported by confirmation and baseline runs at the epochs validation chose.
 TEST_KEYS = METRICS  # what the engine scores on the test images (every metric it can select by)
 
@@ -61,7 +60,7 @@ class TrialRecord:
     trial_id: str
     arm: str
     study: str
-    stage: str                 # "search", "confirm" or "baseline" (the trial's config, or STAGE_DIRS)
+    stage: str                 # "search", "confirm" or "baseline" (the trial's config)
     metric: str                # the run's metric: what `best` and `last` hold
     status: str                # one of STATUSES (see `outcome`)
     epochs: int                # last epoch reported
@@ -98,13 +97,31 @@ class TrialRecord:
         return self.test.get(self.metric, math.nan) if self.test else self.best
 
 
+class RunLayoutError(ValueError):
+    """A folder that is not a run folder of this version's layout."""
+
+
+def check_layout(run_dir: Path, info: dict | None = None) -> None:
+    """Refuse a run folder of another layout, naming it: the runs of version 0.1 keep every stage's
+    runs in `trials/` and say so in run.json (`stages_share_queue`); a folder with a Tuner folder of
+    its own per stage was written before that and is not read (nor resumed) by this version."""
+    run_dir = Path(run_dir)
+    old = [d for d in ("confirm", "baseline") if (run_dir / d).is_dir()]
+    if old or (info is not None and info.get("stages_share_queue") is not True):
+        why = f"it has a folder per stage ({', '.join(old)})" if old else "its run.json lacks stages_share_queue"
+        raise RunLayoutError(f"{run_dir}: a run folder of an earlier layout ({why}): this version reads and "
+                             f"resumes only runs whose stages share trials/ (search.run writes them)")
+
+
 def read_run_info(run_dir: Path) -> dict:
     """A run folder's run.json (what search.run recorded of the run); FileNotFoundError naming the
-    folder when it is not a run folder."""
+    folder when it is not a run folder, RunLayoutError when it is one of another layout."""
     f = Path(run_dir) / "run.json"
     if not f.exists():
         raise FileNotFoundError(f"{run_dir}: not a run folder (no run.json)")
-    return json.loads(f.read_text())
+    info = json.loads(f.read_text())
+    check_layout(run_dir, info)
+    return info
 
 
 def read_results(trial_dir: Path) -> tuple[list[dict], int]:
@@ -209,7 +226,6 @@ def read_trial(trial_dir: Path, metric: str, max_epochs: int, ray_status: str | 
     cfgd = read_params(trial_dir)
     if cfgd is None:
         return None
-    cfgd = cfgd.get("trial", cfgd)  # confirmation-stage trials hold their config under "trial"
     raw, unreadable = read_results(trial_dir)
     hist = [h for h in raw if "fail_reason" not in h]
     # Keep the last report of each epoch (a retried or resumed trial may report an epoch twice).
@@ -229,7 +245,7 @@ def read_trial(trial_dir: Path, metric: str, max_epochs: int, ray_status: str | 
         lines = [ln for ln in error_file.read_text().splitlines() if ln.strip()]
         reason = lines[-1][:300] if lines else reason
     return TrialRecord(trial_id=trial_id, arm=cfgd["arm"], study=cfgd.get("study", cfgd["arm"]),
-                       stage=cfgd.get("stage") or STAGE_DIRS.get(trial_dir.parent.name, "search"), metric=metric,
+                       stage=cfgd.get("stage", "search"), metric=metric,
                        status=result.status, epochs=epochs, best=best,
                        last=hist[-1].get(metric, math.nan) if hist else math.nan, best_epoch=best_ep,
                        reason=reason, unreadable_lines=unreadable, path=str(trial_dir), config=cfgd["cfg"],
@@ -239,13 +255,13 @@ def read_trial(trial_dir: Path, metric: str, max_epochs: int, ray_status: str | 
 
 
 def collect(run_dir: Path, metric: str, max_epochs: int) -> list[TrialRecord]:
-    """Every trial that counts under the run folder (every stage: STAGE_DIRS), in folder order."""
+    """Every trial that counts under the run folder (every stage's runs), in folder order."""
+    check_layout(run_dir)
     out = []
-    for stage_dir in (run_dir / d for d in STAGE_DIRS):
-        for d, _, ray_status in counted_trials(stage_dir):
-            rec = read_trial(d, metric, max_epochs, ray_status)
-            if rec is not None:
-                out.append(rec)
+    for d, _, ray_status in counted_trials(Path(run_dir) / TRIALS_DIR):
+        rec = read_trial(d, metric, max_epochs, ray_status)
+        if rec is not None:
+            out.append(rec)
     return out
 
 

@@ -7,6 +7,10 @@ Everything the run produces lives in STORAGE/NAME: `trials/` (Ray's per-trial fo
 per-epoch results, checkpoints), `optuna.journal` (the studies), `results.csv` and `trials.json`
 (one row per trial), `run.json` (space, data fingerprint, versions) and `run.log`. With object
 storage, this machine works in a copy of the small files (see search/storage.py).
+
+This module is the command line: the arguments, the checks made before anything runs (the space,
+the data, the run folder, whether a run can be resumed) and run.json. search/driver.py does what
+needs Ray: the Tuner and the steps after the search.
 """
 from __future__ import annotations
 
@@ -16,14 +20,14 @@ import logging
 import os
 import shutil
 import sys
-import time
 from datetime import datetime
 from pathlib import Path
 
 from detector import config as C
 from detector.data import DataError
+from search import driver
 from search.space import Space, SpaceError, dry_run_text, load_space
-from search.storage import JOURNAL, RunLocation, resuming_in
+from search.storage import RunLocation
 
 log = logging.getLogger("search")
 
@@ -88,102 +92,6 @@ def _stop_log(handler: logging.Handler) -> None:
     handler.close()
 
 
-def _init_ray(args, space: Space) -> None:
-    import ray
-
-    if args.address:
-        ray.init(address=args.address, logging_level=logging.WARNING, log_to_driver=False)
-    else:
-        ray.init(num_cpus=args.num_cpus, include_dashboard=False, logging_level=logging.WARNING,
-                 log_to_driver=False)
-
-
-def _trainable(space: Space, data, replay: dict | None = None):
-    """The trial function with the data's object-store reference and the space's resources; with
-    `replay` ({"curves_dir", "time_scale"}: --replay-curves), the curve-replaying one."""
-    from ray import tune
-
-    if replay:
-        from search.curve_trainable import replay_trial
-
-        fn = tune.with_parameters(replay_trial, data=data, **replay)
-    else:
-        from search.trainable import train_trial
-
-        fn = tune.with_parameters(train_trial, data=data, checkpoint_epochs=space.checkpoint_epochs(),
-                                  gpu_share=space.gpu)
-    return tune.with_resources(fn, {"cpu": space.cpu, "gpu": space.gpu})
-
-
-def _tracker_callbacks(trackers, loc: RunLocation) -> list:
-    """Ray's result logger and the --log trackers' callbacks (search/trackers.py), for a run named
-    after its folder.
-
-    Of the loggers Ray adds by default (JSON, CSV, TensorBoard) only the JSON one is read here
-    (every trial's result.json); the other two cost the driver a file write per result for each
-    trial (the TensorBoard one, a flush: the largest share of Ray's result handling in bench/scale.py's
-    profile) and Ray copies their files with every experiment checkpoint. So search.run turns Ray's
-    defaults off (`TUNE_DISABLE_AUTO_CALLBACK_LOGGERS`, see `quiet_ray_loggers`) and adds the JSON
-    logger itself; `--log tensorboard` brings the TensorBoard one back."""
-    from search import trackers as T
-
-    return [T.ResultLogger(), *T.callbacks(trackers or [], loc.local.name)]
-
-
-def quiet_ray_loggers() -> None:
-    """Ray adds no logger of its own to the Tuners of this process (see `_tracker_callbacks`)."""
-    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-
-
-def run_search(space: Space, loc: RunLocation, data, resume: bool, stream=None, trackers=None,
-               replay: dict | None = None) -> None:
-    """The search and the runs after it: one Tuner over every arm. Each arm's confirmation and
-    baseline runs (search.stages) join the same queue as soon as that arm's search has ended
-    (search.searcher), so no slot waits for the slowest arm. On --resume Ray restores the run's own
-    callbacks (the progress table, the trackers it was started with)."""
-    from ray import tune
-    from ray.tune.schedulers import FIFOScheduler
-
-    from search.checkpoints import PruneEndedCheckpoints, checkpoint_config, lean_checkpoint_records
-    from search.progress import ArmTable
-    from search.scheduler import PerArmASHA
-    from search.searcher import ArmSearcher
-
-    lean_checkpoint_records()
-    trainable = _trainable(space, data, replay)
-    table = ArmTable(space.metric, [a.name for a in space.arms], space.max_epochs, stream=stream)
-    run_dir = loc.local
-    if resume:
-        with resuming_in(run_dir):
-            tuner = tune.Tuner.restore(f"{loc.ray_storage}/trials", trainable, resume_unfinished=True,
-                                       resume_errored=True)
-    else:
-        # With object storage the searcher copies the journal into every experiment checkpoint,
-        # which Ray uploads: the studies are never behind Ray's trials in the bucket.
-        searcher = ArmSearcher(space, run_dir / JOURNAL, snapshot_journal=loc.uri is not None,
-                               stages=space.eval_stages(), max_concurrent=space.max_concurrent)
-        # budget.stopping: none records full learning curves (the input of search.replay).
-        scheduler = PerArmASHA(space, run_dir) if space.stopping == "asha" else FIFOScheduler()
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
-                                        # the most there can be; the searcher ends the run when all are done
-                                        num_samples=space.total_trials() + space.eval_runs(),
-                                        # (budget.max_concurrent: the searcher's, not Ray's ConcurrencyLimiter)
-                                        # A new trial reuses a finished trial's worker process (torch and
-                                        # the dataset already loaded) instead of starting one.
-                                        reuse_actors=True,
-                                        trial_dirname_creator=lambda t: f"{t.config['arm']}_{t.trial_id}"),
-            run_config=tune.RunConfig(
-                name="trials", storage_path=loc.ray_storage, verbose=0,
-                callbacks=[table, PruneEndedCheckpoints(space.metric, space.max_epochs),
-                           *_tracker_callbacks(trackers, loc)],
-                checkpoint_config=checkpoint_config(),  # search.checkpoints prunes
-                failure_config=tune.FailureConfig(max_failures=2)),
-        )
-    tuner.fit()
-
-
 def replay_problem(space: Space, curves_dir: str, time_scale: float) -> str | None:
     """Why a recording cannot stand in for training in this space (None: it can)."""
     from search import replay as R
@@ -221,14 +129,15 @@ def experiment_state_problem(run_dir: Path) -> str | None:
     return None
 
 
-def stages_problem(run_dir: Path, space: Space) -> str | None:
-    """Why this version cannot continue the run's stages after the search, or None."""
+def layout_problem(run_dir: Path) -> str | None:
+    """Why this version cannot resume the run folder's layout (search.results.check_layout), or None."""
+    from search.results import RunLayoutError, check_layout
+
     run_json = run_dir / "run.json"
-    info = json.loads(run_json.read_text()) if run_json.exists() else {}
-    if space.eval_stages() and not info.get("stages_share_queue", False):
-        return (f"{run_dir} was started by an earlier search.run, which ran the confirmation and baseline stages "
-                f"after the search in folders of their own; this version cannot continue them (its results stay "
-                f"readable: search.report, search.export)")
+    try:
+        check_layout(run_dir, json.loads(run_json.read_text()) if run_json.exists() else None)
+    except RunLayoutError as e:
+        return str(e)
     return None
 
 
@@ -279,7 +188,7 @@ def main(argv=None) -> int:
             print(f"fetching {loc} (all but checkpoints) into {run_dir}")
             loc.pull()
             loc.best_journal()
-        problem = experiment_state_problem(run_dir) or stages_problem(run_dir, space)
+        problem = experiment_state_problem(run_dir) or layout_problem(run_dir)
         if problem:
             print(f"error: --resume: {problem}; the run folder is left as it is, and a new search will not be "
                   f"started over it", file=sys.stderr)
@@ -326,7 +235,6 @@ def _run(args, space: Space, loc: RunLocation, name: str, data_arg, splits) -> i
     run_json = run_dir / "run.json"
     replay = {"curves_dir": str(Path(args.replay_curves).resolve()), "time_scale": args.time_scale} \
         if args.replay_curves else None
-    ray_loggers = "json"
     if args.resume and run_json.exists():
         old = json.loads(run_json.read_text())
         if old.get("data_fingerprint") != fingerprint:
@@ -334,78 +242,17 @@ def _run(args, space: Space, loc: RunLocation, name: str, data_arg, splits) -> i
                   f"vs {fingerprint})", file=sys.stderr)
             return 2
         replay = replay or old.get("replay")  # a replayed run resumes replaying, with its own curves
-        # A run started before search.run added the JSON logger itself resumes with its pickled
-        # callbacks, which lack it: Ray's default loggers stay on for it.
-        ray_loggers = old.get("ray_loggers", "default")
-    info.update(replay=replay, ray_loggers=ray_loggers)
-    if ray_loggers == "json":
-        quiet_ray_loggers()
+    info.update(replay=replay, ray_loggers="json")  # Ray's own loggers off, its JSON one added (driver.py)
+    driver.quiet_ray_loggers()
     run_json.write_text(json.dumps(info, indent=1))
     loc.push(["space.yaml", "run.json"])
     print(f"run folder {loc}\n{len(space.arms)} arm(s), {space.total_trials()} trials, "
           f"{len(train)} train / {len(val)} val / {len(test) if test is not None else 0} test images")
     log.info("starting %s (resume=%s)", run_dir, args.resume)
 
-    import ray
-
-    from search import detections, latency
-    from search.results import collect, write_results
-    from search.searcher import reconcile_studies
-    from search.trainable import remove_orphaned_work_dirs
-
-    _init_ray(args, space)
-    t0 = time.time()
-    failed = True
-    try:
-        # The decoded data goes into Ray's object store once, for every stage; this process keeps
-        # only the references (its own copy would double the head node's share of memory). Search
-        # trials never resolve the test images' (search.stages.scores_test).
-        refs = tuple(None if d is None else ray.put(d) for d in splits)  # (no test images: None)
-        del train, val, test, splits
-        run_search(space, loc, refs, args.resume, trackers=args.trackers, replay=replay)
-        loc.pull()
-        records = collect(run_dir, space.metric, space.max_epochs)
-        fixed = reconcile_studies(space, run_dir / JOURNAL, records)
-        if any(fixed.values()):
-            log.warning("studies brought in line with the trials' stored results: %s", fixed)
-        if replay is None:  # replayed trials leave no model to time or to draw detections with
-            latency.measure(space, loc, refs, records)
-            detections.draw(space, loc, refs, records)
-        failed = False
-    finally:
-        # Ray first: whatever happens below, no Ray is left running behind this command.
-        ray.shutdown()
-        remove_orphaned_work_dirs(wait_s=10)  # scratch folders of trials Ray's shutdown cut short
-        try:
-            if failed:  # otherwise `records` were collected after the last trial ended (2 s at 1,000 trials)
-                loc.pull()
-                records = collect(run_dir, space.metric, space.max_epochs)
-            write_results(run_dir, records, space.metric)
-            loc.push()
-        except Exception as e:
-            if not failed:
-                raise
-            # The search's own error is the one to see; this one is only reported beside it.
-            log.exception("could not save the results after the search failed")
-            print(f"error: could not save the results after the search failed: {type(e).__name__}: {e} "
-                  f"(the search's own error follows)", file=sys.stderr)
-    print(summary_text(records, space, time.time() - t0, run_dir))
+    records, elapsed = driver.drive(args, space, loc, splits, replay)
+    print(driver.summary_text(records, space, elapsed, run_dir))
     return 0
-
-
-def summary_text(records, space: Space, elapsed: float, run_dir: Path) -> str:
-    from search.results import ranked
-
-    lines = [f"search finished in {elapsed:.0f} s; results in {run_dir / 'results.csv'}"]
-    for arm in space.arms:
-        mine = [r for r in records if r.arm == arm.name and r.stage == "search"]
-        order = ranked(records, arm.name)
-        best = order[0].best if order else float("nan")
-        n = {s: sum(r.status == s for r in mine) for s in ("finished", "stopped", "failed")}
-        lines.append(f"  {arm.name}: best {space.metric} {best:.4f}  ({n['finished']} finished, "
-                     f"{n['stopped']} stopped, {n['failed']} failed)")
-    lines.append(f"export the best configurations: python -m search.export {run_dir} --out {run_dir / 'export'}")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

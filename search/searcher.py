@@ -161,9 +161,6 @@ class ArmSearcher(Searcher):
             {"_studies": None, "_handles": {}, "_stage_runs": {}}
 
     def __setstate__(self, state):
-        state.setdefault("trials_per_arm", state["space"].trials_per_arm)  # saved before the field existed
-        for k, v in (("_handles", {}), ("stages", ()), ("ended", {}), ("issued", set()), ("_stage_runs", {})):
-            state.setdefault(k, v)
         self.__dict__.update(state)
         if self.journal is not None:
             self.journal = relocated(self.journal.parent) / self.journal.name

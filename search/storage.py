@@ -29,8 +29,7 @@ from pathlib import Path, PurePosixPath
 # pickled with the run hold the folder of the machine that started it (see `resuming_in`).
 _RESUMING_IN: Path | None = None
 
-# The run folder's own files (beside Ray's `trials/` folder; runs made before the later stages shared
-# it also have `confirm/` and `baseline/`).
+# The run folder's own files (beside Ray's `trials/` folder).
 RUN_FILES = ("space.yaml", "run.json", "run.log", "optuna.journal", "results.csv", "trials.json", "latency.json")
 JOURNAL = "optuna.journal"
 

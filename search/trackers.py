@@ -51,7 +51,6 @@ class ResultLogger(JsonLoggerCallback):
 
 def trial_tags(config: dict, search: str) -> dict[str, str]:
     """The tags of a trial's tracked run: its arm, its stage and the search's name."""
-    config = config.get("trial", config)  # runs made before the stages shared the search's queue nest it
     return {"arm": str(config.get("arm")), "stage": str(config.get("stage", "search")), "search": search}
 
 

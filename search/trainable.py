@@ -74,7 +74,6 @@ def train_trial(config: dict, data: tuple, checkpoint_epochs: frozenset | None =
     epoch): the epochs whose checkpoint is saved and handed to Ray; the others report metrics only.
     `gpu_share` (resources.gpu): below 1, the trial caps its CUDA allocator at that share, so packed
     trials cannot take each other's memory."""
-    config = config.get("trial", config)  # runs made before the stages shared the search's queue
     train, val = resolve(data[:2])
     test = resolve(data[2:3])[0] if scores_test(config, data) else None
     cfg = C.from_dict(config["cfg"], source=f"trial {tune.get_context().get_trial_id()}")

@@ -25,7 +25,7 @@ def watch_text(run_dir: Path, cluster: str | None = None) -> str:
     arms = info.get("arms", [])
     used = info.get("trackers", [])
     lines = [f"Watching run {info.get('name', run_dir.name)} ({run_dir}); every server below listens on localhost.", ""]
-    if "tensorboard" in used or info.get("ray_loggers", "default") == "default":  # (Ray's defaults wrote them)
+    if "tensorboard" in used:
         lines += ["TensorBoard: every trial's per-epoch metrics (Ray Tune writes the event files into each trial folder)",
                   f"  tensorboard --logdir {run_dir} --port {PORTS['tensorboard']}     # http://localhost:{PORTS['tensorboard']}",
                   "  (pip install '.[tensorboard]' if the command is missing)", ""]

@@ -20,7 +20,7 @@ import ray
 import yaml
 from ray.cluster_utils import AutoscalingCluster, Cluster
 
-from search import replay as R
+from bench.synthetic import synthetic_recording
 from searchutil import (ROOT, SearchProcess, assert_every_trial_once, kill_between_snapshots, reported_epochs,
                         result_rows, wait_until, write_space)
 
@@ -46,7 +46,7 @@ def _start_search(space: Path, address: str, *extra: str, time_scale: float = 0.
     epochs of 1-2 s at the default time scale, a checkpoint each); a resumed run replays the same ones."""
     curves = space.parent / "curves"
     if not curves.exists():
-        R.synthetic_recording(space, curves, per_arm=6, command="test")
+        synthetic_recording(space, curves, per_arm=6, command="test")
     replay = [] if "--resume" in extra else ["--replay-curves", str(curves), "--time-scale", str(time_scale)]
     return SearchProcess("--space", str(space), "--storage", str(space.parent / "runs"), "--name", "c",
                          "--address", address, "--shared-storage", *extra, *replay, log_dir=space.parent)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.synthetic import synthetic_recording
 from search import replay as R
 from search import run
 
@@ -159,7 +160,7 @@ params:
   lr: {{type: float, low: 0.005, high: 0.03, log: true}}
 budget: {budget}
 """, name=f"{name}.yaml")
-    curves = R.synthetic_recording(space, tmp / f"{name}-curves", per_arm=6, command="test")
+    curves = synthetic_recording(space, tmp / f"{name}-curves", per_arm=6, command="test")
     assert run.main(["--space", str(space), "--storage", str(tmp / "runs"), "--name", name, "--num-cpus", "2",
                      "--replay-curves", str(curves), "--time-scale", "0.01"]) == 0
     return tmp / "runs" / name

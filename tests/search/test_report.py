@@ -9,6 +9,7 @@ import statistics
 import pytest
 
 from search import report
+from search.stats import flipped_pairs, pareto_front, spearman, study_rows
 from search import results as R
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -47,18 +48,29 @@ def _drop_stage(run_dir, stage):
             shutil.rmtree(d)
 
 
-def test_a_run_with_a_folder_per_stage_reads_the_same(handmade):
+def test_a_run_folder_of_an_earlier_layout_is_refused_naming_the_folder_and_why(handmade, tmp_path):
     """Runs made before the later stages shared the search's queue kept each stage in its own Tuner
-    folder, their configs nested under "trial": they read as the same trials of the same stages."""
-    before = sorted((r.trial_id, r.stage, r.best) for r in R.collect(handmade, "map50", 4))
+    folder (version 0.1 has none to keep): the report, the export and the results refuse them with
+    one message naming the folder and what is different, and write nothing."""
+    from search import export
+
     for d in list((handmade / "trials").iterdir()):
         config = json.loads((d / "params.json").read_text())
         if config["stage"] != "search":
             (handmade / config["stage"]).mkdir(exist_ok=True)
-            (d / "params.json").write_text(json.dumps({"trial": {k: v for k, v in config.items() if k != "stage"}}))
             d.rename(handmade / config["stage"] / d.name)
-    assert {p.name for p in handmade.iterdir() if p.is_dir()} >= {"confirm", "baseline"}
-    assert sorted((r.trial_id, r.stage, r.best) for r in R.collect(handmade, "map50", 4)) == before
+    message = rf"{handmade}: a run folder of an earlier layout \(it has a folder per stage \(confirm, baseline\)\)"
+    for call in (lambda: report.write_report(handmade, tmp_path / "rep"), lambda: export.export(handmade, tmp_path / "exp"),
+                 lambda: R.collect(handmade, "map50", 4)):
+        with pytest.raises(R.RunLayoutError, match=message):
+            call()
+    assert not (tmp_path / "rep").exists() and not (tmp_path / "exp").exists()
+    shutil.rmtree(handmade / "confirm")
+    shutil.rmtree(handmade / "baseline")
+    info = json.loads((handmade / "run.json").read_text())
+    (handmade / "run.json").write_text(json.dumps({k: v for k, v in info.items() if k != "stages_share_queue"}))
+    with pytest.raises(R.RunLayoutError, match="its run.json lacks stages_share_queue"):
+        report.write_report(handmade, tmp_path / "rep")
 
 
 @pytest.fixture
@@ -68,7 +80,7 @@ def handmade(tmp_path):
     run.mkdir()
     (run / "run.json").write_text(json.dumps({"name": "hand", "metric": "map50", "max_epochs": 4, "strategy":
                                               "per-architecture", "arms": ["A", "B"], "data": "x.json",
-                                              "data_fingerprint": "abc", "test_images": 5,
+                                              "data_fingerprint": "abc", "test_images": 5, "stages_share_queue": True,
                                               "versions": {"torch": "x"}}))
     (run / "space.yaml").write_text("budget: {max_epochs: 4, grace_period: 1, reduction_factor: 2}\n")
     _trial(run, "trials", "A", "a1", [0.2, 0.5, 0.7, 0.8], params=41_290_000)
@@ -127,7 +139,7 @@ def test_study_table_from_known_numbers(handmade):
     first = text.split("## ")[1]
     assert first.startswith("Shared hyperparameters against a search per arm")
     assert "Scored on 5 held-out test images, which chose nothing" in first
-    rows = {r["arm"]: r for r in report.study_rows(res["records"])}
+    rows = {r["arm"]: r for r in study_rows(res["records"])}
     a, b = rows["A"], rows["B"]
     assert a["base"] == [0.50, 0.54] and a["tuned"] == [0.70, 0.74] and a["trial"] == "a1"
     assert (a["rank_base"], a["rank_tuned"], b["rank_base"], b["rank_tuned"]) == (2, 1, 1, 2)
@@ -138,7 +150,7 @@ def test_study_table_from_known_numbers(handmade):
     assert a["gain_lo"] == pytest.approx(0.0783, abs=1e-4) and a["gain_hi"] == pytest.approx(0.3217, abs=1e-4)
     assert "| A | 0.5200 ± 0.0283 (n=2) | 0.7200 ± 0.0283 (n=2) | +0.2000 (+0.0783 to +0.3217) | 2 | 1 |" in first
     assert "Kendall's τ between the two rankings: -1.00 (2 arms)" in first
-    [pair] = report.flipped_pairs(list(rows.values()))
+    [pair] = flipped_pairs(list(rows.values()))
     assert (pair["a"], pair["b"]) == ("A", "B") and pair["tuned_diff"] == pytest.approx(0.13)
     assert pair["base_diff"] == pytest.approx(-0.09)
     ci = stats.ttest_ind([0.70, 0.74], [0.58, 0.60], equal_var=False).confidence_interval(0.95)
@@ -157,7 +169,7 @@ def test_without_test_images_the_report_says_what_scored_it(handmade):
     res = report.write_report(handmade, handmade / "report")
     text = (handmade / "report" / "report.md").read_text()
     assert "**Scored on the validation images that selected the configurations**" in text.split("## ")[1]
-    rows = {r["arm"]: r for r in report.study_rows(res["records"])}
+    rows = {r["arm"]: r for r in study_rows(res["records"])}
     assert rows["A"]["tuned"] == [0.76, 0.80] and rows["A"]["base"] == [0.6, 0.6]
 
 
@@ -216,9 +228,9 @@ def test_in_progress_run_says_so(handmade):
 
 
 def test_spearman_and_pareto():
-    assert report.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
-    assert report.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
-    assert report.pareto_front([(1, 0.5), (2, 0.9), (3, 0.8), (1, 0.4)]) == [0, 1]
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert pareto_front([(1, 0.5), (2, 0.9), (3, 0.8), (1, 0.4)]) == [0, 1]
 
 
 def test_the_conclusion_over_many_arms_is_a_table_not_a_sentence():

@@ -18,9 +18,8 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from detector import config as C
-from search import export, run
-from search import replay as R
-from search.space import load_space
+from bench.synthetic import synthetic_recording
+from search import driver, export, run
 
 from searchutil import (SearchProcess, assert_every_trial_once, kill_between_snapshots, live_config, reported_epochs,
                         result_rows as _rows, wait_until, write_experiment_state, write_space as _space)
@@ -207,7 +206,7 @@ params:
 budget: {max_epochs: 1, grace_period: 1, reduction_factor: 2, trials_per_arm: 3}
 confirm: {top_k: 1, seeds: 2}
 """)
-    curves = R.synthetic_recording(space, tmp_path / "curves", per_arm=6, command="test")  # replayed, not trained
+    curves = synthetic_recording(space, tmp_path / "curves", per_arm=6, command="test")  # replayed, not trained
     rc = run.main(["--space", str(space), "--storage", str(tmp_path / "runs"), "--name", "j", "--num-cpus", "2",
                    "--replay-curves", str(curves), "--time-scale", "0.01"])
     assert rc == 0
@@ -298,7 +297,7 @@ confirm: {top_k: 1, seeds: 2}
 baseline: {lr: 0.01}
 """)
     args = ["--space", str(space), "--storage", str(tmp_path / "runs"), "--name", "cf", "--num-cpus", "2"]
-    curves = R.synthetic_recording(space, tmp_path / "curves", per_arm=6, command="test")
+    curves = synthetic_recording(space, tmp_path / "curves", per_arm=6, command="test")
     run_dir = tmp_path / "runs" / "cf"
     trials = run_dir / "trials"
     # Replayed epochs of 2-4 s: time to see a baseline run's first epoch and kill before its last.
@@ -442,7 +441,7 @@ def test_an_error_at_the_end_still_shuts_ray_down_shows_the_first_error_and_keep
     def unreachable(self):
         raise OSError("bucket unreachable")
 
-    monkeypatch.setattr(run, "run_search", failing_search)
+    monkeypatch.setattr(driver, "run_search", failing_search)
     monkeypatch.setattr(RunLocation, "pull", unreachable)
     space = _space(tmp_path, tiny_data, "arms: {backbone: [resnet18]}\nbudget: {max_epochs: 1, trials_per_arm: 1}\n")
     for name in ("a", "b"):
@@ -471,10 +470,11 @@ confirm: {top_k: 1, seeds: 2}
     (run_dir / "trials").mkdir(parents=True)
     write_experiment_state(run_dir / "trials", {"t1": "TERMINATED"})
     (run_dir / "trials" / "tuner.pkl").write_bytes(b"")
+    (run_dir / "confirm").mkdir()  # the later stages' own Tuner folder, as earlier versions had it
     (run_dir / "run.json").write_text(json.dumps({"stages": ["search", "confirm"]}))
     before = sorted(p for p in run_dir.rglob("*"))
     args = ["--space", str(space), "--storage", str(tmp_path / "runs"), "--name", "old", "--num-cpus", "2", "--resume"]
     assert run.main(args) == 2
     err = capsys.readouterr().err
-    assert "started by an earlier search.run" in err and "cannot continue them" in err and str(run_dir) in err
+    assert f"error: --resume: {run_dir}: a run folder of an earlier layout (it has a folder per stage (confirm))" in err
     assert sorted(p for p in run_dir.rglob("*")) == before

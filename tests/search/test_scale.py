@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bench.synthetic import synthetic_recording
 from search import replay as R
 from search.curve_trainable import NOISE
 from search.results import collect, rank_key, ranked
@@ -36,7 +37,7 @@ def _setup(tmp_path, trials_per_arm: int, stopping: str = "asha"):
     space = tmp_path / "space.yaml"
     space.write_text(SPACE.replace("TPA", str(trials_per_arm)).replace("max_concurrent: 4}",
                                                                          f"max_concurrent: 4, stopping: {stopping}}}"))
-    curves = R.synthetic_recording(space, tmp_path / "curves", per_arm=6, command="test")
+    curves = synthetic_recording(space, tmp_path / "curves", per_arm=6, command="test")
     return space, curves
 
 
@@ -110,7 +111,7 @@ def test_a_replayed_search_killed_mid_way_resumes_with_nothing_lost(tmp_path):
 
 
 def _slow_down(curves: Path, arm_index: int, factor: float) -> None:
-    """Make one arm's recorded epochs `factor` times longer (search.replay.synthetic_recording names
+    """Make one arm's recorded epochs `factor` times longer (bench/synthetic.py names
     its trials aNN-III by arm)."""
     doc = json.loads((curves / R.CURVES).read_text())
     for t in doc["trials"]:
@@ -181,7 +182,7 @@ def test_the_full_space_killed_mid_way_resumes_with_nothing_lost(tmp_path):
         space_file.write_text(yaml.safe_dump(doc, sort_keys=False))
     space = load_space(space_file)
     n_trials = space.total_trials()
-    curves = R.synthetic_recording(space_file, tmp_path / "curves", per_arm=6, command="test")
+    curves = synthetic_recording(space_file, tmp_path / "curves", per_arm=6, command="test")
     run = tmp_path / "runs" / "r"
     args = ["--space", str(space_file), "--storage", str(tmp_path / "runs"), "--name", "r", "--num-cpus", "16"]
     with SearchProcess(*args, "--replay-curves", str(curves), "--time-scale", "0.02", log_dir=tmp_path) as search:

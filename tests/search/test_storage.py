@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from search import replay as R
+from bench.synthetic import synthetic_recording
 from search import storage
 from search.curve_trainable import CKPT_NAME
 from search.results import collect
@@ -70,7 +70,7 @@ def _search(tmp_path: Path, *args: str, time_scale: float = 0.01) -> SearchProce
     resumed run replays the same ones: its run.json names them)."""
     curves = tmp_path / "curves"
     if not curves.exists():
-        R.synthetic_recording(tmp_path / "s.yaml", curves, per_arm=6, command="test")
+        synthetic_recording(tmp_path / "s.yaml", curves, per_arm=6, command="test")
     replay = [] if "--resume" in args else ["--replay-curves", str(curves), "--time-scale", str(time_scale)]
     return SearchProcess("--num-cpus", "2", *args, *replay, log_dir=tmp_path)
 

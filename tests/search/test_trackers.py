@@ -2,7 +2,6 @@
 (event files read back with tensorboard's own reader); and no credential in any file a run writes."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -186,9 +185,11 @@ def test_watch_says_when_a_run_wrote_no_tensorboard_files(tmp_path):
 
     from search import watch
 
-    (tmp_path / "run.json").write_text(json.dumps({"name": "r", "arms": ["a"], "trackers": [], "ray_loggers": "json"}))
+    (tmp_path / "run.json").write_text(json.dumps({"name": "r", "arms": ["a"], "trackers": [], "ray_loggers": "json",
+                                                   "stages_share_queue": True}))
     text = watch.watch_text(tmp_path)
     assert "TensorBoard: this run wrote no event files (start a search with --log tensorboard)" in text
     assert "tensorboard --logdir" not in text
-    (tmp_path / "run.json").write_text(json.dumps({"name": "r", "arms": ["a"], "trackers": []}))  # an older run
+    (tmp_path / "run.json").write_text(json.dumps({"name": "r", "arms": ["a"], "trackers": ["tensorboard"],
+                                                   "ray_loggers": "json", "stages_share_queue": True}))
     assert "tensorboard --logdir" in watch.watch_text(tmp_path)
