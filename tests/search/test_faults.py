@@ -1,0 +1,201 @@
+"""A search that survives what goes wrong on a real local Ray (num_cpus=2): the driver killed and
+resumed (during the search and during the stages after it), a trial that raises and is retried from
+its checkpoint, a non-finite loss that fails a trial at once, and the scratch folders dead workers
+leave. Real training on the tiny images, except the stage resume (replayed curves: the queue's
+business). (search.run's checks and a finished run's files: test_run.py.)"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import optuna
+import pytest
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+from bench.synthetic import synthetic_recording
+from search import run
+
+from searchutil import (SearchProcess, assert_every_trial_once, kill_between_snapshots, live_config, reported_epochs,
+                        result_rows as _rows, wait_until, write_space as _space)
+
+
+@pytest.mark.slow
+def test_driver_killed_then_resumed_loses_and_duplicates_nothing(tiny_data, tmp_path, monkeypatch):
+    """SIGKILL the driver mid-search, then --resume: every trial once, epochs continuous, the
+    searchers' budgets kept, and the Optuna studies agreeing with Ray's trials. The trials' scratch
+    folders go to this test's own temporary folder (TMPDIR, inherited by Ray's workers; Ray's own
+    session folder stays in /tmp), so what is left there is this test's doing alone."""
+    import time
+
+    space = _space(tmp_path, tiny_data, """
+arms: {backbone: [resnet18], version: [v1, v2]}
+params:
+  lr: {type: float, low: 0.002, high: 0.03, log: true}
+budget: {max_epochs: 3, grace_period: 1, reduction_factor: 2, trials_per_arm: 3, max_concurrent: 2}
+""")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    monkeypatch.setenv("RAY_TMPDIR", "/tmp")
+    monkeypatch.setattr(tempfile, "tempdir", None)  # this process asks TMPDIR again
+    args = ["--space", str(space), "--storage", str(tmp_path / "runs"), "--name", "k", "--num-cpus", "2"]
+    trials = tmp_path / "runs" / "k" / "trials"
+    with SearchProcess(*args, log_dir=tmp_path, env=dict(os.environ)) as search:
+        # Kill once some epochs are stored and trials are still to come.
+        wait_until(lambda: sum(map(len, reported_epochs(trials).values())) >= 3, 240, "3 epochs were reported",
+                   search.proc)
+        kill_between_snapshots(search, trials)  # SIGKILL to the driver and the local Ray it started
+    time.sleep(2)
+    assert not (tmp_path / "runs" / "k" / "results.csv").exists()
+    assert list(scratch.glob("smallobj-trial-*"))  # the killed trials' scratch folders, left behind
+
+    assert run.main(args + ["--resume"]) == 0
+    assert_every_trial_once(tmp_path / "runs" / "k", n_trials=6, max_epochs=3, repeats=True)
+    # The scratch folders of the trials killed with the driver were swept by the resumed trials.
+    assert not list(scratch.glob("smallobj-trial-*"))
+
+
+def test_scratch_folders_of_dead_workers_are_removed(tmp_path):
+    from search.trainable import WORK_PREFIX, remove_orphaned_work_dirs
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for pid in (dead.pid, os.getpid()):
+        (tmp_path / f"{WORK_PREFIX}{pid}-abc").mkdir()
+        (tmp_path / f"{WORK_PREFIX}{pid}-abc" / "checkpoint.pt").write_bytes(b"x")
+    (tmp_path / f"{WORK_PREFIX}notapid").mkdir()
+    assert remove_orphaned_work_dirs(str(tmp_path)) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{WORK_PREFIX}{os.getpid()}-abc", f"{WORK_PREFIX}notapid"]
+
+
+def _runs_of_stage(trials_dir, stage: str) -> list[str]:
+    """Folder names of the runs of `stage` in a run's trials folder (their config names the stage)."""
+    return sorted(d.name for d in trials_dir.iterdir()
+                  if d.is_dir() and (config := live_config(d)) is not None and config.get("stage", "search") == stage)
+
+
+@pytest.mark.slow
+def test_resume_during_the_stages_after_the_search_continues_them(tiny_data, tmp_path):
+    """Killed while a baseline run trains (the later stages share the search's queue), then --resume:
+    the runs already issued are continued, never issued a second time beside the first. (Trials
+    replay synthetic curves; the resumed run replays the same ones.)"""
+    space = _space(tmp_path, tiny_data, """
+arms: {backbone: [resnet18]}
+params:
+  lr: {type: float, low: 0.005, high: 0.02, log: true}
+budget: {max_epochs: 2, grace_period: 2, reduction_factor: 2, trials_per_arm: 2, max_concurrent: 2}
+confirm: {top_k: 1, seeds: 2}
+baseline: {lr: 0.01}
+""")
+    args = ["--space", str(space), "--storage", str(tmp_path / "runs"), "--name", "cf", "--num-cpus", "2"]
+    curves = synthetic_recording(space, tmp_path / "curves", per_arm=6, command="test")
+    run_dir = tmp_path / "runs" / "cf"
+    trials = run_dir / "trials"
+    # Replayed epochs of 2-4 s: time to see a baseline run's first epoch and kill before its last.
+    with SearchProcess(*args, "--replay-curves", str(curves), "--time-scale", "0.1", log=tmp_path / "search.log") as search:
+        wait_until(lambda: any(epochs for name, epochs in reported_epochs(trials).items()
+                               if name in _runs_of_stage(trials, "baseline")), 400,
+                   "a baseline run reported an epoch", search.proc)
+        kill_between_snapshots(search, trials)
+    assert search.proc.returncode == -9 and not (run_dir / "results.csv").exists()  # killed mid-run
+    confirm_before = _runs_of_stage(trials, "confirm")
+    assert run.main(args + ["--resume"]) == 0
+    rows = _rows(run_dir)
+    assert len([r for r in rows if r["stage"] == "search"]) == 2
+    for stage in ("confirm", "baseline"):
+        mine = [r for r in rows if r["stage"] == stage]
+        assert len(mine) == 2 and sorted(r["seed"] for r in mine) == ["1000", "1001"], mine
+        assert all(r["status"] == "finished" and r["epochs_run"] == "2" for r in mine)
+        assert len(_runs_of_stage(trials, stage)) == 2  # one folder per run
+    assert _runs_of_stage(trials, "confirm") == confirm_before
+    assert all(r["lr"] == "0.01" for r in rows if r["stage"] == "baseline")
+
+
+@pytest.mark.slow
+def test_a_trial_that_raises_is_retried_from_its_checkpoint(tiny_data, tmp_path, monkeypatch):
+    """A transient error (injected once after epoch 1, by a wrapper trainable from the tests) is retried
+    by Ray from the epoch-1 checkpoint: the trial finishes, its epochs continue at 2 rather than
+    starting over, and Optuna sees COMPLETE."""
+    import faults
+    from ray import cloudpickle
+
+    from search import trainable
+
+    cloudpickle.register_pickle_by_value(faults)  # the workers get the wrapper without importing tests/
+    monkeypatch.setattr(trainable, "train_trial", faults.train_trial_failing_once)
+    space = _space(tmp_path, tiny_data, """
+arms: {backbone: [resnet18]}
+params:
+  lr: {type: float, low: 0.005, high: 0.01}
+budget: {max_epochs: 3, grace_period: 1, reduction_factor: 2, trials_per_arm: 1}
+""")
+    assert run.main(["--space", str(space), "--storage", str(tmp_path / "runs"), "--name", "f", "--num-cpus", "2"]) == 0
+    (row,) = _rows(tmp_path / "runs" / "f")
+    assert row["status"] == "finished" and row["epochs_run"] == "3"
+    trial_dir = next((tmp_path / "runs" / "f" / "trials").glob("resnet18*"))
+    assert (trial_dir / ".fault-injected").exists()
+    assert "InjectedFault: injected failure after epoch 1" in (trial_dir / "error.txt").read_text()
+    epochs = [json.loads(x)["epoch"] for x in (trial_dir / "result.json").read_text().splitlines()]
+    assert epochs == [1.0, 2.0, 3.0]  # resumed at epoch 2 from the checkpoint, not retrained from epoch 1
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "runs" / "f" / "optuna.journal")))
+    (t,) = optuna.load_study(study_name="resnet18-v1-none-t5", storage=storage).trials
+    assert t.state == TrialState.COMPLETE and sorted(t.intermediate_values) == [1, 2, 3]
+
+
+def test_with_checkpoint_every_a_retried_trial_redoes_only_the_epochs_since_its_last_checkpoint(
+        tiny_data, tmp_path, monkeypatch):
+    """budget.checkpoint_every 2 over 3 epochs (rung at 2): checkpoints after epochs 2 and 3 only. The
+    fault after epoch 1 finds no checkpoint, so Ray's retry starts over: one epoch (checkpoint_every - 1)
+    is trained twice, and Ray keeps the checkpoints of epochs 2 and 3 only."""
+    import faults
+    from ray import cloudpickle
+
+    from search import trainable
+
+    cloudpickle.register_pickle_by_value(faults)
+    monkeypatch.setattr(trainable, "train_trial", faults.train_trial_failing_once)
+    space = _space(tmp_path, tiny_data, """
+arms: {backbone: [resnet18]}
+params:
+  lr: {type: float, low: 0.005, high: 0.01}
+budget: {max_epochs: 3, grace_period: 2, reduction_factor: 2, trials_per_arm: 1, checkpoint_every: 2}
+""")
+    assert run.main(["--space", str(space), "--storage", str(tmp_path / "runs"), "--name", "f", "--num-cpus", "2"]) == 0
+    (row,) = _rows(tmp_path / "runs" / "f")
+    assert row["status"] == "finished" and row["epochs_run"] == "3"
+    trial_dir = next((tmp_path / "runs" / "f" / "trials").glob("resnet18*"))
+    epochs = [json.loads(x)["epoch"] for x in (trial_dir / "result.json").read_text().splitlines()]
+    assert epochs == [1.0, 1.0, 2.0, 3.0]  # epoch 1 lost with the failure (no checkpoint), then 1, 2, 3
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "runs" / "f" / "optuna.journal")))
+    (t,) = optuna.load_study(study_name="resnet18-v1-none-t5", storage=storage).trials
+    assert t.state == TrialState.COMPLETE and sorted(t.intermediate_values) == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_nonfinite_trial_fails_at_once_with_its_reason(tiny_data, tmp_path):
+    space = _space(tmp_path, tiny_data, """
+arms: {backbone: [resnet18]}
+params:
+  lr: {type: float, low: 1.0e+6, high: 2.0e+6}
+budget: {max_epochs: 2, grace_period: 1, reduction_factor: 2, trials_per_arm: 1}
+""")
+    text = space.read_text().replace("  warmup_epochs: 0.5", "  warmup_epochs: 0.0\n  clip_grad_norm: null")
+    space.write_text(text)
+    rc = run.main(["--space", str(space), "--storage", str(tmp_path / "runs"), "--name", "nan", "--num-cpus", "2"])
+    assert rc == 0
+    rows = _rows(tmp_path / "runs" / "nan")
+    assert len(rows) == 1 and rows[0]["status"] == "failed"
+    assert rows[0]["reason"].startswith("NonFiniteLossError: non-finite loss")
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "runs" / "nan" / "optuna.journal")))
+    (t,) = optuna.load_study(study_name="resnet18-v1-none-t5", storage=storage).trials
+    assert t.state == TrialState.FAIL and "NonFiniteLossError" in t.user_attrs["fail_reason"]
+    # Failed at once: one report (the failure), no retry from a checkpoint, no error file.
+    trial_dir = next((tmp_path / "runs" / "nan" / "trials").glob("resnet18*"))
+    assert len((trial_dir / "result.json").read_text().splitlines()) == 1
+    assert not (trial_dir / "error.txt").exists()
+
