@@ -231,3 +231,34 @@ class SearchProcess:
 
     def __exit__(self, *exc):
         self.kill()
+
+
+# Replayed searches (search.curve_trainable) for the tests of kills, resumes and the stage queue.
+REPLAY_SPACE = """
+name: replayed
+arms: {backbone: [resnet18], version: [v1, v2]}
+params:
+  lr: {type: float, low: 0.0005, high: 0.03, log: true}
+  optimizer: {type: categorical, choices: [sgd, adamw]}
+budget: {max_epochs: 6, grace_period: 2, reduction_factor: 2, trials_per_arm: TPA, max_concurrent: 4}
+resources: {cpu: 1, gpu: 0}
+confirm: {top_k: 1, seeds: 2}
+"""
+
+
+def replay_setup(tmp_path, trials_per_arm: int, stopping: str = "asha"):
+    """(space file, synthetic recording) of REPLAY_SPACE: two resnet18 arms of `trials_per_arm`
+    6-epoch trials, ASHA (or `stopping`), confirmation 1 x 2 seeds."""
+    from bench.synthetic import synthetic_recording
+
+    space = tmp_path / "space.yaml"
+    space.write_text(REPLAY_SPACE.replace("TPA", str(trials_per_arm)).replace("max_concurrent: 4}",
+                                                                         f"max_concurrent: 4, stopping: {stopping}}}"))
+    curves = synthetic_recording(space, tmp_path / "curves", per_arm=6, command="test")
+    return space, curves
+
+
+def replayed_search(tmp_path, space, curves, time_scale: float = 0.01, env=None):
+    """search.run on 4 CPUs, its trials replaying `curves` (run folder tmp_path/runs/r)."""
+    return SearchProcess("--space", str(space), "--storage", str(tmp_path / "runs"), "--name", "r", "--num-cpus", "4",
+                         "--replay-curves", str(curves), "--time-scale", str(time_scale), log_dir=tmp_path, env=env)
