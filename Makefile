@@ -25,7 +25,7 @@ demo: $(STAMP)
 # keeps the two cores half busy), one file per worker at a time (tests/conftest.py). First every test
 # that uses Ray except those marked `alone` (simulated clusters, which any other Ray started beside
 # them would join); then those beside the tests that use no Ray at all (tests/detector).
-XDIST := -n 2 --dist loadgroup
+XDIST := -n 2 --dist loadscope  # the scopes: tests/conftest.py pytest_xdist_make_scheduler
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider $(XDIST) -m "not alone" tests/search tests/bench
 	$(PY) -m pytest -q -p no:cacheprovider $(XDIST) tests/detector tests/search/test_multinode.py

@@ -9,7 +9,9 @@ import torch
 
 # Keep the embedded dataset's cache and any torch hub lookups inside the test session.
 os.environ.setdefault("SMALLOBJ_CACHE", str(Path(os.environ.get("PYTEST_TMP", "/tmp")) / "smallobj-test-cache"))
-torch.set_num_threads(2)
+# Two threads on this 2-core machine; one per worker when xdist runs two (`make test`): two
+# workers of two threads each made the CPU-bound tests 3-5x slower, not 2x.
+torch.set_num_threads(2 if os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") == "1" else 1)
 
 # Small sizes that keep a CPU training step well under a second.
 TINY = dict(min_size=64, max_size=64, anchor_sizes=[8, 16, 32, 64, 128], box_batch_size_per_image=16,
@@ -17,19 +19,38 @@ TINY = dict(min_size=64, max_size=64, anchor_sizes=[8, 16, 32, 64, 128], box_bat
             rpn_pre_nms_top_n_test=200, rpn_post_nms_top_n_test=100, num_workers=0, batch_size=2)
 
 
-def pytest_collection_modifyitems(config, items):
-    """Tests marked `gpu` skip cleanly where CUDA is absent (`pytest -m gpu` on the GPU machine runs them).
+# The files that read the shared real search (tests/search/conftest.py `study_run`, session-scoped:
+# made once per worker that needs it): one xdist worker runs them all, so the search runs once.
+SHARED_STUDY_RUN = ("tests/search/test_run.py", "tests/search/test_study.py", "tests/search/test_trackers.py")
 
-    `make test` runs the suite on two xdist workers with `--dist loadgroup`: each file is one group, so
-    its module-scoped fixtures (a search it runs once, an S3 server) are made once; the files that read
-    the shared real search (tests/search/conftest.py `study_run`, session-scoped: once per worker)
-    form one group, so it runs once."""
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` skip cleanly where CUDA is absent (`pytest -m gpu` on the GPU machine runs
+    them). A test that reads `study_run` from a file not in SHARED_STUDY_RUN is refused (it would
+    make a second copy of that search on another worker)."""
     skip = None if torch.cuda.is_available() else pytest.mark.skip(reason="needs a CUDA GPU")
-    shared = {item.path for item in items if "study_run" in getattr(item, "fixturenames", ())}
+    root = Path(__file__).resolve().parents[1]
     for item in items:
         if skip is not None and "gpu" in item.keywords:
             item.add_marker(skip)
-        item.add_marker(pytest.mark.xdist_group("study_run" if item.path in shared else item.nodeid.split("::")[0]))
+        if "study_run" in getattr(item, "fixturenames", ()):
+            rel = Path(item.path).resolve().relative_to(root).as_posix()
+            assert rel in SHARED_STUDY_RUN, f"{rel} reads study_run: add it to tests/conftest.py SHARED_STUDY_RUN"
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`make test` runs the suite on two xdist workers: each file is handed to one worker whole (its
+    module-scoped fixtures, a search or an S3 server, are made once), and the SHARED_STUDY_RUN files
+    to one worker together. (xdist's own `--dist loadgroup` ignores its marks under pytest 9, which
+    stores node ids differently; this is xdist's scheduler hook with file scopes of our own.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileScopes(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "study_run" if path in SHARED_STUDY_RUN else path
+
+    return FileScopes(config, log)
 
 
 @pytest.fixture(scope="session")

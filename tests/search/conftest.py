@@ -38,7 +38,7 @@ params:
   lr: {type: float, low: 0.002, high: 0.03, log: true}
   optimizer: {type: categorical, choices: [sgd, adamw]}
   momentum: {type: float, low: 0.8, high: 0.95, when: {optimizer: sgd}}
-budget: {max_epochs: 2, grace_period: 1, reduction_factor: 2, trials_per_arm: 3, max_concurrent: 2}
+budget: {max_epochs: 2, grace_period: 1, reduction_factor: 2, trials_per_arm: 2, max_concurrent: 2}
 confirm: {top_k: 1, seeds: 2}
 baseline: {lr: 0.01, optimizer: sgd, momentum: 0.9}
 resources: {cpu: 1}
@@ -61,7 +61,7 @@ class StudyRun:
 def study_run(tiny_data, tmp_path_factory) -> StudyRun:
     """The one real search of the suite that many tests read (test_run, test_study, test_trackers;
     tests/conftest.py keeps their files on one xdist worker): real training on the tiny images, two
-    arms of three trials with ASHA's rung at epoch 1, a conditional parameter, held-out test images,
+    arms of two trials with ASHA's rung at epoch 1, a conditional parameter, held-out test images,
     a confirmation stage (top 1 x 2 seeds) and a baseline, every tracker (MLflow, W&B offline,
     TensorBoard) with planted credentials, and every run's training recording which images it was
     handed (faults.train_trial_recording_images). Tests read it; the ones that change a run copy it."""

@@ -71,7 +71,9 @@ resources: {cpu: 1}
     # 10 epochs: the run folder shows a trial's results only at Ray's next snapshot, and with 4 epochs
     # of the tiny data (about 2 s each) CI once saw the chosen trial's 4th epoch before the node was removed.
     trials = tmp_path / "runs" / "c" / "trials"
-    with _start_search(space, c.address) as search:
+    # Replayed epochs of 2-4 s: a busy machine once saw both trials end before their first epochs
+    # reached the run folder at 1-2 s.
+    with _start_search(space, c.address, time_scale=0.1) as search:
         wait_until(lambda: len([e for e in reported_epochs(trials).values() if e]) == 2, 240,
                    "both trials reported an epoch", search.proc)
         last = {p.parent.name: json.loads(p.read_text().splitlines()[-1]) for p in trials.glob("*/result.json")}
