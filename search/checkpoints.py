@@ -57,19 +57,6 @@ def checkpoint_config() -> tune.CheckpointConfig:
     return tune.CheckpointConfig(num_to_keep=None)
 
 
-def lean_checkpoint_records() -> None:
-    """Ray's checkpoint manager keeps no metrics with each checkpoint (Ray's own switch,
-    `TUNE_ONLY_STORE_CHECKPOINT_SCORE_ATTRIBUTE`, added against its memory growth: ray-project/ray#54642).
-
-    Ray keeps a record of every checkpoint a trial reported, deleted ones included, with that
-    result's whole metrics dict, and writes all of them, cloudpickled, into every experiment
-    snapshot: 213 kB of the 226 kB saved per 60-epoch trial, and a 32 MB snapshot at 152 trials
-    (bench/scale.py), so each snapshot cost grew with every epoch reported. Nothing here reads those
-    metrics (results come from each trial's result.json; search.checkpoints reads only the
-    checkpoint numbers). Call before the Tuner starts, in the driver."""
-    os.environ["TUNE_ONLY_STORE_CHECKPOINT_SCORE_ATTRIBUTE"] = "1"
-
-
 class _Trial:
     """What the pruner knows of a trial: its arm, where its folder is stored, its best metric and
     last epoch so far, whether it reported a failure, its place in `rank_key`'s order once it has
@@ -165,26 +152,19 @@ class PruneEndedCheckpoints(Callback):
         """{trial id: (status, checkpoint numbers)} from Ray's newest experiment state in the run's
         storage; None when it cannot be read now (not written yet, or caught mid-copy: the next pass
         reads it)."""
-        import json
-
         import pyarrow.fs
 
         some = next(iter(self._trials.values()))
         fs, exp = some.fs, posixpath.dirname(some.path)
         infos = fs.get_file_info(pyarrow.fs.FileSelector(exp, allow_not_found=True))
-        states = sorted(i.path for i in infos if posixpath.basename(i.path).startswith("experiment_state-")
-                        and i.path.endswith(".json"))
+        states = sorted(i.path for i in infos if compat.is_experiment_state(posixpath.basename(i.path)))
         if not states:
             return None
         with fs.open_input_stream(states[-1]) as f:
             text = f.read().decode("utf-8", errors="replace")
         try:
-            out = {}
-            for meta, run_metadata in json.loads(text)["trial_data"]:
-                t = json.loads(meta)
-                out[t["trial_id"]] = (t["status"], compat.saved_checkpoints(run_metadata))
-            return out
-        except (ValueError, KeyError, TypeError):
+            return compat.trials_and_checkpoints(text)
+        except ValueError:
             return None
 
 

@@ -1,4 +1,8 @@
-"""Every private internal of Ray Tune and Optuna this project touches, in one place.
+"""Every private internal of Ray Tune and Optuna this project touches, in one place: attributes,
+Ray's files on disk (the experiment state), its environment switches and the attributes of its
+callbacks that the trackers change. tests/search/test_compat.py audits every other module of
+search/ and detector/ for a private attribute, a private module of Ray or Optuna, Ray's file
+names and its switches.
 
 Neither library offers what the per-arm search needs through public API: Ray's
 `AsyncHyperBandScheduler` cannot be given results it did not see itself (the rung rebuild after a
@@ -10,13 +14,18 @@ deep inside a search. pyproject.toml bounds both packages to the versions the su
 """
 from __future__ import annotations
 
+import fnmatch
 import inspect
 import json
+import os
 import re
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-import optuna
-import ray
-from ray.tune.schedulers import AsyncHyperBandScheduler
+if TYPE_CHECKING:  # names for the annotations only: Ray and Optuna are imported where they are used
+    import optuna
+    from ray.tune.schedulers import AsyncHyperBandScheduler
 
 # The versions the test suite passed with (pyproject.toml's bounds).
 TESTED = {"ray": ">=2.60,<2.61", "optuna": ">=5.0,<5.1"}
@@ -26,7 +35,16 @@ class IncompatibleVersion(RuntimeError):
     """A private internal this project relies on is missing or changed in the installed package."""
 
 
-def _require(obj, attr: str, package: str, version: str, what: str):
+def _version(package: str) -> str:
+    """The installed version of ray or optuna (imported here, not at import time: search.results and
+    search.report read runs without starting either)."""
+    import importlib
+
+    return importlib.import_module(package).__version__
+
+
+def _require(obj, attr: str, package: str, version: str | None, what: str):
+    version = version or _version(package)
     if not hasattr(obj, attr):
         raise IncompatibleVersion(
             f"{package} {version}: {what} has no `{attr}`, which search/compat.py relies on; this project "
@@ -46,35 +64,35 @@ class _TrialStub:
 
 
 def _bracket(asha: AsyncHyperBandScheduler):
-    return _require(asha, "_brackets", "ray", ray.__version__, "AsyncHyperBandScheduler")[0]
+    return _require(asha, "_brackets", "ray", None, "AsyncHyperBandScheduler")[0]
 
 
 def asha_record(asha: AsyncHyperBandScheduler, trial_id: str, epoch: int, value: float) -> str:
     """Give ASHA's bracket one result it did not see itself, as it records a live one (the trial enters
     each rung the first time it reports that rung's epoch). Returns ASHA's decision (CONTINUE / STOP)."""
-    op = _require(asha, "_metric_op", "ray", ray.__version__, "AsyncHyperBandScheduler")
+    op = _require(asha, "_metric_op", "ray", None, "AsyncHyperBandScheduler")
     return _bracket(asha).on_result(_TrialStub(trial_id), epoch, op * value)
 
 
 def asha_knows(asha: AsyncHyperBandScheduler, trial_id: str) -> bool:
     """Whether ASHA has the trial (added and not yet completed or removed)."""
-    return trial_id in _require(asha, "_trial_info", "ray", ray.__version__, "AsyncHyperBandScheduler")
+    return trial_id in _require(asha, "_trial_info", "ray", None, "AsyncHyperBandScheduler")
 
 
 def asha_forget(asha: AsyncHyperBandScheduler, trial_id: str) -> None:
     """Drop a trial that was removed or errored (ASHA has no public call for either)."""
-    _require(asha, "_trial_info", "ray", ray.__version__, "AsyncHyperBandScheduler").pop(trial_id, None)
+    _require(asha, "_trial_info", "ray", None, "AsyncHyperBandScheduler").pop(trial_id, None)
 
 
 def asha_rungs(asha: AsyncHyperBandScheduler) -> dict[int, dict[str, float]]:
     """{rung epoch: {trial id: metric as ASHA recorded it}} (ASHA stores the metric times its sign)."""
-    op = _require(asha, "_metric_op", "ray", ray.__version__, "AsyncHyperBandScheduler")
-    rungs = _require(_bracket(asha), "_rungs", "ray", ray.__version__, "ASHA's bracket")
+    op = _require(asha, "_metric_op", "ray", None, "AsyncHyperBandScheduler")
+    rungs = _require(_bracket(asha), "_rungs", "ray", None, "ASHA's bracket")
     return {int(milestone): {tid: float(v) * op for tid, v in recorded.items()} for milestone, recorded in rungs}
 
 
 def asha_num_stopped(asha: AsyncHyperBandScheduler) -> int:
-    return int(_require(asha, "_num_stopped", "ray", ray.__version__, "AsyncHyperBandScheduler"))
+    return int(_require(asha, "_num_stopped", "ray", None, "AsyncHyperBandScheduler"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -83,17 +101,19 @@ def asha_num_stopped(asha: AsyncHyperBandScheduler) -> int:
 
 def optuna_trial_id(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int:
     """The storage id of a trial (not its `number`): what re-attaches an `optuna.Trial` to its study."""
-    return _require(trial, "_trial_id", "optuna", optuna.__version__, type(trial).__name__)
+    return _require(trial, "_trial_id", "optuna", None, type(trial).__name__)
 
 
 def attach_trial(study: optuna.Study, trial_id: int) -> optuna.Trial:
     """A live handle on the study's trial with this storage id (ask/tell's Trial, re-created)."""
+    import optuna
+
     return optuna.Trial(study, trial_id)
 
 
 def frozen_trial(study: optuna.Study, trial_id: int) -> optuna.trial.FrozenTrial:
     """The stored state of one trial, read without copying the whole study."""
-    return _require(study, "_storage", "optuna", optuna.__version__, "Study").get_trial(trial_id)
+    return _require(study, "_storage", "optuna", None, "Study").get_trial(trial_id)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -103,8 +123,8 @@ def frozen_trial(study: optuna.Study, trial_id: int) -> optuna.trial.FrozenTrial
 def trial_storage(trial) -> tuple:
     """(pyarrow filesystem, path inside it) of a Ray trial's folder in the run's storage (a local
     folder or object storage); `trial.local_path` is the driver's staging copy Ray uploads from."""
-    storage = _require(trial, "storage", "ray", ray.__version__, "Trial")
-    return _require(storage, "storage_filesystem", "ray", ray.__version__, "StorageContext"), trial.path
+    storage = _require(trial, "storage", "ray", None, "Trial")
+    return _require(storage, "storage_filesystem", "ray", None, "StorageContext"), trial.path
 
 
 def upload_trial_file(trial, name: str) -> bool:
@@ -112,12 +132,11 @@ def upload_trial_file(trial, name: str) -> bool:
     trial's folder in the run's storage, where Ray's experiment snapshots otherwise copy it. Returns
     whether a copy was made (not when the file is missing, or both are the same file)."""
     import posixpath
-    from pathlib import Path
 
     import pyarrow.fs
 
     fs, path = trial_storage(trial)
-    local = Path(_require(trial, "local_path", "ray", ray.__version__, "Trial")) / name
+    local = trial_local_path(trial) / name
     remote = posixpath.join(path, name)
     if not local.is_file():
         return False
@@ -131,7 +150,7 @@ def metric_max(trial, metric: str) -> float | None:
     """The largest value of `metric` Ray has seen a trial report, across a resume too (Ray keeps a
     running max per metric in the trial's run metadata, which its experiment state saves); None
     when it has none."""
-    analysis = _require(trial, "metric_analysis", "ray", ray.__version__, "Trial")
+    analysis = _require(trial, "metric_analysis", "ray", None, "Trial")
     value = (analysis or {}).get(metric, {}).get("max")
     return None if value is None else float(value)
 
@@ -151,10 +170,125 @@ def saved_checkpoints(run_metadata: str) -> list[int] | None:
 
 
 # ----------------------------------------------------------------------------------------------
+# Ray Tune's files on disk: the experiment state of a Tuner folder
+
+EXPERIMENT_STATE = "experiment_state-*.json"  # Ray writes a new one per session; the newest is current
+
+
+def is_experiment_state(name: str) -> bool:
+    return fnmatch.fnmatch(name, EXPERIMENT_STATE)
+
+
+def parse_experiment_state(text: str) -> dict[str, dict]:
+    """{trial id: Ray's saved state of the trial (its `status`: PENDING, RUNNING, PAUSED, TERMINATED,
+    ERROR; its `config`...)} from the text of one experiment state file; ValueError when it is not a
+    readable one (cut by a crash or caught mid-copy)."""
+    try:
+        state = json.loads(text)
+        return {t["trial_id"]: t for t in (json.loads(td[0]) for td in state["trial_data"])}
+    except (json.JSONDecodeError, KeyError, TypeError, IndexError) as e:
+        raise ValueError(f"not a readable Ray experiment state ({type(e).__name__}: {e})") from None
+
+
+def ray_trials(stage_dir: Path) -> dict[str, dict]:
+    """`parse_experiment_state` of the newest readable experiment state of a Tuner folder; empty when
+    there is none."""
+    for f in sorted(Path(stage_dir).glob(EXPERIMENT_STATE), reverse=True):
+        try:
+            return parse_experiment_state(f.read_text())
+        except ValueError:
+            continue
+    return {}
+
+
+def trials_and_checkpoints(text: str) -> dict[str, tuple[str, list[int] | None]]:
+    """{trial id: (Ray's status, `saved_checkpoints`)} from the text of one experiment state file;
+    ValueError when it is not a readable one."""
+    try:
+        return {json.loads(meta)["trial_id"]: (json.loads(meta)["status"], saved_checkpoints(run_metadata))
+                for meta, run_metadata in json.loads(text)["trial_data"]}
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"not a readable Ray experiment state ({type(e).__name__}: {e})") from None
+
+
+def experiment_state_problem(run_dir: Path) -> str | None:
+    """Why Ray could not resume the run in `run_dir` (its Tuner folder `trials`), or None. Checked
+    before anything is touched."""
+    stage_dir = Path(run_dir) / "trials"
+    states = sorted(stage_dir.glob(EXPERIMENT_STATE)) if stage_dir.is_dir() else []
+    if not states:
+        return f"{run_dir} holds no experiment state (trials/{EXPERIMENT_STATE}): nothing to resume"
+    for f in states:
+        try:
+            state = json.loads(f.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            return f"{f} is truncated or corrupt ({e})"
+        if not isinstance(state, dict) or "trial_data" not in state:
+            return f"{f} is not a Ray Tune experiment state (no trial_data)"
+    if not (stage_dir / "tuner.pkl").exists():
+        return f"{stage_dir / 'tuner.pkl'} is missing"
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Ray Tune's environment switches (read by Ray when the Tuner starts: set them before, in the driver)
+
+
+def lean_checkpoint_records() -> None:
+    """Ray's checkpoint manager keeps no metrics with each checkpoint (Ray's own switch,
+    `TUNE_ONLY_STORE_CHECKPOINT_SCORE_ATTRIBUTE`, added against its memory growth: ray-project/ray#54642).
+
+    Ray keeps a record of every checkpoint a trial reported, deleted ones included, with that
+    result's whole metrics dict, and writes all of them, cloudpickled, into every experiment
+    snapshot: 213 kB of the 226 kB saved per 60-epoch trial, and a 32 MB snapshot at 152 trials
+    (bench/scale.py), so each snapshot cost grew with every epoch reported. Nothing here reads those
+    metrics (results come from each trial's result.json; search.checkpoints reads only the
+    checkpoint numbers)."""
+    os.environ["TUNE_ONLY_STORE_CHECKPOINT_SCORE_ATTRIBUTE"] = "1"
+
+
+def quiet_ray_loggers() -> None:
+    """Ray adds no logger of its own to the Tuners of this process (`TUNE_DISABLE_AUTO_CALLBACK_LOGGERS`;
+    search.driver adds the JSON one itself: see its `_tracker_callbacks`)."""
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+
+
+def classic_progress_output() -> None:
+    """Ray Tune's older console output (`RAY_AIR_NEW_OUTPUT=0`), beside which search.progress prints
+    its table; unless the user chose otherwise."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+
+# ----------------------------------------------------------------------------------------------
+# Ray Tune's callbacks and trials: attributes the trackers read or change
+
+
+@contextmanager
+def swapped(callback, attr: str, value):
+    """`callback.attr` is `value` inside the block and its old value after: Ray's MLflow and W&B
+    callbacks read their tags (`tags`, `kwargs`) from there when a trial starts, and give every
+    trial the same ones."""
+    old = _require(callback, attr, "ray", None, type(callback).__name__)
+    setattr(callback, attr, value)
+    try:
+        yield
+    finally:
+        setattr(callback, attr, old)
+
+
+def trial_local_path(trial) -> Path:
+    """The driver's staging copy of a trial's folder (what Ray uploads to the run's storage)."""
+    return Path(_require(trial, "local_path", "ray", None, "Trial"))
+
+
+# ----------------------------------------------------------------------------------------------
 
 
 def check() -> None:
     """Fail now, naming the package and version, if an internal used above has moved."""
+    import optuna
+    from ray.tune.schedulers import AsyncHyperBandScheduler
+
     asha = AsyncHyperBandScheduler(time_attr="epoch", metric="m", mode="max", max_t=4, grace_period=1,
                                    reduction_factor=2, brackets=1)
     asha_knows(asha, "x")
@@ -162,7 +296,7 @@ def check() -> None:
     asha_rungs(asha)
     params = list(inspect.signature(_bracket(asha).on_result).parameters)
     if params[:3] != ["trial", "cur_iter", "cur_rew"]:
-        raise IncompatibleVersion(f"ray {ray.__version__}: ASHA's bracket.on_result takes {params}, not "
+        raise IncompatibleVersion(f"ray {_version('ray')}: ASHA's bracket.on_result takes {params}, not "
                                   f"(trial, cur_iter, cur_rew); this project was tested with ray{TESTED['ray']}")
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" line

@@ -13,11 +13,11 @@ search: the studies are reconciled with Ray's trials, each arm's best model is t
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 from pathlib import Path
 
+from search import compat
 from search.space import Space
 from search.storage import JOURNAL, RunLocation, resuming_in
 
@@ -60,16 +60,11 @@ def _tracker_callbacks(trackers, loc: RunLocation) -> list:
     (every trial's result.json); the other two cost the driver a file write per result for each
     trial (the TensorBoard one, a flush: the largest share of Ray's result handling in bench/scale.py's
     profile) and Ray copies their files with every experiment checkpoint. So search.run turns Ray's
-    defaults off (`TUNE_DISABLE_AUTO_CALLBACK_LOGGERS`, see `quiet_ray_loggers`) and adds the JSON
+    defaults off (`compat.quiet_ray_loggers`) and adds the JSON
     logger itself; `--log tensorboard` brings the TensorBoard one back."""
     from search import trackers as T
 
     return [T.ResultLogger(), *T.callbacks(trackers or [], loc.local.name)]
-
-
-def quiet_ray_loggers() -> None:
-    """Ray adds no logger of its own to the Tuners of this process (see `_tracker_callbacks`)."""
-    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
 
 
 def run_search(space: Space, loc: RunLocation, data, resume: bool, stream=None, trackers=None,
@@ -81,12 +76,12 @@ def run_search(space: Space, loc: RunLocation, data, resume: bool, stream=None, 
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
-    from search.checkpoints import PruneEndedCheckpoints, checkpoint_config, lean_checkpoint_records
+    from search.checkpoints import PruneEndedCheckpoints, checkpoint_config
     from search.progress import ArmTable
     from search.scheduler import PerArmASHA
     from search.searcher import ArmSearcher
 
-    lean_checkpoint_records()
+    compat.lean_checkpoint_records()
     trainable = _trainable(space, data, replay)
     table = ArmTable(space.metric, [a.name for a in space.arms], space.max_epochs, stream=stream)
     run_dir = loc.local

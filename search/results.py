@@ -14,6 +14,7 @@ from pathlib import Path
 
 from detector import config as C
 from detector.metrics import METRICS, best_epoch
+from search.compat import ray_trials
 
 STATUS_FINISHED, STATUS_STOPPED, STATUS_FAILED, STATUS_RUNNING = "finished", "stopped", "failed", "running"
 STATUSES = (STATUS_FINISHED, STATUS_STOPPED, STATUS_FAILED, STATUS_RUNNING)
@@ -146,28 +147,6 @@ def read_results(trial_dir: Path) -> tuple[list[dict], int]:
 def read_history(trial_dir: Path) -> list[dict]:
     """The trial's readable reported results (`result.json`, one JSON object per line), in order."""
     return read_results(trial_dir)[0]
-
-
-def ray_trials(stage_dir: Path) -> dict[str, dict]:
-    """{trial id: Ray's saved state of the trial (its `status`: PENDING, RUNNING, PAUSED, TERMINATED,
-    ERROR; its `config`...)} from the newest readable experiment state of a Tuner folder; empty when
-    there is none."""
-    for f in sorted(stage_dir.glob("experiment_state-*.json"), reverse=True):
-        try:
-            return parse_experiment_state(f.read_text())
-        except ValueError:
-            continue
-    return {}
-
-
-def parse_experiment_state(text: str) -> dict[str, dict]:
-    """{trial id: Ray's saved state of the trial} from the text of one experiment state file;
-    ValueError when it is not a readable one (cut by a crash or caught mid-copy)."""
-    try:
-        state = json.loads(text)
-        return {t["trial_id"]: t for t in (json.loads(td[0]) for td in state["trial_data"])}
-    except (json.JSONDecodeError, KeyError, TypeError, IndexError) as e:
-        raise ValueError(f"not a readable Ray experiment state ({type(e).__name__}: {e})") from None
 
 
 def ray_statuses(stage_dir: Path) -> dict[str, str]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import sys
 from datetime import datetime
@@ -25,7 +24,7 @@ from pathlib import Path
 
 from detector import config as C
 from detector.data import DataError
-from search import driver
+from search import compat, driver
 from search.space import Space, SpaceError, dry_run_text, load_space
 from search.storage import RunLocation
 
@@ -110,25 +109,6 @@ def replay_problem(space: Space, curves_dir: str, time_scale: float) -> str | No
     return None
 
 
-def experiment_state_problem(run_dir: Path) -> str | None:
-    """Why Ray could not resume the run in `run_dir` (its Tuner folder `trials`), or None. Checked
-    before anything is touched."""
-    stage_dir = run_dir / "trials"
-    states = sorted(stage_dir.glob("experiment_state-*.json")) if stage_dir.is_dir() else []
-    if not states:
-        return f"{run_dir} holds no experiment state (trials/experiment_state-*.json): nothing to resume"
-    for f in states:
-        try:
-            state = json.loads(f.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            return f"{f} is truncated or corrupt ({e})"
-        if not isinstance(state, dict) or "trial_data" not in state:
-            return f"{f} is not a Ray Tune experiment state (no trial_data)"
-    if not (stage_dir / "tuner.pkl").exists():
-        return f"{stage_dir / 'tuner.pkl'} is missing"
-    return None
-
-
 def layout_problem(run_dir: Path) -> str | None:
     """Why this version cannot resume the run folder's layout (search.results.check_layout), or None."""
     from search.results import RunLayoutError, check_layout
@@ -152,8 +132,6 @@ def main(argv=None) -> int:
     if args.dry_run:
         print(dry_run_text(space))
         return 0
-    from search import compat  # imports Ray and Optuna, which --dry-run does not need
-
     from search import trackers
 
     try:
@@ -188,7 +166,7 @@ def main(argv=None) -> int:
             print(f"fetching {loc} (all but checkpoints) into {run_dir}")
             loc.pull()
             loc.best_journal()
-        problem = experiment_state_problem(run_dir) or layout_problem(run_dir)
+        problem = compat.experiment_state_problem(run_dir) or layout_problem(run_dir)
         if problem:
             print(f"error: --resume: {problem}; the run folder is left as it is, and a new search will not be "
                   f"started over it", file=sys.stderr)
@@ -243,7 +221,7 @@ def _run(args, space: Space, loc: RunLocation, name: str, data_arg, splits) -> i
             return 2
         replay = replay or old.get("replay")  # a replayed run resumes replaying, with its own curves
     info.update(replay=replay, ray_loggers="json")  # Ray's own loggers off, its JSON one added (driver.py)
-    driver.quiet_ray_loggers()
+    compat.quiet_ray_loggers()
     run_json.write_text(json.dumps(info, indent=1))
     loc.push(["space.yaml", "run.json"])
     print(f"run folder {loc}\n{len(space.arms)} arm(s), {space.total_trials()} trials, "
@@ -256,5 +234,5 @@ def _run(args, space: Space, loc: RunLocation, name: str, data_arg, splits) -> i
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    compat.classic_progress_output()
     sys.exit(main())

@@ -18,7 +18,6 @@ Credentials come from the environment or each tool's own login (`wandb login`, M
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 # Ray's integrations import mlflow and wandb only when a callback is set up.
 from ray.air.integrations.mlflow import MLflowLoggerCallback
@@ -62,12 +61,8 @@ class MLflowCallback(MLflowLoggerCallback):
         self.search = search
 
     def log_trial_start(self, trial):
-        shared = self.tags
-        self.tags = {**shared, **trial_tags(trial.config, self.search)}
-        try:
+        with compat.swapped(self, "tags", {**self.tags, **trial_tags(trial.config, self.search)}):
             super().log_trial_start(trial)
-        finally:
-            self.tags = shared
 
 
 class WandbCallback(WandbLoggerCallback):
@@ -79,12 +74,9 @@ class WandbCallback(WandbLoggerCallback):
         self.search = search
 
     def log_trial_start(self, trial):
-        shared = self.kwargs
-        self.kwargs = {**shared, "tags": [f"{k}:{v}" for k, v in trial_tags(trial.config, self.search).items()]}
-        try:
+        tags = [f"{k}:{v}" for k, v in trial_tags(trial.config, self.search).items()]
+        with compat.swapped(self, "kwargs", {**self.kwargs, "tags": tags}):
             super().log_trial_start(trial)
-        finally:
-            self.kwargs = shared
 
     def on_experiment_end(self, trials, **info):
         """Wait for every logging actor's `wandb.finish()` (Ray's), then copy each trial's `wandb/`
@@ -96,7 +88,7 @@ class WandbCallback(WandbLoggerCallback):
         import pyarrow.fs
 
         for trial in trials:
-            src = Path(trial.local_path) / "wandb"
+            src = compat.trial_local_path(trial) / "wandb"
             if src.is_dir():
                 fs, path = compat.trial_storage(trial)
                 pyarrow.fs.copy_files(str(src), f"{path}/wandb", source_filesystem=pyarrow.fs.LocalFileSystem(),

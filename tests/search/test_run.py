@@ -49,7 +49,7 @@ def test_search_finishes_with_every_trial_accounted_for(searched):
 
 @pytest.mark.slow
 def test_rays_saved_state_lists_each_checkpoint_without_its_results_metrics(searched):
-    # search.checkpoints.lean_checkpoint_records: Ray's record of a checkpoint would otherwise carry
+    # search.compat.lean_checkpoint_records: Ray's record of a checkpoint would otherwise carry
     # the whole result (213 of 226 kB per 60-epoch trial in the saved state, bench/RESULTS.md).
     from ray import cloudpickle
 
