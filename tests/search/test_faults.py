@@ -147,6 +147,7 @@ budget: {max_epochs: 3, grace_period: 1, reduction_factor: 2, trials_per_arm: 1}
     assert t.state == TrialState.COMPLETE and sorted(t.intermediate_values) == [1, 2, 3]
 
 
+@pytest.mark.slow  # a whole search, like every other one here
 def test_with_checkpoint_every_a_retried_trial_redoes_only_the_epochs_since_its_last_checkpoint(
         tiny_data, tmp_path, monkeypatch):
     """budget.checkpoint_every 2 over 3 epochs (rung at 2): checkpoints after epochs 2 and 3 only. The
