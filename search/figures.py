@@ -21,7 +21,8 @@ CURVES = (("loss", "training loss"), ("iou_per_pred", "IoU per prediction"), ("i
           ("map50", "mAP50"))
 
 
-def colours(arms: list[str]) -> dict[str, tuple]:
+def arm_colours(arms: list[str]) -> dict[str, tuple]:
+    """A colour per arm, in the arms' order."""
     cmap = plt.get_cmap("tab10" if len(arms) <= 10 else "tab20")
     return {a: cmap(i % cmap.N) for i, a in enumerate(arms)}
 
@@ -43,7 +44,7 @@ def fig_curves(records, metric_key, label, colours, best_ids, path: Path) -> Non
     rows = math.ceil(len(groups) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(7 * cols, 4.2 * rows), squeeze=False, sharey=True)
     for ax, (group, members) in zip(axes.flat, groups.items()):
-        own = colours if not group else colours(members)
+        own = colours if not group else arm_colours(members)
         for r in (r for r in shown if r.arm in members):
             x = [h["epoch"] for h in r.history]
             y = [h.get(metric_key, math.nan) for h in r.history]

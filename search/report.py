@@ -181,7 +181,7 @@ def write_report(run_dir: Path, out: Path) -> dict:
     state_done = (run_dir / "results.csv").exists()
     records = collect(run_dir, metric, max_epochs)
     arms = list(dict.fromkeys(info.get("arms", [])) | dict.fromkeys(r.arm for r in records))
-    colours = figures.colours(arms)
+    colours = figures.arm_colours(arms)
     rows = stats.arm_rows(records, metric, latency.read(run_dir))
     rungs = _rungs(run_dir / "space.yaml")
 

@@ -252,3 +252,19 @@ def test_the_conclusion_over_many_arms_is_a_table_not_a_sentence():
     assert "| arm1 |" in text and text.count("| behind |") == len(rows) - 2
     few = report.conclusion(rows[:3], "map50")
     assert "\n" not in few and "Not significantly behind it" in few  # a few arms: sentences, as before
+
+
+def test_the_curves_of_more_arms_than_facet_over_are_drawn_one_panel_per_backbone(tmp_path):
+    """Above figures.FACET_OVER arms (the full space has 38) the learning curves are split by backbone,
+    each panel with its own colours: drawn, not an error."""
+    from search import figures
+
+    arms = [f"{bb}-v{v}-none-t{t}" for bb in ("resnet18", "resnet50") for v in (1, 2) for t in range(3)]
+    assert len(arms) > figures.FACET_OVER
+    records = [R.TrialRecord(trial_id=f"t{i}", arm=arm, study=arm, stage="search", metric="map50",
+                             status=R.STATUS_FINISHED, epochs=2, best=0.3, last=0.3, best_epoch=2, reason="",
+                             unreadable_lines=0, path=str(tmp_path), config={"backbone": arm.split("-")[0]},
+                             params={}, history=[{"epoch": 1.0, "map50": 0.2}, {"epoch": 2.0, "map50": 0.3}])
+               for i, arm in enumerate(arms)]
+    figures.fig_curves(records, "map50", "mAP50", figures.arm_colours(arms), {"t0"}, tmp_path / "c.png")
+    assert (tmp_path / "c.png").read_bytes()[:8] == PNG_MAGIC
