@@ -179,14 +179,23 @@ def is_experiment_state(name: str) -> bool:
     return fnmatch.fnmatch(name, EXPERIMENT_STATE)
 
 
+def _trial_data(text: str) -> list[tuple[dict, str]]:
+    """(Ray's saved state of the trial, its run metadata as Ray's JSON string) for every trial of the
+    text of one experiment state file; ValueError when it is not a readable one (cut by a crash or
+    caught mid-copy)."""
+    try:
+        return [(json.loads(meta), run_metadata) for meta, run_metadata in json.loads(text)["trial_data"]]
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"not a readable Ray experiment state ({type(e).__name__}: {e})") from None
+
+
 def parse_experiment_state(text: str) -> dict[str, dict]:
     """{trial id: Ray's saved state of the trial (its `status`: PENDING, RUNNING, PAUSED, TERMINATED,
     ERROR; its `config`...)} from the text of one experiment state file; ValueError when it is not a
-    readable one (cut by a crash or caught mid-copy)."""
+    readable one."""
     try:
-        state = json.loads(text)
-        return {t["trial_id"]: t for t in (json.loads(td[0]) for td in state["trial_data"])}
-    except (json.JSONDecodeError, KeyError, TypeError, IndexError) as e:
+        return {t["trial_id"]: t for t, _ in _trial_data(text)}
+    except (KeyError, TypeError) as e:
         raise ValueError(f"not a readable Ray experiment state ({type(e).__name__}: {e})") from None
 
 
@@ -205,9 +214,8 @@ def trials_and_checkpoints(text: str) -> dict[str, tuple[str, list[int] | None]]
     """{trial id: (Ray's status, `saved_checkpoints`)} from the text of one experiment state file;
     ValueError when it is not a readable one."""
     try:
-        return {json.loads(meta)["trial_id"]: (json.loads(meta)["status"], saved_checkpoints(run_metadata))
-                for meta, run_metadata in json.loads(text)["trial_data"]}
-    except (ValueError, KeyError, TypeError) as e:
+        return {t["trial_id"]: (t["status"], saved_checkpoints(run_metadata)) for t, run_metadata in _trial_data(text)}
+    except (KeyError, TypeError) as e:
         raise ValueError(f"not a readable Ray experiment state ({type(e).__name__}: {e})") from None
 
 

@@ -374,7 +374,7 @@ class ArmSearcher(Searcher):
             for ray_id, (name, otid) in saved_live.items():
                 if ray_id not in self.live and ray_id not in self.ended:
                     self._keep_stored_end(ray_id, name, otid)
-            self._add_stored_ends(known)
+            self._add_stored_ends(known, statuses or {})
         owned = set(self.live.values())
         for name, trials in running.items():
             for otid, t in trials.items():
@@ -406,10 +406,10 @@ class ArmSearcher(Searcher):
             values = [v for v in frozen.intermediate_values.values() if math.isfinite(v)]
             self._keep_end(ray_id, name, compat.attach_trial(self.studies[name], otid), status, values)
 
-    def _add_stored_ends(self, known: dict[str, Path]) -> None:
+    def _add_stored_ends(self, known: dict[str, Path], statuses: dict[str, str]) -> None:
         """What Ray's state holds and this searcher's (possibly older) saved state lacks: later-stage
-        runs already issued (never issued twice), and search trials already ended (for the ranking)."""
-        statuses = ray_statuses(self.journal.parent / "trials")
+        runs already issued (never issued twice), and search trials already ended (for the ranking).
+        `statuses`: Ray's status of each trial of that state (search.results.ray_statuses)."""
         for ray_id, d in known.items():
             config = read_params(d) or {}
             if S.is_later_stage(config):

@@ -262,3 +262,16 @@ def replayed_search(tmp_path, space, curves, time_scale: float = 0.01, env=None)
     """search.run on 4 CPUs, its trials replaying `curves` (run folder tmp_path/runs/r)."""
     return SearchProcess("--space", str(space), "--storage", str(tmp_path / "runs"), "--name", "r", "--num-cpus", "4",
                          "--replay-curves", str(curves), "--time-scale", str(time_scale), log_dir=tmp_path, env=env)
+
+
+def replay_flags(space: Path, args, time_scale: float) -> list[str]:
+    """search.run's `--replay-curves DIR --time-scale T` for `space`, its synthetic recording written
+    beside it once (`curves/`); none when `args` resume a run (its run.json names its curves)."""
+    from bench.synthetic import synthetic_recording
+
+    if "--resume" in args:
+        return []
+    curves = Path(space).parent / "curves"
+    if not curves.exists():
+        synthetic_recording(space, curves, per_arm=6, command="test")
+    return ["--replay-curves", str(curves), "--time-scale", str(time_scale)]

@@ -20,9 +20,8 @@ import ray
 import yaml
 from ray.cluster_utils import AutoscalingCluster, Cluster
 
-from bench.synthetic import synthetic_recording
-from searchutil import (ROOT, SearchProcess, assert_every_trial_once, kill_between_snapshots, reported_epochs,
-                        result_rows, wait_until, write_space)
+from searchutil import (ROOT, SearchProcess, assert_every_trial_once, kill_between_snapshots, replay_flags,
+                        reported_epochs, result_rows, wait_until, write_space)
 
 
 # Whole searches; and the simulated clusters are what any Ray started beside them would join (ray.init
@@ -44,12 +43,9 @@ def cluster():
 def _start_search(space: Path, address: str, *extra: str, time_scale: float = 0.05) -> SearchProcess:
     """search.run on the cluster, its trials replaying curves recorded for the space (search.curve_trainable:
     epochs of 1-2 s at the default time scale, a checkpoint each); a resumed run replays the same ones."""
-    curves = space.parent / "curves"
-    if not curves.exists():
-        synthetic_recording(space, curves, per_arm=6, command="test")
-    replay = [] if "--resume" in extra else ["--replay-curves", str(curves), "--time-scale", str(time_scale)]
     return SearchProcess("--space", str(space), "--storage", str(space.parent / "runs"), "--name", "c",
-                         "--address", address, "--shared-storage", *extra, *replay, log_dir=space.parent)
+                         "--address", address, "--shared-storage", *extra, *replay_flags(space, extra, time_scale),
+                         log_dir=space.parent)
 
 
 def _node_of(pid: int, nodes) -> object:

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from bench.synthetic import synthetic_recording
 from search import storage
 from search.curve_trainable import CKPT_NAME
 from search.results import collect
 from searchutil import (ROOT, SearchProcess, assert_every_trial_once, assert_only_each_arms_best_keeps_checkpoints,
-                        wait_until, write_space)
+                        replay_flags, wait_until, write_space)
 
 SPACE = """
 arms: {backbone: [resnet18], version: [v1, v2]}
@@ -68,11 +67,8 @@ def _keys(uri: str) -> list[str]:
 def _search(tmp_path: Path, *args: str, time_scale: float = 0.01) -> SearchProcess:
     """search.run on the space file in tmp_path, its trials replaying curves recorded for it (a
     resumed run replays the same ones: its run.json names them)."""
-    curves = tmp_path / "curves"
-    if not curves.exists():
-        synthetic_recording(tmp_path / "s.yaml", curves, per_arm=6, command="test")
-    replay = [] if "--resume" in args else ["--replay-curves", str(curves), "--time-scale", str(time_scale)]
-    return SearchProcess("--num-cpus", "2", *args, *replay, log_dir=tmp_path)
+    return SearchProcess("--num-cpus", "2", *args, *replay_flags(tmp_path / "s.yaml", args, time_scale),
+                         log_dir=tmp_path)
 
 
 def test_a_run_on_s3_keeps_everything_in_the_bucket(bucket, tiny_data, tmp_path):
