@@ -182,7 +182,10 @@ def counted_trials(stage_dir: Path) -> list[tuple[Path, str, str | None]]:
     A folder whose trial is missing from Ray's newest experiment state does not count: it was
     started after Ray's last experiment checkpoint by a driver that then died; Ray never knew it, and
     its Optuna trial went to another trial on resume (search.searcher), which redid its work. (In a
-    run still going, it is a trial newer than the last checkpoint.)"""
+    run still going, it is a trial newer than the last checkpoint.) Nor does one that Ray's state
+    holds as TERMINATED without a single stored result: the driver died before its results reached
+    the run's storage (Ray uploads its state and the trials' files separately), its work is lost, and
+    the searcher runs its configuration again on resume."""
     if not stage_dir.is_dir():
         return []
     statuses = ray_statuses(stage_dir)
@@ -193,9 +196,17 @@ def counted_trials(stage_dir: Path) -> list[tuple[Path, str, str | None]]:
         trial_id = d.name.split("_", 1)[-1]
         if statuses and trial_id not in statuses:
             continue
+        if statuses.get(trial_id) == "TERMINATED" and not _has_results(d):
+            continue
         if (d / "params.json").exists():
             out.append((d, trial_id, statuses.get(trial_id)))
     return out
+
+
+def _has_results(trial_dir: Path) -> bool:
+    """Whether the trial folder holds at least one reported result."""
+    f = trial_dir / "result.json"
+    return f.is_file() and f.stat().st_size > 0
 
 
 def read_trial(trial_dir: Path, metric: str, max_epochs: int, ray_status: str | None = None) -> TrialRecord | None:

@@ -33,6 +33,7 @@ from search.space import Space
 from search.storage import relocated
 
 JOINT = "joint"  # study name in the joint strategy
+ENDED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 def study_names(space: Space) -> list[str]:
@@ -53,7 +54,7 @@ def ended_in_studies(space: Space, journal: Path) -> set[str]:
         if name not in held:
             continue
         study = optuna.load_study(study_name=name, storage=storage)
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
+        for t in study.get_trials(deepcopy=False, states=ENDED):
             if "ray_trial_id" in t.user_attrs:
                 ended.add(t.user_attrs["ray_trial_id"])
     return ended
@@ -351,6 +352,9 @@ class ArmSearcher(Searcher):
         # remembers; a trial it handed out that Ray's state lacks will not run (see below).
         statuses = ray_statuses(self.journal.parent / "trials") if self.journal is not None else None
         self.running = {t for t, status in (statuses or {}).items() if status != "TERMINATED"}
+        known = self._stored_trials()  # Ray trial id -> its folder, for the trials Ray's state holds
+        # Ended in Ray's state with no result stored (search.results.counted_trials): lost, run again.
+        lost = {t for t, status in (statuses or {}).items() if status == "TERMINATED" and t not in known}
         self.ended, self.issued = state.get("ended", {}), set(state.get("issued", []))
         self._handles, self._stage_runs = {}, {}
         # A live trial whose Optuna trial has already ended was stopped (or finished) after Ray's last
@@ -360,13 +364,16 @@ class ArmSearcher(Searcher):
         running = {name: {compat.optuna_trial_id(t): t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
                    for name, study in self.studies.items()}
         # A live trial Ray's state lacks was handed out after Ray's last checkpoint: Ray will not run
-        # it, so its Optuna trial (still RUNNING) becomes an orphan below and is handed out again.
+        # it, so its Optuna trial (still RUNNING) becomes an orphan below and is handed out again; so
+        # does a lost one's. A lost trial the journal never heard of is replaced by a new one.
+        in_rays_state = set(statuses or {}) - lost
+        ended = {name: {compat.optuna_trial_id(t) for t in study.get_trials(deepcopy=False, states=ENDED)}
+                 for name, study in self.studies.items()}
         saved_live, self.live = self.live, {k: (name, otid) for k, (name, otid) in self.live.items()
-                                            if otid in running.get(name, {}) and (statuses is None or k in statuses)}
+                                            if otid in running.get(name, {}) and (statuses is None or k in in_rays_state)}
         for k, (name, otid) in saved_live.items():
-            if k not in self.live and otid in running.get(name, {}):
-                self.started[name] -= 1  # counted when handed out; handed out again as an orphan
-        known = self._stored_trials()  # Ray trial id -> its folder, for the trials Ray's state holds
+            if k not in self.live and (otid in running.get(name, {}) or (k in lost and otid not in ended.get(name, ()))):
+                self.started[name] -= 1  # counted when handed out; handed out again, or replaced
         if self.stages:
             # A trial dropped just above ended in this searcher's memory but not in its saved state,
             # and Ray's state still holds it as running, so no one else records its end: without it,
@@ -376,12 +383,15 @@ class ArmSearcher(Searcher):
                     self._keep_stored_end(ray_id, name, otid)
             self._add_stored_ends(known, statuses or {})
         owned = set(self.live.values())
+        in_rays_state |= set(known)
         for name, trials in running.items():
             for otid, t in trials.items():
                 ray_id = t.user_attrs.get("ray_trial_id")
-                if (name, otid) not in owned and ray_id in known:
+                if (name, otid) not in owned and ray_id in in_rays_state:
                     # Asked for after this searcher's saved state but held by Ray's (the newer file):
-                    # Ray resumes it, so its results must reach its Optuna trial.
+                    # Ray resumes it, so its results must reach its Optuna trial. A PENDING one has no
+                    # folder yet, so Ray's state is asked, not the trial folders (handing its Optuna
+                    # trial out again ran one configuration twice: seen in test_storage's resume).
                     self.live[ray_id] = (name, otid)
         # Optuna trials still RUNNING that no restored Ray trial owns were asked for after Ray's last
         # experiment checkpoint; they are not counted in `started`, so they are reused first.

@@ -162,3 +162,64 @@ def test_runs_asked_after_rays_last_state_do_not_hold_slots_after_a_resume(tmp_p
     again = pickle.loads(blank)
     again.restore(str(tmp_path / "searcher-state.json"))
     assert again.running == {"b", "e"} and again.suggest("g") is None
+
+
+def test_a_pending_trial_of_rays_state_keeps_its_optuna_trial_after_a_resume(tmp_path):
+    """Ray's last state holds trial b as PENDING (asked for, not started: no folder yet), and this
+    searcher's saved state is the older file, without b. On resume Ray runs b with the parameters it
+    was given, so b's Optuna trial is b's: handing it out again ran one configuration twice and the
+    arm four trials instead of three (seen in CI, test_storage's resume from the bucket)."""
+    space = _space(tmp_path)
+    run_dir = tmp_path / "run"
+    (run_dir / "trials").mkdir(parents=True)
+    searcher = ArmSearcher(space, run_dir / "optuna.journal", max_concurrent=2)
+    blank = pickle.dumps(searcher)
+    config_a = searcher.suggest("a")
+    searcher.on_trial_result("a", {"epoch": 1, "map50": 0.2})
+    _store(run_dir, "a", config_a, [0.2])
+    searcher.save(str(tmp_path / "searcher-state.json"))  # the older file: b not yet asked for
+    config_b = searcher.suggest("b")
+    write_experiment_state(run_dir / "trials", {"a": "RUNNING", "b": "PENDING"})  # Ray's newer state
+
+    resumed = pickle.loads(blank)
+    resumed.restore(str(tmp_path / "searcher-state.json"))
+    assert resumed.running == {"a", "b"}
+    assert resumed.orphans[STUDY] == [] and set(resumed.live) == {"a", "b"}
+    assert resumed.suggest("c") is None  # both slots are Ray's a and b
+    resumed.on_trial_complete("b", {"epoch": 3, "map50": 0.3})
+    third = resumed.suggest("c")
+    assert isinstance(third, dict) and third["params"] != config_b["params"] and third["params"] != config_a["params"]
+    assert resumed.suggest("d") is None  # a is still running; the arm has its three trials
+
+
+def test_trials_rays_state_ended_but_whose_results_never_reached_storage_are_run_again(tmp_path):
+    """The head node dies while Ray uploads: its state says b and c TERMINATED, but their results never
+    reached the bucket (b's folder holds only params.json, c has no folder), the journal still has b
+    RUNNING and never heard of c. Their work is lost: they must not count as trials of the arm (the
+    arm ended one trial short, and with b's configuration in the results twice, seen in CI,
+    test_storage's resume from the bucket), and the arm gets its three trials: a, b's configuration
+    again, and one more."""
+    space = _space(tmp_path)
+    run_dir = tmp_path / "run"
+    (run_dir / "trials").mkdir(parents=True)
+    journal = run_dir / "optuna.journal"
+    searcher = ArmSearcher(space, journal, max_concurrent=3)
+    blank = pickle.dumps(searcher)
+    configs = {tid: searcher.suggest(tid) for tid in ("a", "b")}
+    shutil.copy(journal, tmp_path / "older.journal")  # the journal of the last checkpoint: no c in it
+    configs["c"] = searcher.suggest("c")
+    searcher.on_trial_result("a", {"epoch": 1, "map50": 0.2})
+    searcher.on_trial_complete("a", {"epoch": 3, "map50": 0.2})
+    searcher.save(str(tmp_path / "searcher-state.json"))
+    _store(run_dir, "a", configs["a"], [0.2, 0.2, 0.2])
+    _store(run_dir, "b", configs["b"], [])  # params.json, an empty result.json
+    write_experiment_state(run_dir / "trials", {"a": "TERMINATED", "b": "TERMINATED", "c": "TERMINATED"})
+    shutil.copy(tmp_path / "older.journal", journal)
+
+    assert [r.trial_id for r in collect(run_dir, "map50", 3)] == ["a"]  # b and c are not results
+    resumed = pickle.loads(blank)
+    resumed.restore(str(tmp_path / "searcher-state.json"))
+    again = resumed.suggest("d")
+    assert isinstance(again, dict) and again["params"] == configs["b"]["params"]  # b's Optuna trial, run again
+    assert isinstance(resumed.suggest("e"), dict)  # in place of c
+    assert resumed.suggest("f") is resumed.FINISHED  # a, d and e: the arm's three trials
