@@ -77,13 +77,17 @@ def open_studies(space: Space, journal: Path | None) -> dict[str, optuna.Study]:
     propose its first configurations again. The seed therefore also counts the trials the study
     already holds, which keeps a run reproducible and a resumed one from repeating itself."""
     storage = _storage(journal)
-    held = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
-    studies = {}
-    for i, name in enumerate(study_names(space)):
-        sampler = make_sampler(space, seed=space.seed + i + 10007 * held.get(name, 0))
-        studies[name] = optuna.create_study(study_name=name, storage=storage, direction="maximize",
-                                            sampler=sampler, load_if_exists=True)
+    studies = {name: optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
+               for name in study_names(space)}
+    reseed(studies, space)
     return studies
+
+
+def reseed(studies: dict[str, optuna.Study], space: Space) -> None:
+    """Give each study a sampler seeded by the run's seed, its place and the trials it holds now (see
+    `open_studies`); also after trials were added to a study other than by asking it."""
+    for i, (name, study) in enumerate(studies.items()):
+        study.sampler = make_sampler(space, seed=space.seed + i + 10007 * len(study.get_trials(deepcopy=False)))
 
 
 def _suggest(trial: optuna.Trial, space: Space) -> dict:
@@ -365,14 +369,17 @@ class ArmSearcher(Searcher):
                    for name, study in self.studies.items()}
         # A live trial Ray's state lacks was handed out after Ray's last checkpoint: Ray will not run
         # it, so its Optuna trial (still RUNNING) becomes an orphan below and is handed out again; so
-        # does a lost one's. A lost trial the journal never heard of is replaced by a new one.
+        # does a lost one's. One the journal never heard of (the journal is the older file) is
+        # replaced by a new ask. Either way it no longer counts as started; one whose Optuna trial
+        # ended does (the journal is newer: its end is kept below), and so does one Ray's state holds
+        # whatever the journal says (Ray runs it; reconcile_studies adds it to its study at the end).
         in_rays_state = set(statuses or {}) - lost
         ended = {name: {compat.optuna_trial_id(t) for t in study.get_trials(deepcopy=False, states=ENDED)}
                  for name, study in self.studies.items()}
         saved_live, self.live = self.live, {k: (name, otid) for k, (name, otid) in self.live.items()
                                             if otid in running.get(name, {}) and (statuses is None or k in in_rays_state)}
         for k, (name, otid) in saved_live.items():
-            if k not in self.live and (otid in running.get(name, {}) or (k in lost and otid not in ended.get(name, ()))):
+            if k not in self.live and k not in in_rays_state and otid not in ended.get(name, ()):
                 self.started[name] -= 1  # counted when handed out; handed out again, or replaced
         if self.stages:
             # A trial dropped just above ended in this searcher's memory but not in its saved state,
@@ -393,6 +400,7 @@ class ArmSearcher(Searcher):
                     # folder yet, so Ray's state is asked, not the trial folders (handing its Optuna
                     # trial out again ran one configuration twice: seen in test_storage's resume).
                     self.live[ray_id] = (name, otid)
+        self._adopt_missing(in_rays_state, known, statuses or {})
         # Optuna trials still RUNNING that no restored Ray trial owns were asked for after Ray's last
         # experiment checkpoint; they are not counted in `started`, so they are reused first.
         owned = set(self.live.values())
@@ -405,8 +413,54 @@ class ArmSearcher(Searcher):
         # (it continues from a later checkpoint): they are taken from the trial's stored results.
         for ray_id, (name, otid) in self.live.items():
             if ray_id in known:
+                frozen = running.get(name, {}).get(otid)  # None: adopted just now (_adopt_missing), no values yet
                 self._report_missing(compat.attach_trial(self.studies[name], otid),
-                                     running[name][otid].intermediate_values, read_history(known[ray_id]))
+                                     frozen.intermediate_values if frozen else {}, read_history(known[ray_id]))
+
+    def _adopt_missing(self, in_rays_state: set, known: dict[str, Path], statuses: dict[str, str]) -> None:
+        """Search trials Ray's state holds that no study has (the journal is the older file) join
+        their study now, with their own parameters: a study that lacks them would propose them
+        again (the sampler is seeded, so its next ask repeats the lost one: seen in test_storage's
+        resume, one configuration trained twice). One that has ended gets its stored epochs and its
+        end; one that Ray will run goes on as a live trial."""
+        held = {t.user_attrs["ray_trial_id"] for study in self.studies.values()
+                for t in study.get_trials(deepcopy=False) if "ray_trial_id" in t.user_attrs}
+        configs = {k: t.get("config") for k, t in compat.ray_trials(self.journal.parent / "trials").items()}
+        adopted = False
+        for ray_id in sorted(in_rays_state - held):
+            config = configs.get(ray_id) or (read_params(known[ray_id]) if ray_id in known else None)
+            if not isinstance(config, dict) or S.is_later_stage(config) or config.get("study") not in self.studies:
+                continue
+            trial = self._adopt(config["study"], ray_id, config["arm"], config.get("params", {}))
+            if statuses.get(ray_id) == "TERMINATED":
+                rec = read_trial(known[ray_id], self.space.metric, self.space.max_epochs, "TERMINATED")
+                self._end_from_record(ray_id, trial, {}, rec)
+            adopted = True
+        if adopted:
+            reseed(self.studies, self.space)  # seeded by the trials they now hold, not those the journal had
+
+    def _adopt(self, name: str, ray_id: str, arm: str, params: dict) -> optuna.Trial:
+        """A Ray trial the study `name` lacks, added with its own parameters and made live."""
+        study = self.studies[name]
+        fixed = {k: (str(list(v)) if isinstance(v, (list, tuple)) else v) for k, v in params.items()}
+        if name == JOINT:
+            fixed["arm"] = arm
+        study.enqueue_trial(fixed, skip_if_exists=False)
+        trial = study.ask()
+        if name == JOINT:
+            trial.suggest_categorical("arm", [a.name for a in self.space.arms])
+        _suggest(trial, self.space)
+        trial.set_user_attr("ray_trial_id", ray_id)
+        trial.set_user_attr("arm", arm)
+        self.live[ray_id] = (name, compat.optuna_trial_id(trial))
+        return trial
+
+    def _end_from_record(self, ray_id: str, trial: optuna.Trial, held: dict, rec) -> None:
+        """End a live trial's Optuna trial as its stored record (search.results.read_trial) ended."""
+        self._report_missing(trial, held, rec.history)
+        last = rec.history[-1] if rec.history else {}
+        fail = rec.reason if rec.status == STATUS_FAILED else None
+        self.on_trial_complete(ray_id, {**last, "epoch": rec.epochs, **({"fail_reason": fail} if fail else {})})
 
     def _keep_stored_end(self, ray_id: str, name: str, otid: int) -> None:
         """`_keep_end` for a trial whose end is in the journal: finished = COMPLETE, stopped = PRUNED."""
@@ -456,27 +510,14 @@ def reconcile_studies(space: Space, journal: Path, records) -> dict[str, int]:
         if r.stage != "search" or r.status == STATUS_RUNNING or r.study not in searcher.studies:
             continue
         name, frozen = by_ray_id.get(r.trial_id, (r.study, None))
-        study = searcher.studies[name]
         if frozen is None:
-            fixed = {k: (str(list(v)) if isinstance(v, (list, tuple)) else v) for k, v in r.params.items()}
-            if name == JOINT:
-                fixed["arm"] = r.arm
-            study.enqueue_trial(fixed, skip_if_exists=False)
-            trial = study.ask()
-            if name == JOINT:
-                trial.suggest_categorical("arm", [a.name for a in space.arms])
-            _suggest(trial, space)
-            trial.set_user_attr("ray_trial_id", r.trial_id)
-            trial.set_user_attr("arm", r.arm)
+            trial = searcher._adopt(name, r.trial_id, r.arm, r.params)
             counts["added"] += 1
         elif frozen.state == TrialState.RUNNING:
-            trial = compat.attach_trial(study, compat.optuna_trial_id(frozen))
+            trial = compat.attach_trial(searcher.studies[name], compat.optuna_trial_id(frozen))
+            searcher.live[r.trial_id] = (name, compat.optuna_trial_id(trial))
             counts["ended"] += 1
         else:
             continue
-        searcher.live[r.trial_id] = (name, compat.optuna_trial_id(trial))
-        searcher._report_missing(trial, frozen.intermediate_values if frozen else {}, r.history)
-        last = r.history[-1] if r.history else {}
-        fail = r.reason if r.status == STATUS_FAILED else None
-        searcher.on_trial_complete(r.trial_id, {**last, "epoch": r.epochs, **({"fail_reason": fail} if fail else {})})
+        searcher._end_from_record(r.trial_id, trial, frozen.intermediate_values if frozen else {}, r)
     return counts

@@ -64,6 +64,10 @@ def test_a_journal_older_than_rays_state_is_brought_in_line_with_the_stored_resu
 
     resumed = pickle.loads(blank)
     resumed.restore(str(tmp_path / "searcher-state.json"))
+    # c, which the older journal lacks, joins its study at once with its own parameters: a study
+    # without it would propose them again (its sampler is seeded).
+    (held_c,) = [t for t in resumed.studies[STUDY].get_trials() if t.user_attrs.get("ray_trial_id") == "c"]
+    assert held_c.state == TrialState.RUNNING and held_c.params["lr"] == configs["c"]["params"]["lr"]
     assert resumed.suggest("extra") is resumed.FINISHED  # three started: no fourth trial
     resumed.on_trial_result("a", {"epoch": 3, "map50": 0.5})
     resumed.on_trial_complete("a", {"epoch": 3, "map50": 0.5})
@@ -75,7 +79,7 @@ def test_a_journal_older_than_rays_state_is_brought_in_line_with_the_stored_resu
     write_experiment_state(run_dir / "trials", {t: "TERMINATED" for t in "abc"})
 
     records = collect(run_dir, "map50", 3)
-    assert reconcile_studies(space, journal, records) == {"ended": 1, "added": 1}  # b ended, c added
+    assert reconcile_studies(space, journal, records) == {"ended": 1, "added": 0}  # b ended (c joined on resume)
     assert reconcile_studies(space, journal, records) == {"ended": 0, "added": 0}  # nothing left to do
     study = ArmSearcher(space, journal).studies[STUDY]
     by_ray_id = {t.user_attrs["ray_trial_id"]: t for t in study.get_trials()}
@@ -223,3 +227,55 @@ def test_trials_rays_state_ended_but_whose_results_never_reached_storage_are_run
     assert isinstance(again, dict) and again["params"] == configs["b"]["params"]  # b's Optuna trial, run again
     assert isinstance(resumed.suggest("e"), dict)  # in place of c
     assert resumed.suggest("f") is resumed.FINISHED  # a, d and e: the arm's three trials
+
+
+def test_a_trial_only_this_searchers_state_remembers_is_replaced(tmp_path):
+    """The searcher's saved state is the newest file: it handed out b after Ray's last state (which
+    holds a, still PENDING) and after the journal's last upload (which holds only a's ask). Ray will
+    not run b and no study knows it: b must not count, or the arm ends a trial short (seen in CI,
+    test_storage's resume from the bucket: three trials of six)."""
+    space = _space(tmp_path)
+    run_dir = tmp_path / "run"
+    (run_dir / "trials").mkdir(parents=True)
+    journal = run_dir / "optuna.journal"
+    searcher = ArmSearcher(space, journal, max_concurrent=4)  # slots are not what this is about
+    blank = pickle.dumps(searcher)
+    searcher.suggest("a")
+    shutil.copy(journal, tmp_path / "older.journal")
+    searcher.suggest("b")
+    searcher.save(str(tmp_path / "searcher-state.json"))
+    write_experiment_state(run_dir / "trials", {"a": "PENDING"})
+    shutil.copy(tmp_path / "older.journal", journal)
+
+    resumed = pickle.loads(blank)
+    resumed.restore(str(tmp_path / "searcher-state.json"))
+    assert set(resumed.live) == {"a"} and resumed.running == {"a"}
+    assert isinstance(resumed.suggest("c"), dict) and isinstance(resumed.suggest("d"), dict)  # in place of b, and the third
+    assert resumed.suggest("e") is resumed.FINISHED
+
+
+def test_a_trial_that_ended_in_rays_state_but_not_in_the_journal_is_not_proposed_again(tmp_path):
+    """Ray's state holds a finished with its results stored; the journal came back from before a was
+    even asked. The study must learn a at once, ended, or the seeded sampler's next ask repeats a's
+    configuration (seen in CI, test_storage's resume: one configuration trained twice)."""
+    space = _space(tmp_path)
+    run_dir = tmp_path / "run"
+    (run_dir / "trials").mkdir(parents=True)
+    journal = run_dir / "optuna.journal"
+    searcher = ArmSearcher(space, journal, max_concurrent=4)
+    blank = pickle.dumps(searcher)
+    config_a = searcher.suggest("a")
+    searcher.on_trial_complete("a", {"epoch": 3, "map50": 0.4})
+    searcher.save(str(tmp_path / "searcher-state.json"))
+    _store(run_dir, "a", config_a, [0.2, 0.3, 0.4])
+    write_experiment_state(run_dir / "trials", {"a": "TERMINATED"})
+    journal.unlink()  # the journal came back from before the first ask: there was none
+
+    resumed = pickle.loads(blank)
+    resumed.restore(str(tmp_path / "searcher-state.json"))
+    (held,) = resumed.studies[STUDY].get_trials()
+    assert held.state == TrialState.COMPLETE and held.intermediate_values == {1: 0.2, 2: 0.3, 3: 0.4}
+    assert held.user_attrs["ray_trial_id"] == "a"
+    proposals = [resumed.suggest(t) for t in ("b", "c")]
+    assert all(p["params"] != config_a["params"] for p in proposals)
+    assert resumed.suggest("d") is resumed.FINISHED
