@@ -1,10 +1,10 @@
-"""Datasets: COCO and Pascal VOC in, one decoded in-memory dataset out, and a loud check of the data.
+"""Datasets: COCO, Pascal VOC and Ultralytics YOLO in, one decoded in-memory dataset out, and a loud check of the data.
 
 Every image is decoded once per process into a compact single-channel array (uint8, or uint16 for
 16-bit images) and kept; bad data is found and counted before the first training step, with the
 same rules the `check` command reports:
 
-    python -m detector.data check --data annotations.json [--json]
+    python -m detector.data check --data annotations.json [--json]     (or a VOC folder, or data.yaml)
     python -m detector.data synth --out DIR [--images N] [--size S] [--seed K]
 """
 from __future__ import annotations
@@ -29,6 +29,9 @@ from detector.model import DataStats
 EXAMPLES = 5  # file names listed per problem
 
 
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+
+
 class DataError(ValueError):
     """The data cannot be used (no readable image, no object, unreadable annotation file...)."""
 
@@ -39,10 +42,13 @@ PROBLEMS = {
     "unreadable_image": "image file unreadable or corrupt (image skipped)",
     "duplicate_image_id": "image id used more than once (later entries skipped)",
     "unknown_category": "annotation with a category id not in `categories` (annotation dropped)",
+    "unused_category": "category no annotation uses (not a class: a detector cannot learn it)",
     "unknown_image": "annotation for an image id not in `images` (annotation dropped)",
     "box_clipped": "box partly outside the image (clipped to the image)",
     "box_degenerate": "box with zero or negative width/height after clipping (dropped)",
     "no_objects": "image without objects (kept as a background-only image)",
+    "missing_label_file": "YOLO image without a label file (kept as a background-only image, as Ultralytics does)",
+    "bad_label_line": "YOLO label line that is not `class cx cy w h` or a polygon (line skipped)",
     "rgb_converted": "colour image converted to greyscale (notice)",
 }
 
@@ -70,6 +76,9 @@ class DecodedDataset:
 
     images[i]: (H, W) uint8 or uint16 array; ranges[i]: (low, high) intensities mapped to [0, 1];
     boxes[i]: (N, 4) float32 xyxy in px; labels[i]: (N,) int64 in 1..C (0 is background).
+    class_names[c - 1] is label c's name and category_ids[c - 1] the id the annotation file gave it
+    (COCO files number their categories as they like; VOC and the embedded data have none: 1..C);
+    image_ids[i] is the file's own id of image i.
     """
 
     images: list
@@ -80,6 +89,7 @@ class DecodedDataset:
     class_names: list
     image_ids: list
     report: Report = field(default_factory=Report)
+    category_ids: list = field(default_factory=list)  # empty: 1..C
     _fingerprint: str | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -88,7 +98,13 @@ class DecodedDataset:
     def subset(self, idx) -> "DecodedDataset":
         pick = lambda xs: [xs[i] for i in idx]  # noqa: E731
         return DecodedDataset(pick(self.images), pick(self.ranges), pick(self.boxes), pick(self.labels),
-                              pick(self.file_names), self.class_names, pick(self.image_ids), self.report)
+                              pick(self.file_names), self.class_names, pick(self.image_ids), self.report,
+                              self.category_ids)
+
+    def categories(self) -> list[dict]:
+        """COCO `categories` of the classes, in label order: [{"id": the file's id, "name"}]."""
+        ids = self.category_ids or list(range(1, len(self.class_names) + 1))
+        return [{"id": int(i), "name": n} for i, n in zip(ids, self.class_names)]
 
     def stats(self) -> DataStats:
         sizes = np.concatenate([np.sqrt((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])) for b in self.boxes]
@@ -181,7 +197,7 @@ def _clean_boxes(raw: list, width: int, height: int, where: str, report: Report)
     return clipped.astype(np.float32), ok
 
 
-def _assemble(records: list, class_names: list, report: Report) -> DecodedDataset:
+def _assemble(records: list, class_names: list, report: Report, category_ids: list | None = None) -> DecodedDataset:
     """records: (path, image_id, raw xyxy boxes, labels) -> decoded dataset with every rule applied."""
     images, ranges, boxes, labels, names, ids = [], [], [], [], [], []
     for path, image_id, raw_boxes, raw_labels in records:
@@ -208,7 +224,7 @@ def _assemble(records: list, class_names: list, report: Report) -> DecodedDatase
         labels.append(lab)
         names.append(str(path))
         ids.append(image_id)
-    return DecodedDataset(images, ranges, boxes, labels, names, class_names, ids, report)
+    return DecodedDataset(images, ranges, boxes, labels, names, class_names, ids, report, list(category_ids or []))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -228,8 +244,11 @@ def _coco_path(data: str | os.PathLike) -> Path:
 def load_coco(data: str | os.PathLike, images: str | os.PathLike | None = None,
               class_names: list | None = None) -> DecodedDataset:
     """A COCO detection JSON (file, or folder holding annotations.json). Image `file_name`s resolve
-    relative to `images` if given, else to the JSON's folder. Category ids are remapped to
-    contiguous labels 1..C in id order; `class_names` forces the order (for a validation file)."""
+    relative to `images` if given, else to the JSON's folder. The categories that annotations use
+    become contiguous labels 1..C in id order (an unused one, such as the id-0 supercategory Roboflow
+    adds, is not a class: reported as unused_category); `class_names` forces the classes and their
+    order, matched by name (a validation or test file, or a trained model's). The file's own
+    category ids are kept (`category_ids`), for detections written back in them."""
     path = _coco_path(data)
     try:
         coco = json.loads(path.read_text())
@@ -242,8 +261,16 @@ def load_coco(data: str | os.PathLike, images: str | os.PathLike | None = None,
     report = Report()
     cats = sorted(coco["categories"], key=lambda c: c["id"])
     if class_names is None:
+        image_ids = {im.get("id") for im in coco["images"]}
+        used = {a.get("category_id") for a in coco["annotations"] if a.get("image_id") in image_ids}
+        for c in cats:
+            if c["id"] not in used:
+                report.add("unused_category", f"id {c['id']}: {c['name']}")
+        cats = [c for c in cats if c["id"] in used]
         class_names = [c["name"] for c in cats]
     label_of = {c["id"]: class_names.index(c["name"]) + 1 for c in cats if c["name"] in class_names}
+    id_of = {class_names[label - 1]: cid for cid, label in label_of.items()}
+    category_ids = [id_of.get(n) for n in class_names]
 
     imgs, seen = {}, set()
     for im in coco["images"]:
@@ -264,7 +291,7 @@ def load_coco(data: str | os.PathLike, images: str | os.PathLike | None = None,
         anns[a["image_id"]].append(([x, y, x + w, y + h], label_of[a["category_id"]]))
     records = [(root / im["file_name"], iid, [b for b, _ in anns[iid]], [lab for _, lab in anns[iid]])
                for iid, im in imgs.items()]
-    return _assemble(records, class_names, report)
+    return _assemble(records, class_names, report, category_ids if None not in category_ids else None)
 
 
 def load_voc(folder: str | os.PathLike, images: str | os.PathLike | None = None,
@@ -303,8 +330,137 @@ def load_voc(folder: str | os.PathLike, images: str | os.PathLike | None = None,
     return _assemble(records, class_names, report)
 
 
+YOLO_SPLITS = ("train", "val", "test")
+
+
+def _yolo_spec(data: str | os.PathLike) -> tuple[Path, str]:
+    """(data.yaml, split) from `data.yaml` (its train split) or `data.yaml#val` / `data.yaml#test`."""
+    text = str(data)
+    path, _, split = text.partition("#")
+    split = split or "train"
+    if split not in YOLO_SPLITS:
+        raise DataError(f"{text}: unknown split '{split}' (a YOLO data file's splits: {', '.join(YOLO_SPLITS)})")
+    return Path(path), split
+
+
+def is_yolo(data: str | os.PathLike) -> bool:
+    """Whether `data` names an Ultralytics YOLO data file (`data.yaml`, optionally `#split`)."""
+    return Path(str(data).partition("#")[0]).suffix.lower() in (".yaml", ".yml")
+
+
+def _yolo_images(entry, root: Path, where: str) -> list[Path]:
+    """The image files of one split entry: a folder, a .txt file listing images, or a list of either."""
+    out = []
+    for item in entry if isinstance(entry, list) else [entry]:
+        p = Path(str(item))
+        p = p if p.is_absolute() else root / p
+        if p.is_dir():
+            out += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.suffix == ".txt" and p.is_file():
+            for line in p.read_text().splitlines():
+                if line.strip():
+                    f = Path(line.strip())
+                    out.append(f if f.is_absolute() else (p.parent / f).resolve())
+        else:
+            raise DataError(f"{where}: {p}: neither a folder of images nor a .txt list of them")
+    return out
+
+
+def _yolo_label_file(image: Path) -> Path:
+    """Ultralytics' rule: the last `images` folder of the path becomes `labels`, the suffix `.txt`."""
+    parts = list(image.parts)
+    for i in range(len(parts) - 2, -1, -1):
+        if parts[i] == "images":
+            parts[i] = "labels"
+            break
+    return Path(*parts).with_suffix(".txt")
+
+
+def load_yolo(data: str | os.PathLike, images=None, class_names: list | None = None) -> DecodedDataset:
+    """An Ultralytics YOLO dataset: `data.yaml` (`path`, `train`/`val`/`test` folders or lists, `names`)
+    with one `labels/*.txt` per image (`class cx cy w h`, normalised to the image; a polygon line's
+    points give its box). `data.yaml` is its train split, `data.yaml#val` its val split. Class index k
+    is category id k; `class_names` forces the classes by name (a validation split, a trained model's).
+    Every rule of the other formats applies: boxes clipped to the image or dropped when empty, an
+    unknown class index dropped, and an image without a label file kept as one without objects."""
+    import yaml
+
+    path, split = _yolo_spec(data)
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise DataError(f"{path}: not a readable YOLO data file ({e})") from None
+    if not isinstance(spec, dict) or "names" not in spec:
+        raise DataError(f"{path}: key 'names' missing (an Ultralytics YOLO data file lists its classes there)")
+    names = spec["names"]
+    names = dict(enumerate(names)) if isinstance(names, list) else names
+    if not isinstance(names, dict) or not all(isinstance(k, int) for k in names):
+        raise DataError(f"{path}: key 'names' must be a list or a mapping of class index: name")
+    if not spec.get(split):
+        raise DataError(f"{path}: no '{split}' split (key '{split}' is missing or empty)")
+    base = Path(str(spec.get("path", "")))
+    root = Path(images) if images else (base if base.is_absolute() else path.parent / base)
+    report = Report()
+    raw = []
+    for image in _yolo_images(spec[split], root, f"{path} [{split}]"):
+        label_file = _yolo_label_file(image)
+        objs = []
+        if not label_file.is_file():
+            report.add("missing_label_file", str(image.name))
+        else:
+            try:
+                with Image.open(image) as im:
+                    width, height = im.size
+            except (OSError, UnidentifiedImageError):
+                raw.append((image, []))  # _assemble reports it unreadable
+                continue
+            for n, line in enumerate(label_file.read_text().splitlines(), start=1):
+                values = line.split()
+                if not values:
+                    continue
+                try:
+                    k, coords = int(values[0]), [float(v) for v in values[1:]]
+                except ValueError:
+                    report.add("bad_label_line", f"{label_file.name}:{n}")
+                    continue
+                if len(coords) == 4:
+                    cx, cy, w, h = coords
+                    box = [(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height]
+                elif len(coords) >= 6 and len(coords) % 2 == 0:  # a polygon: its bounding box
+                    xs, ys = coords[0::2], coords[1::2]
+                    box = [min(xs) * width, min(ys) * height, max(xs) * width, max(ys) * height]
+                else:
+                    report.add("bad_label_line", f"{label_file.name}:{n}")
+                    continue
+                if k not in names:
+                    report.add("unknown_category", f"{label_file.name}:{n}: class {k}")
+                    continue
+                objs.append((k, box))
+        raw.append((image, objs))
+    if class_names is None:
+        used = {k for _, objs in raw for k, _ in objs}
+        for k in sorted(names):
+            if k not in used:
+                report.add("unused_category", f"id {k}: {names[k]}")
+        kept = [k for k in sorted(names) if k in used]
+        class_names, category_ids = [names[k] for k in kept], kept
+    else:
+        id_of = {v: k for k, v in names.items()}
+        category_ids = [id_of.get(n) for n in class_names]
+    label_of = {k: class_names.index(names[k]) + 1 for k in names if names[k] in class_names}
+    records = []
+    for image, objs in raw:
+        known = [(k, b) for k, b in objs if k in label_of]
+        records.append((image, image.relative_to(root).as_posix() if image.is_relative_to(root) else str(image),
+                        [b for _, b in known], [label_of[k] for k, _ in known]))
+    return _assemble(records, class_names, report, category_ids if None not in category_ids else None)
+
+
 def load_any(data: str | os.PathLike, images=None, class_names=None) -> DecodedDataset:
-    """COCO JSON (file or folder with annotations.json) or a Pascal VOC folder."""
+    """COCO JSON (file or folder with annotations.json), a Pascal VOC folder, or an Ultralytics YOLO
+    data file (`data.yaml`, `data.yaml#val`)."""
+    if is_yolo(data):
+        return load_yolo(data, images, class_names)
     p = Path(data)
     if p.is_dir() and not (p / "annotations.json").exists() and (
             (p / "Annotations").is_dir() or any(p.glob("*.xml"))):
@@ -476,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m detector.data", description="Check or generate datasets.")
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("check", help="read everything once and report statistics and problems")
-    c.add_argument("--data", required=True, help="COCO JSON file, folder with annotations.json, or VOC folder")
+    c.add_argument("--data", required=True, help="COCO JSON file, folder with annotations.json, VOC folder, or YOLO data.yaml (data.yaml#val: its val split)")
     c.add_argument("--images", help="folder the image file names are relative to")
     c.add_argument("--json", action="store_true")
     s = sub.add_parser("synth", help="write the embedded synthetic small-object dataset (COCO + PNG)")

@@ -235,3 +235,44 @@ def test_synthetic_objects_can_be_fewer_and_larger(tmp_path):
                                         objects_per_kpx=(0.2, 0.6))).summary()
     assert 3 <= s["objects_per_image"]["min"] and s["objects_per_image"]["max"] <= 15
     assert s["box_width_px"]["q05"] >= 10 and s["boxes_under_16px"] < 0.3 * s["objects"]
+
+
+def test_an_ultralytics_yolo_folder_goes_through_the_same_checks(tmp_path):
+    """data.yaml + images/ + labels/*.txt (normalised cx cy w h): boxes outside the image clipped,
+    zero-size ones and unknown class indices dropped, a polygon line read as its box, an image without
+    a label file kept without objects; class index k is category id k; `#val` is the val split."""
+    root = tmp_path / "yolo"
+    _png(root / "images" / "train" / "a.png", np.zeros((40, 80), np.uint8))  # 80 wide, 40 high
+    _png(root / "images" / "train" / "b.png", np.zeros((40, 80), np.uint8))  # no label file
+    _png(root / "images" / "val" / "c.png", np.zeros((20, 20), np.uint8))
+    (root / "labels" / "train").mkdir(parents=True)
+    (root / "labels" / "val").mkdir(parents=True)
+    (root / "labels" / "train" / "a.txt").write_text(
+        "1 0.5 0.5 0.25 0.5\n"            # pore: x 30..50, y 10..30
+        "0 0.95 0.5 0.2 0.2\n"            # crack: x 68..88 -> clipped to 80
+        "5 0.5 0.5 0.1 0.1\n"             # class 5: not in names
+        "1 0.5 0.5 0 0.2\n"               # zero width
+        "pore 0.5 0.5 0.1 0.1\n"          # not a class index
+        "0 0.1 0.1 0.3 0.1 0.3 0.3\n")    # a polygon: x 8..24, y 4..12
+    (root / "labels" / "val" / "c.txt").write_text("1 0.5 0.5 0.5 0.5\n")
+    (root / "data.yaml").write_text("path: .\ntrain: images/train\nval: images/val\n"
+                                    "names: {0: crack, 1: pore, 2: rust}\n")
+    ds = D.load_any(root / "data.yaml")
+    assert ds.class_names == ["crack", "pore"] and ds.categories() == [{"id": 0, "name": "crack"}, {"id": 1, "name": "pore"}]
+    assert [Path(f).name for f in ds.file_names] == ["a.png", "b.png"] and ds.image_ids == ["images/train/a.png", "images/train/b.png"]
+    assert ds.boxes[0].tolist() == [[30.0, 10.0, 50.0, 30.0], [68.0, 16.0, 80.0, 24.0], [8.0, 4.0, 24.0, 12.0]]
+    assert ds.labels[0].tolist() == [2, 1, 1] and len(ds.boxes[1]) == 0
+    counts = {k: v["count"] for k, v in ds.report.as_dict().items()}
+    assert counts == {"missing_label_file": 1, "no_objects": 1, "unknown_category": 1, "bad_label_line": 1,
+                      "box_degenerate": 1, "box_clipped": 1, "unused_category": 1}
+    val = D.load_any(f"{root / 'data.yaml'}#val", class_names=ds.class_names)
+    assert val.labels[0].tolist() == [2] and val.boxes[0].tolist() == [[5.0, 5.0, 15.0, 15.0]]
+    splits = D.load_splits(str(root / "data.yaml"), val_data=f"{root / 'data.yaml'}#val")
+    assert len(splits.train) == 2 and len(splits.val) == 1
+    with pytest.raises(D.DataError, match=r"data.yaml: no 'test' split"):
+        D.load_any(f"{root / 'data.yaml'}#test")
+    with pytest.raises(D.DataError, match=r"data.yaml#valid: unknown split 'valid'"):
+        D.load_any(f"{root / 'data.yaml'}#valid")
+    (root / "bad.yaml").write_text("train: images/train\n")
+    with pytest.raises(D.DataError, match=r"bad.yaml: key 'names' missing"):
+        D.load_any(root / "bad.yaml")
