@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
@@ -301,6 +301,9 @@ def release_gpu_memory(device: torch.device) -> None:
 # Checkpoints
 
 
+MODEL_FILE = "model.pt"  # the validation-best weights `fit` writes (see `_model_file`)
+
+
 def atomic_save(obj, path: Path) -> None:
     """torch.save to a temporary file, then rename: a crash never leaves a truncated `path`."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -325,14 +328,38 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def model_from_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"):
-    """(model, config, class_names) rebuilt from `model.pt` or `checkpoint.pt`."""
+class LoadedModel(NamedTuple):
+    """A trained model rebuilt from its file, with what the file says of its classes."""
+
+    model: nn.Module            # in eval mode, on the device asked for
+    cfg: TrainConfig
+    class_names: list           # label c is class_names[c - 1]
+    category_ids: list          # label c is category id category_ids[c - 1] of the training file
+
+    def categories(self) -> list[dict]:
+        """COCO `categories`: [{"id": the training file's id, "name"}] in label order."""
+        return [{"id": int(i), "name": n} for i, n in zip(self.category_ids, self.class_names)]
+
+
+def model_from_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
+    """The model in `model.pt`, `checkpoint.pt` or an exported `best.pt`, rebuilt and loaded. A file
+    whose configuration has other fields than this version's is refused (ConfigError naming them):
+    a missing field's default may not be what the model was trained with."""
+    if not Path(path).is_file():
+        raise C.ConfigError(f"{path}: no such model file")
     ck = load_checkpoint(path)
+    missing, unknown = sorted(set(C.FIELD_NAMES) - set(ck["config"])), sorted(set(ck["config"]) - set(C.FIELD_NAMES))
+    if missing or unknown:
+        raise C.ConfigError(f"{path}: written with another version of the configuration (fields missing: {missing}; "
+                            f"fields unknown to this version: {unknown}); retrain, or load it with the version "
+                            f"that wrote it")
     cfg = C.from_dict(ck["config"], source=f"{path} [config]")
     stats = DataStats(**{**ck["stats"], "box_size_quantiles": tuple(ck["stats"]["box_size_quantiles"])})
     model = build_model(cfg, stats, load_weights=False, image_scale=ck["image_scale"])
     model.load_state_dict(ck["model"])
-    return model.to(device).eval(), cfg, ck.get("class_names", [])
+    names = list(ck.get("class_names", []))
+    ids = list(ck.get("category_ids") or range(1, len(names) + 1))
+    return LoadedModel(model.to(device).eval(), cfg, names, ids)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -457,7 +484,7 @@ def _fit(cfg: TrainConfig, train: DecodedDataset, val: DecodedDataset, out: Path
                 best, best_epoch = m[cfg.metric], epoch
                 if test_loader is not None:
                     m.update({f"test_{k}": v for k, v in evaluate(model, test_loader, setup, max_dets).items()})
-                atomic_save(_model_file(model, cfg, train, setup), out / "model.pt")
+                atomic_save(_model_file(model, cfg, train, setup, epoch, best), out / MODEL_FILE)
             history.append(m)
             stopped_early = cfg.patience is not None and epoch - best_epoch >= cfg.patience
             persist = checkpoint_epochs(epoch) or epoch == cfg.epochs or stopped_early
@@ -468,7 +495,7 @@ def _fit(cfg: TrainConfig, train: DecodedDataset, val: DecodedDataset, out: Path
                              "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
                              "rng": _rng_state(), "config": C.to_dict(cfg), "history": history, "best": best,
                              "best_epoch": best_epoch, "stats": _stats_dict(setup.stats),
-                             "image_scale": setup.image_scale, "class_names": list(train.class_names)}, ckpt_path)
+                             "image_scale": setup.image_scale, **_classes(train)}, ckpt_path)
             with open(metrics_file, "a") as f:
                 f.write(json.dumps(m) + "\n")
             log(f"epoch {epoch}/{cfg.epochs}  loss {m['loss']:.4f}  map50 {m['map50']:.4f}  "
@@ -506,7 +533,14 @@ def _stats_dict(stats: DataStats) -> dict:
     return d
 
 
-def _model_file(model, cfg: TrainConfig, train: DecodedDataset, setup: Setup) -> dict:
-    """What `model.pt` holds: weights, the configuration as data, and what rebuilding needs."""
-    return {"model": model.state_dict(), "config": C.to_dict(cfg), "class_names": list(train.class_names),
-            "stats": _stats_dict(setup.stats), "image_scale": setup.image_scale}
+def _model_file(model, cfg: TrainConfig, train: DecodedDataset, setup: Setup, epoch: int, value: float) -> dict:
+    """What `model.pt` holds: the weights of the epoch validation chose (no optimizer), the
+    configuration as data, what rebuilding needs, and which epoch it is with its validation value."""
+    return {"model": model.state_dict(), "config": C.to_dict(cfg), **_classes(train),
+            "stats": _stats_dict(setup.stats), "image_scale": setup.image_scale,
+            "epoch": epoch, "metric": cfg.metric, "value": value}
+
+
+def _classes(train: DecodedDataset) -> dict:
+    """The class names and the training file's category ids, in label order."""
+    return {"class_names": list(train.class_names), "category_ids": [c["id"] for c in train.categories()]}

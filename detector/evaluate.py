@@ -24,11 +24,11 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=4)
     a = p.parse_args(argv)
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, cfg, class_names = model_from_checkpoint(a.checkpoint, device)
     try:
+        model, cfg, class_names, _ = model_from_checkpoint(a.checkpoint, device)
         ds = load_any(a.data, a.images, class_names=class_names or None)
         require_usable(ds, a.data)
-    except DataError as e:
+    except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     loader = torch.utils.data.DataLoader(DetectionDataset(ds, cfg.in_channels), batch_size=a.batch_size,

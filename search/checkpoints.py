@@ -16,12 +16,15 @@ storage* no longer needs:
   restarts from that one; a trial Ray retries after an error restarts from a newer one still);
 - of an ended search trial (TERMINATED in the saved state) that another ended trial of its arm
   outranks (`results.rank_key`, the order of `results.ranked`; trials tied with the best are kept),
-  all of them: nothing reads them. An arm's best keeps its newest, which search/latency.py times.
+  all of them: nothing reads them;
+- of an ended trial that is kept (an arm's best or tied with it, every confirmation and baseline
+  run: search.stages), the `checkpoint.pt` (model and optimizer) in its newest checkpoint: nothing
+  resumes an ended trial. What stays is that checkpoint's `model.pt`, the weights of the epoch
+  validation chose (search.trainable), which search/latency.py times, search/detections.py draws
+  and search.export ships.
 
-Errored trials keep their newest saved checkpoint (--resume retries them from it), and so does every
-confirmation and baseline run (search.stages; they share the search's queue): their last epoch's
-model feeds the report's detection figures. The pass runs at most every PRUNE_EVERY_S seconds and
-once at the end of the search.
+Errored trials keep their newest saved checkpoint whole (--resume retries them from it). The pass
+runs at most every PRUNE_EVERY_S seconds and once at the end of the search.
 """
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ from ray.tune import Callback
 from search import compat
 from search.results import STATUS_FAILED, outcome, rank_key
 from search.stages import is_later_stage
+from search.trainable import CKPT_NAME
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +64,15 @@ def checkpoint_config() -> tune.CheckpointConfig:
 class _Trial:
     """What the pruner knows of a trial: its arm, where its folder is stored, its best metric and
     last epoch so far, whether it reported a failure, its place in `rank_key`'s order once it has
-    ended (None: not ended, or never ranked), and below which checkpoint number it was pruned."""
+    ended (None: not ended, or never ranked), below which checkpoint number it was pruned, and
+    whether its kept checkpoint has lost its `checkpoint.pt`."""
 
     def __init__(self, arm: str, fs, path: str, later_stage: bool = False):
         self.arm, self.fs, self.path, self.later_stage = arm, fs, path, later_stage
         self.best, self.epochs, self.failed = -math.inf, 0, False
         self.ended, self.key = False, None
         self.pruned_below = 0
+        self.slimmed = False  # its kept checkpoint's checkpoint.pt deleted
 
 
 class PruneEndedCheckpoints(Callback):
@@ -139,9 +145,13 @@ class PruneEndedCheckpoints(Callback):
                         and (t.key is None or t.key > best_key[t.arm])):
                     n += _delete_checkpoints(t.fs, t.path, below=math.inf)
                     del self._trials[tid]  # nothing of it is left to delete
-                elif numbers and max(numbers) > t.pruned_below:
+                    continue
+                if numbers and max(numbers) > t.pruned_below:
                     n += _delete_checkpoints(t.fs, t.path, below=max(numbers))
                     t.pruned_below = max(numbers)
+                if numbers and t.ended and status == "TERMINATED" and not t.slimmed:
+                    _delete_file(t.fs, posixpath.join(t.path, f"{CHECKPOINT_PREFIX}{max(numbers):06d}", CKPT_NAME))
+                    t.slimmed = True
             self.deleted += n
             return n
         except Exception:  # noqa: BLE001 - see the docstring
@@ -166,6 +176,14 @@ class PruneEndedCheckpoints(Callback):
             return compat.trials_and_checkpoints(text)
         except ValueError:
             return None
+
+
+def _delete_file(fs, path: str) -> None:
+    """Delete one file (in a folder or a bucket alike), if it is there."""
+    import pyarrow.fs
+
+    if fs.get_file_info(path).type == pyarrow.fs.FileType.File:
+        fs.delete_file(path)
 
 
 def _delete_checkpoints(fs, trial_path: str, below: float) -> int:

@@ -3,12 +3,11 @@ model drawn on the same few held-out images, ground truth and predictions in two
 
 People judge a small-object detector by looking at it. After the search's stages, search.run draws,
 for every arm, one figure RUN_DIR/detections/<arm>.png: a row per model (the arm's tuned
-configuration: the first confirmation run of its best confirmed configuration, or its best search
-trial without a confirmation stage; then its first baseline run, when the space has a baseline),
+configuration: the best confirmation run of its best confirmed configuration, `Confirmed.best_run`,
+the model search.export ships; or its best search trial without a confirmation stage; then its first baseline run, when the space has a baseline),
 a column per image (the first `IMAGES` test images, or validation images when there are none).
-Each model is the newest checkpoint Ray kept of that run (its last epoch's, not necessarily its best
-on validation), run in a Ray task
-with the trials' resources like search/latency.py. search.report shows the figures.
+Each model is the weights validation chose for that run (`model.pt` of the checkpoint Ray kept:
+search.trainable), run in a Ray task with the trials' resources like search/latency.py. search.report shows the figures.
 """
 from __future__ import annotations
 
@@ -47,7 +46,7 @@ def models_to_draw(records: list[TrialRecord], arm: str) -> list[tuple[str, Tria
     out = []
     conf = confirmed(records, arm)
     if conf:
-        run = min((r for r in conf[0].runs if r.status == STATUS_FINISHED), key=lambda r: r.config["seed"])
+        run = conf[0].best_run()  # the model search.export ships
         out.append((f"tuned (trial {conf[0].source.trial_id}, seed {run.config['seed']})", run))
     elif ranked(records, arm):
         best = ranked(records, arm)[0]

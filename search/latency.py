@@ -3,9 +3,8 @@
 A trial runs beside other trials and its model changes every epoch; Faster R-CNN's time per image
 depends on how many proposals and detections survive, which training changes. So the latency the
 report ranks arms by is measured here instead: after the search (and confirmation) stages, for each
-arm its best configuration (`results.ranked`), the newest checkpoint kept of it (its last epoch's:
-search.checkpoints keeps that one), in a
-Ray task with the trials' own resources (on a cluster, a node like the trials'), one arm after the
+arm its best configuration (`results.ranked`), the weights validation chose for it (`model.pt` in
+the checkpoint search.checkpoints keeps), in a Ray task with the trials' own resources (on a cluster, a node like the trials'), one arm after the
 other so that nothing else runs on that device, timed by `detector.engine.latency_ms`: warm-up and
 timed passes under the same settings, the median of `REPEATS` passes at batch size 1 on a
 validation image. Written to RUN_DIR/latency.json: {arm: {trial_id, latency_ms, latency_n, device}}.
@@ -24,17 +23,18 @@ REPEATS = 20
 
 
 def load_kept(checkpoint: str, train):
-    """In a Ray task: (model in eval mode, its configuration, its Setup) from a checkpoint Ray kept,
-    on this node's GPU if it has one."""
+    """In a Ray task: (model in eval mode, its configuration, its Setup) from the validation-best
+    weights (`model.pt`) of a checkpoint Ray kept, on this node's GPU if it has one."""
     import torch
     from ray import tune
 
-    from detector.engine import Setup, model_from_checkpoint
-    from search.trainable import CKPT_NAME
+    from detector.engine import MODEL_FILE, Setup, model_from_checkpoint
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with tune.Checkpoint(checkpoint).as_directory() as d:
-        model, cfg, _ = model_from_checkpoint(Path(d) / CKPT_NAME, device)
+        if not (Path(d) / MODEL_FILE).exists():
+            raise FileNotFoundError(f"{checkpoint}: no {MODEL_FILE} (no epoch of the trial had a finite metric)")
+        model, cfg = model_from_checkpoint(Path(d) / MODEL_FILE, device)[:2]
     return model, cfg, Setup.create(cfg, train, device)
 
 

@@ -101,7 +101,7 @@ def latency_note(rows: list[dict]) -> str:
                 "stopped early has none, so the latency figure is empty).")
     devices = sorted({str(r.get("latency_device")) for r in timed})
     ns = sorted({r.get("latency_n") for r in timed})
-    return (f"Latency: each arm's best model (its last epoch's checkpoint) timed after the search, one model at a "
+    return (f"Latency: each arm's best model (the weights of the epoch validation chose) timed after the search, one model at a "
             f"time on {', '.join(devices)}, batch size 1, median of {', '.join(map(str, ns))} passes after warm-up.")
 
 

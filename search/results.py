@@ -287,6 +287,12 @@ class Confirmed:
         vals = [r.score() if test else r.best for r in self.runs if r.status == STATUS_FINISHED]
         return [v for v in vals if math.isfinite(v)]
 
+    def best_run(self) -> TrialRecord:
+        """The finished run with the best validation metric (ties: the lowest seed): the model that
+        represents this configuration (search.export ships its weights; search/detections.py draws it)."""
+        runs = [r for r in self.runs if r.status == STATUS_FINISHED and math.isfinite(r.best)]
+        return min(runs, key=lambda r: (-r.best, int(r.config["seed"])))
+
 
 def confirmed(records: list[TrialRecord], arm: str) -> list[Confirmed]:
     """The confirmed configurations of `arm`, best first: by the mean over seeds of the validation

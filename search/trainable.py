@@ -5,7 +5,11 @@ to every trial through `tune.with_parameters`; the trials on a node map that nod
 shared-memory copy (numpy arrays are zero-copy there; bench/memory.py measures it).
 Checkpoints go through Ray Tune's API on the epochs `budget.checkpoint_every` and the ASHA rungs
 choose (Space.checkpoint_epochs; every epoch by default), so ASHA stops, node failures and resumes
-continue from real checkpoints.
+continue from real checkpoints. Each checkpoint holds the engine's `checkpoint.pt` (the latest
+epoch, with the optimizer: what a resume continues from) and `model.pt` (the weights of the epoch
+validation chose so far, model only: what latency, the detection figures and export read once the
+trial has ended; search.checkpoints then deletes the trial's `checkpoint.pt`). The two travel
+together, so after any resume the kept best weights belong to the history Ray restored.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ import torch
 from ray import tune
 
 from detector import config as C
-from detector.engine import NonFiniteLossError, OutOfMemoryError, fit, release_gpu_memory
+from detector.engine import MODEL_FILE, NonFiniteLossError, OutOfMemoryError, fit, release_gpu_memory
 from search.stages import scores_test
 
 CKPT_NAME = "checkpoint.pt"
@@ -84,7 +88,9 @@ def train_trial(config: dict, data: tuple, checkpoint_epochs: frozenset | None =
         restored = tune.get_checkpoint()
         if restored is not None:
             with restored.as_directory() as d:
-                shutil.copy(Path(d) / CKPT_NAME, work / CKPT_NAME)
+                for name in (CKPT_NAME, MODEL_FILE):
+                    if (Path(d) / name).exists():
+                        shutil.copy(Path(d) / name, work / name)
 
         def on_epoch(metrics: dict, ckpt_path: Path | None) -> None:
             nonlocal last_epoch
@@ -93,7 +99,10 @@ def train_trial(config: dict, data: tuple, checkpoint_epochs: frozenset | None =
                 tune.report({**metrics, "reported_at": time.time()})
                 return
             with tempfile.TemporaryDirectory(prefix="smallobj-ckpt-") as d:
-                os.link(ckpt_path, Path(d) / CKPT_NAME)  # same filesystem: no copy until Ray persists it
+                # Hard links (same filesystem): nothing is copied until Ray persists the checkpoint.
+                os.link(ckpt_path, Path(d) / CKPT_NAME)
+                if (work / MODEL_FILE).exists():  # absent only while no epoch had a finite metric
+                    os.link(work / MODEL_FILE, Path(d) / MODEL_FILE)
                 # reported_at: the order of every trial's results in time, which search.replay needs to
                 # reproduce the scheduler's decisions (Ray's own `timestamp` has whole seconds).
                 tune.report({**metrics, "reported_at": time.time()}, checkpoint=tune.Checkpoint.from_directory(d))

@@ -183,7 +183,7 @@ def test_predict_runs_in_the_precision_of_evaluation(trained, tmp_path):
     from detector.data import Report, decode_image, to_tensor
     from detector.engine import model_from_checkpoint
 
-    model, _, _ = model_from_checkpoint(tmp_path / "model.pt")
+    model = model_from_checkpoint(tmp_path / "model.pt").model
     x = to_tensor(*decode_image(first, Report()))
     mine = [d for d in written if d["image_id"] == 1]
     for dtype, same in ((BF16, True), (None, False)):

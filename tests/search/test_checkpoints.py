@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pyarrow.fs
 
+from detector.engine import MODEL_FILE
 from search.checkpoints import PruneEndedCheckpoints
+from search.trainable import CKPT_NAME
 
 from searchutil import write_experiment_state
 
@@ -32,11 +34,22 @@ class _Trial:
     def checkpoints(self) -> list[int]:
         return sorted(int(p.name.split("_")[1]) for p in Path(self.path).glob("checkpoint_*"))
 
+    def files(self, number: int) -> list[str]:
+        return sorted(p.name for p in (Path(self.path) / f"checkpoint_{number:06d}").iterdir())
+
+
+def _checkpoint(trial, number: int) -> None:
+    """A checkpoint folder as search.trainable hands it to Ray: the engine's two files."""
+    d = Path(trial.path) / f"checkpoint_{number:06d}"
+    d.mkdir()
+    for name in (CKPT_NAME, MODEL_FILE):
+        (d / name).write_bytes(b"weights")
+
 
 def _run(prune, trial, values, fail=False, end=True):
     """Report `values` epoch by epoch, each with its checkpoint folder (numbered from 0, as Ray does)."""
     for epoch, v in enumerate(values, 1):
-        (Path(trial.path) / f"checkpoint_{epoch - 1:06d}").mkdir()
+        _checkpoint(trial, epoch - 1)
         prune.on_trial_result(0, [], trial, {"epoch": epoch, "map50": v})
     if fail:
         prune.on_trial_result(0, [], trial, {"epoch": len(values), "map50": math.nan, "fail_reason": "nan loss"})
@@ -58,27 +71,33 @@ def test_only_what_rays_saved_state_no_longer_needs_is_deleted(tmp_path):
     _run(prune, a["unsaved"], [0.1, 0.1, 0.1, 0.1])       # ended, but Ray's saved state still says RUNNING at epoch 2
     _run(prune, b, [0.01, 0.01, 0.01, 0.01])              # the only trial of its arm
     _run(prune, running, [0.0, 0.0, 0.0], end=False)      # still running; Ray saved it at its 2nd checkpoint
+    errored = _Trial(stage, "errored", "resnet18-v1")
+    _run(prune, errored, [0.9, 0.9], end=False)           # its worker died: Ray retries it from its newest
 
     assert prune.prune() == 0  # no experiment state in storage yet: nothing is known to be saved
     ended = ("best", "tie", "worse", "stopped_high", "failed")
     write_experiment_state(stage, {**{k: "TERMINATED" for k in ended}, "other_arm": "TERMINATED",
-                                   "unsaved": "RUNNING", "running": "RUNNING"},
+                                   "unsaved": "RUNNING", "running": "RUNNING", "errored": "ERROR"},
                            checkpoints={**{k: [2, 3] for k in ended}, "other_arm": [3], "unsaved": [1, 0],
-                                        "running": [1]})
+                                        "running": [1], "errored": [1]})
     prune.prune()
     # Outranked (or never ranked) and saved as ended: every checkpoint gone, the trial's other files kept.
     assert a["worse"].checkpoints() == a["stopped_high"].checkpoints() == a["failed"].checkpoints() == []
     assert (Path(a["worse"].path) / "result.json").exists()
-    # Each arm's best and a tie keep their newest: latency.py times it.
+    # Each arm's best and a tie keep their newest, and of it the validation-best weights only
+    # (latency.py times them, export ships them): nothing resumes an ended trial.
     assert a["best"].checkpoints() == a["tie"].checkpoints() == b.checkpoints() == [3]
-    # A resumed driver would restart these from their saved newest: it and everything after it stay.
+    assert a["best"].files(3) == a["tie"].files(3) == b.files(3) == [MODEL_FILE]
+    # A resumed driver would restart these from their saved newest: it and everything after it stay, whole.
     assert a["unsaved"].checkpoints() == [1, 2, 3] and running.checkpoints() == [1, 2]
+    assert a["unsaved"].files(1) == running.files(1) == running.files(2) == sorted([CKPT_NAME, MODEL_FILE])
+    assert errored.checkpoints() == [1] and errored.files(1) == sorted([CKPT_NAME, MODEL_FILE])
 
     write_experiment_state(stage, {"best": "TERMINATED", "unsaved": "TERMINATED", "running": "RUNNING"},
                            checkpoints={"best": [3], "unsaved": [3], "running": [2]})
     prune.prune()
     assert a["unsaved"].checkpoints() == [] and running.checkpoints() == [2] and a["best"].checkpoints() == [3]
-    assert prune.deleted == 26 - 4  # every checkpoint folder written but the four still there
+    assert prune.deleted == 28 - 5  # every checkpoint folder written but the five still there
 
 
 def test_a_beaten_best_loses_its_checkpoints_and_a_cut_state_deletes_nothing(tmp_path):
@@ -120,9 +139,9 @@ def test_a_resumed_trial_keeps_its_best_before_the_resume_and_later_stage_runs_a
     other = _Trial(stage, "other", "resnet18-v1")
     confirm = _Trial(stage, "confirm", "resnet18-v1", stage="confirm")
     for epoch in (1, 2):
-        (Path(resumed.path) / f"checkpoint_{epoch - 1:06d}").mkdir()
+        _checkpoint(resumed, epoch - 1)
     for epoch, v in ((3, 0.5), (4, 0.6)):  # what the resumed driver sees
-        (Path(resumed.path) / f"checkpoint_{epoch - 1:06d}").mkdir()
+        _checkpoint(resumed, epoch - 1)
         prune.on_trial_result(0, [], resumed, {"epoch": epoch, "map50": v})
     prune.on_trial_complete(0, [], resumed)
     _run(prune, other, [0.3, 0.5, 0.6, 0.7])
@@ -131,3 +150,4 @@ def test_a_resumed_trial_keeps_its_best_before_the_resume_and_later_stage_runs_a
                            checkpoints={"resumed": [3], "other": [3], "confirm": [3]})
     prune.prune()
     assert resumed.checkpoints() == [3] and other.checkpoints() == [] and confirm.checkpoints() == [3]
+    assert confirm.files(3) == [MODEL_FILE]
