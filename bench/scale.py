@@ -181,7 +181,8 @@ def one_size(size: int, args, curves: Path) -> dict:
     write_results(run_dir, records, space.metric)
     results_s = time.perf_counter() - t0
     report_s = timed([sys.executable, "-m", "search.report", str(run_dir)], out / f"{name}.report.log")
-    export_s = timed([sys.executable, "-m", "search.export", str(run_dir), "--out", str(run_dir / "export")],
+    export_s = timed([sys.executable, "-m", "search.export", str(run_dir), "--out", str(run_dir / "export"),
+                      "--no-weights"],  # replayed trials train no model
                      out / f"{name}.export.log")
     account = schedule(records, t_start, args.concurrency)
     by_stage = {s: sum(r.stage == s for r in records) for s in sorted({r.stage for r in records})}

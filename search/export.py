@@ -1,9 +1,14 @@
-"""Export the best configurations of a run, ready to retrain unchanged.
+"""Export the best configurations of a run, ready to retrain unchanged, and their trained models.
 
-    python -m search.export RUN_DIR [--out DIR] [--top K] [--from confirm|search]
+    python -m search.export RUN_DIR [--out DIR] [--top K] [--from confirm|search] [--no-weights]
 
 Writes DIR/best.yaml (the best configuration overall) and DIR/<arm>.yaml for every arm (with
---top K > 1 also <arm>-2.yaml ...). Each file holds every resolved training field with the full
+--top K > 1 also <arm>-2.yaml ...), and beside each its model, DIR/best.pt, DIR/<arm>.pt: the
+weights of the epoch validation chose, of the best confirmation run of that configuration
+(`results.Confirmed.best_run`) when it was confirmed, else of its search trial. A model file holds
+its configuration, class names, the training file's category ids and where it came from
+(`export`: run, trial, stage, seed, epoch, validation value); `detector.evaluate`,
+`detector.predict` and `detector.export` load it alone. --no-weights writes the configurations only. Each file holds every resolved training field with the full
 epoch budget (the split fields too: the same split_seed gives the same train, validation and test
 images), and a header (comments plus a `search:` block that `detector.config.load` skips) with the
 metric reached, the trial id, the epochs it ran, the dataset's fingerprint, the confirmation mean ±
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -27,6 +33,9 @@ import yaml
 from detector import config as C
 from search.results import (STATUS_FINISHED, TEST_KEYS, Confirmed, TrialRecord, collect, confirmed, ranked,
                             read_run_info)
+from search.storage import kept_file
+
+MODEL_FILE = "model.pt"  # detector.engine.MODEL_FILE (not imported: it would import torch for --no-weights)
 
 
 def _load_run(run_dir: Path) -> tuple[dict, list[TrialRecord]]:
@@ -71,7 +80,29 @@ def choices(records: list[TrialRecord], source: str) -> list[tuple[TrialRecord, 
     return [(c.source, c) for c in conf]
 
 
-def export(run_dir: Path, out: Path, top: int = 1, source: str | None = None) -> list[Path]:
+def weights_run(rec: TrialRecord, conf: Confirmed | None) -> TrialRecord:
+    """The run whose weights are exported with a configuration (see the module docstring)."""
+    return conf.best_run() if conf is not None else rec
+
+
+def write_model(src: Path, dest: Path, run: TrialRecord, info: dict) -> None:
+    """`src` (a trial's model.pt) as an exported model file: the same, plus where it came from."""
+    import torch
+
+    from detector.engine import atomic_save, load_checkpoint
+
+    ck = load_checkpoint(src)
+    ck["export"] = {"run": info["name"], "trial_id": run.trial_id, "stage": run.stage, "arm": run.arm,
+                    "seed": int(run.config["seed"]), "source_trial": run.source_trial or None,
+                    "epoch": ck.get("epoch"), "metric": ck.get("metric"), "value": ck.get("value"),
+                    "data_fingerprint": info["data_fingerprint"], "versions": info["versions"],
+                    "torch": str(torch.__version__)}
+    atomic_save(ck, dest)
+
+
+def export(run_dir: Path, out: Path, top: int = 1, source: str | None = None, weights: bool = True) -> list[Path]:
+    """Write the files of the module docstring into `out`; returns their paths. Raises ValueError
+    (nothing written) when the run has nothing to export, or a chosen run has no kept weights."""
     info, records = _load_run(run_dir)
     has_confirm = any(r.stage == "confirm" for r in records)
     source = source or ("confirm" if has_confirm else "search")
@@ -81,16 +112,32 @@ def export(run_dir: Path, out: Path, top: int = 1, source: str | None = None) ->
     if not order:
         raise ValueError(f"{run_dir}: no {'confirmed configuration' if source == 'confirm' else 'trial'} "
                          f"produced a finite {info['metric']}; nothing to export")
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    best = out / "best.yaml"
-    best.write_text(export_text(order[0][0], info, 1, order[0][1]))
-    written.append(best)
+    files = [("best", order[0][0], order[0][1], 1)]
     for arm in dict.fromkeys(r.arm for r, _ in order):
         for k, (rec, conf) in enumerate([x for x in order if x[0].arm == arm][:top], start=1):
-            path = out / (f"{arm}.yaml" if k == 1 else f"{arm}-{k}.yaml")
+            files.append((arm if k == 1 else f"{arm}-{k}", rec, conf, k))
+    with tempfile.TemporaryDirectory(prefix="smallobj-export-") as tmp:
+        models = {}
+        if weights:  # every model found before anything is written
+            missing = []
+            for stem, rec, conf, _ in files:
+                run = weights_run(rec, conf)
+                models[stem] = (run, kept_file(run_dir, Path(run.path), MODEL_FILE, info.get("storage"), Path(tmp)))
+                if models[stem][1] is None:
+                    missing.append(f"{stem}: {run.stage} run {run.trial_id}")
+            if missing:
+                raise ValueError(f"{run_dir}: no kept weights ({MODEL_FILE} in a checkpoint) for "
+                                 f"{'; '.join(missing)}; --no-weights exports the configurations only")
+        out.mkdir(parents=True, exist_ok=True)
+        written = []
+        for stem, rec, conf, k in files:
+            path = out / f"{stem}.yaml"
             path.write_text(export_text(rec, info, k, conf))
             written.append(path)
+            if stem in models:
+                run, src = models[stem]
+                write_model(src, out / f"{stem}.pt", run, info)
+                written.append(out / f"{stem}.pt")
     return written
 
 
@@ -101,10 +148,11 @@ def main(argv=None) -> int:
     p.add_argument("--top", type=int, default=1, help="configurations per arm (default 1)")
     p.add_argument("--from", dest="source", choices=("confirm", "search"),
                    help="whose ranking to export (default: confirm when the run has a confirmation stage)")
+    p.add_argument("--no-weights", action="store_true", help="write the configurations only, no model files")
     a = p.parse_args(argv)
     run_dir = Path(a.run_dir)
     try:
-        paths = export(run_dir, Path(a.out) if a.out else run_dir / "export", a.top, a.source)
+        paths = export(run_dir, Path(a.out) if a.out else run_dir / "export", a.top, a.source, not a.no_weights)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -201,7 +201,8 @@ def _run(args, space: Space, loc: RunLocation, name: str, data_arg, splits) -> i
         print(f"data: {kind}: {pr['count']} ({pr['meaning']})")
     fingerprint = splits.fingerprint()
     split = space.split()
-    info = {"space": str(Path(args.space).resolve()), "name": name, "data": data_arg or "(embedded synthetic)",
+    info = {"space": str(Path(args.space).resolve()), "name": name, "storage": loc.uri,  # None: the folder itself
+            "data": data_arg or "(embedded synthetic)",
             "val_data": args.val_data or space.val_data, "test_data": args.test_data or space.test_data,
             "data_fingerprint": fingerprint, "split_seed": split.split_seed, "val_fraction": split.val_fraction,
             "test_fraction": split.test_fraction, "metric": space.metric, "max_epochs": space.max_epochs,

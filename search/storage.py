@@ -120,6 +120,28 @@ class RunLocation:
                 shutil.copy(newest, self.local / JOURNAL)
 
 
+def kept_file(run_dir: Path, trial_dir: Path, name: str, uri: str | None, into: Path) -> Path | None:
+    """`name` in the newest checkpoint folder Ray kept of a trial (given by its folder in the run
+    folder `run_dir`), or None when no kept checkpoint holds it. For a run on object storage (`uri`:
+    run.json's `storage`) the checkpoints are in the bucket: the file is downloaded into `into`."""
+    if uri is None:
+        found = sorted(p for p in Path(trial_dir).glob(f"checkpoint_*/{name}") if p.is_file())
+        return found[-1] if found else None
+    import pyarrow.fs
+
+    fs, root = _fs(f"{uri}/{Path(trial_dir).relative_to(run_dir).as_posix()}")
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True, allow_not_found=True))
+    found = sorted(i.path for i in infos if i.type == pyarrow.fs.FileType.File and PurePosixPath(i.path).name == name
+                   and PurePosixPath(i.path).parent.name.startswith("checkpoint_"))
+    if not found:
+        return None
+    into.mkdir(parents=True, exist_ok=True)
+    target = into / f"{Path(trial_dir).name}-{name}"
+    with fs.open_input_stream(found[-1]) as src, open(target, "wb") as out:
+        shutil.copyfileobj(src, out)
+    return target
+
+
 @contextmanager
 def resuming_in(run_dir: Path):
     """Around `Tuner.restore`: objects unpickled inside it that keep a run folder (the searcher's

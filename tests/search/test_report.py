@@ -178,17 +178,17 @@ def test_export_takes_the_confirmation_s_ranking_unless_told_otherwise(handmade,
 
     from search import export
 
-    export.export(handmade, tmp_path / "c")
+    export.export(handmade, tmp_path / "c", weights=False)  # a hand-made run has no weights
     meta = yaml.safe_load((tmp_path / "c" / "best.yaml").read_text())["search"]
     assert meta["trial_id"] == "a1" and meta["selected_by"] == "confirm" and meta["split_seed"] == 0
     assert meta["confirmation"] == {"seeds": [1000, 1001], "mean": 0.78, "sd": pytest.approx(0.028284, abs=1e-6), "n": 2}
     assert meta["test"]["map50"]["mean"] == pytest.approx(0.72) and meta["data_fingerprint"] == "abc"
-    export.export(handmade, tmp_path / "s", source="search")
+    export.export(handmade, tmp_path / "s", source="search", weights=False)
     meta = yaml.safe_load((tmp_path / "s" / "best.yaml").read_text())["search"]
     assert meta["selected_by"] == "search" and "confirmation" not in meta and meta["trial_id"] == "a1"
     _drop_stage(handmade, "confirm")
     with pytest.raises(ValueError, match="--from confirm: the run has no confirmation stage"):
-        export.export(handmade, tmp_path / "x", source="confirm")
+        export.export(handmade, tmp_path / "x", source="confirm", weights=False)
 
 
 def test_latency_comes_from_the_measurement_after_the_search_only(handmade):

@@ -102,10 +102,42 @@ def test_each_arm_s_best_model_is_timed_after_the_search(searched):
 
 
 @pytest.mark.slow
+def test_the_weights_validation_chose_are_kept_and_score_what_was_recorded(study_run):
+    """Each arm's best search trial (and any tied with it) and every confirmation and baseline run
+    keep one checkpoint holding model.pt only: the weights of the epoch validation chose, which,
+    evaluated again on the run's validation images, give the recorded best validation metric. The
+    outranked search trials keep nothing."""
+    import torch
+
+    from detector.data import DetectionDataset, collate, load_splits
+    from detector.engine import MODEL_FILE, Setup, evaluate, load_checkpoint, model_from_checkpoint
+    from search.results import rank_key, ranked
+
+    splits = load_splits(str(study_run.data), val_fraction=0.3, test_fraction=0.2, seed=4)  # STUDY_SPACE's
+    checked = 0
+    for rec in study_run.records:
+        top = ranked(study_run.records, rec.arm)[0]
+        kept = sorted(Path(rec.path).glob("checkpoint_*"))
+        assert bool(kept) == (rec.stage != "search" or rank_key(rec.status, rec.best) == rank_key(top.status, top.best))
+        if not kept:
+            continue
+        assert len(kept) == 1 and [p.name for p in kept[0].iterdir()] == [MODEL_FILE], (rec.trial_id, kept)
+        saved = load_checkpoint(kept[0] / MODEL_FILE)
+        assert (saved["epoch"], saved["metric"], saved["value"]) == (rec.best_epoch, "map50", rec.best)
+        model, cfg = model_from_checkpoint(kept[0] / MODEL_FILE)[:2]
+        loader = torch.utils.data.DataLoader(DetectionDataset(splits.val, cfg.in_channels), batch_size=cfg.batch_size,
+                                             collate_fn=collate)
+        again = evaluate(model, loader, Setup.create(cfg, splits.train, "cpu"), model.roi_heads.detections_per_img)
+        assert again["map50"] == pytest.approx(rec.best, abs=1e-5), rec.trial_id
+        checked += 1
+    assert checked >= 2 + 4 + 4  # each arm's best; 2 arms x 2 confirmation seeds; as many baseline runs
+
+
+@pytest.mark.slow
 def test_without_test_images_each_arm_s_detections_are_drawn_on_validation_images(study_run, monkeypatch):
     """search.detections.draw on the study run's kept models, handed no test images (a run without
-    them): each arm's figure shows the first validation images, a row for its tuned model (the first
-    confirmation run's) and one for its baseline, each with its predictions."""
+    them): each arm's figure shows the first validation images, a row for its tuned model (the best
+    confirmation run's, the model search.export ships) and one for its baseline, each with its predictions."""
     from search import detections
     from search.results import confirmed
     from search.storage import RunLocation
@@ -130,9 +162,10 @@ def test_without_test_images_each_arm_s_detections_are_drawn_on_validation_image
     for arm in space.arms:
         ids, rows, title = drawn[f"{arm.name}.png"]
         assert ids == list(map(int, splits.val.image_ids))[:detections.IMAGES] and "validation images" in title
-        source = confirmed(records, arm.name)[0].source.trial_id
+        best = confirmed(records, arm.name)[0]
         assert [label.split(" (")[0] for label, _ in rows] == ["tuned", "shared hyperparameters"]
-        assert f"trial {source}, seed 1000" in rows[0][0] and "seed 1000" in rows[1][0]
+        assert f"trial {best.source.trial_id}, seed {best.best_run().config['seed']}" in rows[0][0]
+        assert "seed 1000" in rows[1][0]
         assert all(len(preds) == len(ids) for _, preds in rows)  # one prediction per image shown
         assert (run_dir / "detections-without-test" / f"{arm.name}.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -140,7 +173,7 @@ def test_without_test_images_each_arm_s_detections_are_drawn_on_validation_image
 @pytest.mark.slow
 def test_export_round_trip_trains(searched, tmp_path):
     space, run_dir = searched
-    paths = export.export(run_dir, tmp_path / "exp", source="search")
+    paths = export.export(run_dir, tmp_path / "exp", source="search", weights=False)
     assert {p.name for p in paths} == {"best.yaml", "resnet18-v1-none-t5.yaml", "resnet18-v2-none-t5.yaml"}
     rows = [r for r in _rows(run_dir) if r["stage"] == "search"]
     best_row = max((r for r in rows if r["status"] == "finished"), key=lambda r: float(r["best_map50"]))
@@ -155,6 +188,48 @@ def test_export_round_trip_trains(searched, tmp_path):
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.splitlines()[-1])["epochs_run"] == 1
+
+
+@pytest.mark.slow
+def test_export_ships_the_models_validation_chose(searched, tmp_path, capsys):
+    """Beside each YAML its model: with a confirmation stage, the best confirmation run of the
+    exported configuration (`--from search`: the search trial itself), loadable alone, carrying its
+    classes and where it came from; a run whose chosen weights are gone is refused before anything is
+    written, and --no-weights still exports the configurations."""
+    import shutil
+
+    from detector import engine
+    from search.results import collect, confirmed, ranked
+
+    space, run_dir = searched
+    records = collect(run_dir, "map50", space.max_epochs)
+    assert export.MODEL_FILE == engine.MODEL_FILE
+    paths = export.export(run_dir, tmp_path / "exp")
+    names = {"best", "resnet18-v1-none-t5", "resnet18-v2-none-t5"}
+    assert {p.name for p in paths} == {f"{n}.{ext}" for n in names for ext in ("yaml", "pt")}
+    for arm in names - {"best"}:
+        meta = yaml.safe_load((tmp_path / "exp" / f"{arm}.yaml").read_text())["search"]
+        shipped = engine.load_checkpoint(tmp_path / "exp" / f"{arm}.pt")
+        chosen = confirmed(records, arm)[0].best_run()
+        assert shipped["export"]["trial_id"] == chosen.trial_id and shipped["export"]["stage"] == "confirm"
+        assert shipped["export"]["source_trial"] == meta["trial_id"] == chosen.source_trial
+        assert shipped["export"]["value"] == chosen.best and shipped["epoch"] == chosen.best_epoch
+        loaded = engine.model_from_checkpoint(tmp_path / "exp" / f"{arm}.pt")
+        assert loaded.cfg.backbone == "resnet18" and loaded.categories() == [{"id": 1, "name": "object"}]
+    best = yaml.safe_load((tmp_path / "exp" / "best.yaml").read_text())["search"]
+    assert engine.load_checkpoint(tmp_path / "exp" / "best.pt")["export"]["source_trial"] == best["trial_id"]
+    export.export(run_dir, tmp_path / "searched", source="search")
+    top = ranked(records, "resnet18-v1-none-t5")[0]
+    assert engine.load_checkpoint(tmp_path / "searched" / "resnet18-v1-none-t5.pt")["export"]["trial_id"] == top.trial_id
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("checkpoint_*"))  # the weights are gone
+    assert export.main([str(copy), "--out", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert "no kept weights (model.pt in a checkpoint) for best: confirm run" in err and "--no-weights" in err
+    assert not (tmp_path / "none").exists()
+    assert export.main([str(copy), "--out", str(tmp_path / "configs"), "--no-weights"]) == 0
+    assert sorted(p.name for p in (tmp_path / "configs").iterdir()) == sorted(f"{n}.yaml" for n in names)
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ replay synthetic curves (search.curve_trainable: a checkpoint every epoch, throu
 `tune.report` a training trial uses): what goes where is the search's business, not the model's."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -11,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow.fs
 import pytest
 
 from search import storage
@@ -99,9 +101,22 @@ def test_a_run_on_s3_keeps_everything_in_the_bucket(bucket, tiny_data, tmp_path)
     assert storage.main(["fetch", f"{bucket}/s3run", str(tmp_path / "fetched")]) == 0
     assert_every_trial_once(tmp_path / "fetched", n_trials=6, max_epochs=3)
     out = subprocess.run([sys.executable, "-m", "search.export", str(tmp_path / "fetched"), "--out",
-                          str(tmp_path / "exp")], capture_output=True, text=True, cwd=ROOT)
-    assert out.returncode == 0, out.stderr
+                          str(tmp_path / "exp"), "--no-weights"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr  # (replayed trials train no model: configurations only)
     assert (tmp_path / "exp" / "best.yaml").exists()
+    # The weights of a run on S3 stay in the bucket (fetch leaves checkpoints there); export takes the
+    # chosen trial's from its newest kept checkpoint there.
+    best = records[0]
+    rel = Path(best.path).relative_to(work).as_posix()
+    fs, root = pyarrow.fs.FileSystem.from_uri(f"{bucket}/s3run/{rel}")
+    for n, content in ((0, b"older"), (2, b"newest")):
+        with fs.open_output_stream(f"{root}/checkpoint_{n:06d}/model.pt") as f:
+            f.write(content)
+    info = json.loads((tmp_path / "fetched" / "run.json").read_text())
+    assert info["storage"] == f"{bucket}/s3run"
+    got = storage.kept_file(tmp_path / "fetched", tmp_path / "fetched" / rel, "model.pt", info["storage"], tmp_path / "dl")
+    assert got is not None and got.read_bytes() == b"newest"
+    assert storage.kept_file(tmp_path / "fetched", tmp_path / "fetched" / rel, "absent.pt", info["storage"], tmp_path / "dl") is None
 
     # The name is taken in the bucket even where no working copy exists.
     with _search(tmp_path, "--space", str(space), "--storage", bucket, "--name", "s3run", "--local-dir",

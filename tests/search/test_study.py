@@ -71,7 +71,7 @@ def test_confirmation_and_baseline_seeds_are_not_search_seeds(study):
 def test_the_places_that_choose_a_best_agree(study, tmp_path):
     run_dir, records, _, _ = study
     rows = {r["arm"]: r for r in report.write_report(run_dir, tmp_path / "rep")["rows"]}
-    export.export(run_dir, tmp_path / "exp", source="search")
+    export.export(run_dir, tmp_path / "exp", source="search", weights=False)
     for arm, row in rows.items():
         chosen = ranked(records, arm)[0].trial_id
         confirmed_sources = {r.source_trial for r in records if r.stage == "confirm" and r.arm == arm}
@@ -94,7 +94,7 @@ def test_report_answers_the_study_s_question(study, tmp_path):
 
 def test_exported_configuration_retrains_on_the_same_images_to_the_same_numbers(study, study_run, tmp_path):
     run_dir, records, tiny_data, _ = study
-    export.export(run_dir, tmp_path / "exp")  # --from confirm, the default here
+    export.export(run_dir, tmp_path / "exp", weights=False)  # --from confirm, the default here
     path = tmp_path / "exp" / "best.yaml"
     meta = yaml.safe_load(path.read_text())["search"]
     assert meta["selected_by"] == "confirm" and meta["split_seed"] == 4 and meta["confirmation"]["n"] == 2
