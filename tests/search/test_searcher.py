@@ -35,6 +35,16 @@ def _store(run_dir, tid, config, values):
                                            for e, v in enumerate(values, start=1)))
 
 
+def _resumable(tmp_path, max_concurrent: int):
+    """(space, run folder, journal, a searcher, the searcher as Ray's Tuner pickled it before any ask)."""
+    space = _space(tmp_path)
+    run_dir = tmp_path / "run"
+    (run_dir / "trials").mkdir(parents=True)
+    journal = run_dir / "optuna.journal"
+    searcher = ArmSearcher(space, journal, max_concurrent=max_concurrent)
+    return space, run_dir, journal, searcher, pickle.dumps(searcher)
+
+
 def test_a_journal_older_than_rays_state_is_brought_in_line_with_the_stored_results(tmp_path):
     """The head node dies while Ray uploads an experiment checkpoint: the bucket gets Ray's new state
     and this searcher's new state, but the journal snapshot of the checkpoint before. Seen once in CI
@@ -203,12 +213,7 @@ def test_trials_rays_state_ended_but_whose_results_never_reached_storage_are_run
     arm ended one trial short, and with b's configuration in the results twice, seen in CI,
     test_storage's resume from the bucket), and the arm gets its three trials: a, b's configuration
     again, and one more."""
-    space = _space(tmp_path)
-    run_dir = tmp_path / "run"
-    (run_dir / "trials").mkdir(parents=True)
-    journal = run_dir / "optuna.journal"
-    searcher = ArmSearcher(space, journal, max_concurrent=3)
-    blank = pickle.dumps(searcher)
+    space, run_dir, journal, searcher, blank = _resumable(tmp_path, max_concurrent=3)
     configs = {tid: searcher.suggest(tid) for tid in ("a", "b")}
     shutil.copy(journal, tmp_path / "older.journal")  # the journal of the last checkpoint: no c in it
     configs["c"] = searcher.suggest("c")
@@ -234,12 +239,7 @@ def test_a_trial_only_this_searchers_state_remembers_is_replaced(tmp_path):
     holds a, still PENDING) and after the journal's last upload (which holds only a's ask). Ray will
     not run b and no study knows it: b must not count, or the arm ends a trial short (seen in CI,
     test_storage's resume from the bucket: three trials of six)."""
-    space = _space(tmp_path)
-    run_dir = tmp_path / "run"
-    (run_dir / "trials").mkdir(parents=True)
-    journal = run_dir / "optuna.journal"
-    searcher = ArmSearcher(space, journal, max_concurrent=4)  # slots are not what this is about
-    blank = pickle.dumps(searcher)
+    space, run_dir, journal, searcher, blank = _resumable(tmp_path, max_concurrent=4)  # slots are not what this is about
     searcher.suggest("a")
     shutil.copy(journal, tmp_path / "older.journal")
     searcher.suggest("b")
@@ -258,12 +258,7 @@ def test_a_trial_that_ended_in_rays_state_but_not_in_the_journal_is_not_proposed
     """Ray's state holds a finished with its results stored; the journal came back from before a was
     even asked. The study must learn a at once, ended, or the seeded sampler's next ask repeats a's
     configuration (seen in CI, test_storage's resume: one configuration trained twice)."""
-    space = _space(tmp_path)
-    run_dir = tmp_path / "run"
-    (run_dir / "trials").mkdir(parents=True)
-    journal = run_dir / "optuna.journal"
-    searcher = ArmSearcher(space, journal, max_concurrent=4)
-    blank = pickle.dumps(searcher)
+    space, run_dir, journal, searcher, blank = _resumable(tmp_path, max_concurrent=4)
     config_a = searcher.suggest("a")
     searcher.on_trial_complete("a", {"epoch": 3, "map50": 0.4})
     searcher.save(str(tmp_path / "searcher-state.json"))
