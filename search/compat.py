@@ -199,6 +199,27 @@ def parse_experiment_state(text: str) -> dict[str, dict]:
         raise ValueError(f"not a readable Ray experiment state ({type(e).__name__}: {e})") from None
 
 
+def last_results(stage_dir: Path) -> dict[str, tuple[str, str, dict]]:
+    """{trial id: (Ray's status, its folder's name, the last result Ray's state recorded of it)} from
+    the newest readable experiment state of a Tuner folder (`last_result` of each trial's run
+    metadata); trials without one are left out."""
+    for f in sorted(Path(stage_dir).glob(EXPERIMENT_STATE), reverse=True):
+        try:
+            data = _trial_data(f.read_text())
+        except ValueError:
+            continue
+        out = {}
+        for t, run_metadata in data:
+            try:
+                last = json.loads(run_metadata).get("last_result")
+            except (json.JSONDecodeError, AttributeError):
+                continue
+            if isinstance(last, dict) and last and t.get("relative_logdir"):
+                out[t["trial_id"]] = (t.get("status"), t["relative_logdir"], last)
+        return out
+    return {}
+
+
 def ray_trials(stage_dir: Path) -> dict[str, dict]:
     """`parse_experiment_state` of the newest readable experiment state of a Tuner folder; empty when
     there is none."""

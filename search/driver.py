@@ -86,6 +86,7 @@ def run_search(space: Space, loc: RunLocation, data, resume: bool, stream=None, 
     table = ArmTable(space.metric, [a.name for a in space.arms], space.max_epochs, stream=stream)
     run_dir = loc.local
     if resume:
+        recover_last_results(loc)
         with resuming_in(run_dir):
             tuner = tune.Tuner.restore(f"{loc.ray_storage}/trials", trainable, resume_unfinished=True,
                                        resume_errored=True)
@@ -99,8 +100,12 @@ def run_search(space: Space, loc: RunLocation, data, resume: bool, stream=None, 
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
-                                        # the most there can be; the searcher ends the run when all are done
-                                        num_samples=space.total_trials() + space.eval_runs(),
+                                        # No count: the searcher ends the run when every stage is done
+                                        # (ArmSearcher.FINISHED). A count would include the trials a
+                                        # killed driver lost before their results were stored, which
+                                        # the searcher runs again on resume (seen in test_storage:
+                                        # Ray stopped asking with an arm a trial short).
+                                        num_samples=-1,
                                         # (budget.max_concurrent: the searcher's, not Ray's ConcurrencyLimiter)
                                         # A new trial reuses a finished trial's worker process (torch and
                                         # the dataset already loaded) instead of starting one.
@@ -114,6 +119,29 @@ def run_search(space: Space, loc: RunLocation, data, resume: bool, stream=None, 
                 failure_config=tune.FailureConfig(max_failures=2)),
         )
     tuner.fit()
+
+
+def recover_last_results(loc: RunLocation) -> int:
+    """Before a resume: the last report Ray's state holds of each trial it will resume, appended to
+    the trial's result.json in the run's storage where that file lacks its epoch. Ray uploads its
+    state, the trials' checkpoints (from the workers) and the driver's result.json files separately;
+    a driver killed between them can leave a trial whose checkpoint and state are newer than its
+    stored results (seen in test_storage's resume: a trial resumed from its epoch-1 checkpoint had no
+    result.json in the bucket, and its history started at epoch 2). Ray's restored trial copies that
+    file and appends to it. Returns how many lines were appended. (An earlier missing epoch, when
+    more than one report was lost, cannot be recovered: Ray's state keeps the last one only.)"""
+    from search.storage import append_missing_result
+
+    n = 0
+    for status, folder, last in compat.last_results(loc.local / "trials").values():
+        if status != "TERMINATED" and "epoch" in last:
+            rel = f"trials/{folder}"
+            n += append_missing_result(loc.ray_storage, rel, last)
+            if loc.uri is not None:  # the working copy too (read before the run's end pulls it again)
+                append_missing_result(str(loc.local), rel, last)
+    if n:
+        log.info("resume: %d trial(s) got their last report from Ray's state back into result.json", n)
+    return n
 
 
 def drive(args, space: Space, loc: RunLocation, splits, replay: dict | None) -> tuple[list, float]:

@@ -369,18 +369,10 @@ class ArmSearcher(Searcher):
                    for name, study in self.studies.items()}
         # A live trial Ray's state lacks was handed out after Ray's last checkpoint: Ray will not run
         # it, so its Optuna trial (still RUNNING) becomes an orphan below and is handed out again; so
-        # does a lost one's. One the journal never heard of (the journal is the older file) is
-        # replaced by a new ask. Either way it no longer counts as started; one whose Optuna trial
-        # ended does (the journal is newer: its end is kept below), and so does one Ray's state holds
-        # whatever the journal says (Ray runs it; reconcile_studies adds it to its study at the end).
+        # does a lost one's.
         in_rays_state = set(statuses or {}) - lost
-        ended = {name: {compat.optuna_trial_id(t) for t in study.get_trials(deepcopy=False, states=ENDED)}
-                 for name, study in self.studies.items()}
         saved_live, self.live = self.live, {k: (name, otid) for k, (name, otid) in self.live.items()
                                             if otid in running.get(name, {}) and (statuses is None or k in in_rays_state)}
-        for k, (name, otid) in saved_live.items():
-            if k not in self.live and k not in in_rays_state and otid not in ended.get(name, ()):
-                self.started[name] -= 1  # counted when handed out; handed out again, or replaced
         if self.stages:
             # A trial dropped just above ended in this searcher's memory but not in its saved state,
             # and Ray's state still holds it as running, so no one else records its end: without it,
@@ -406,9 +398,15 @@ class ArmSearcher(Searcher):
         owned = set(self.live.values())
         self.orphans = {name: sorted(otid for otid in ids if (name, otid) not in owned) for name, ids in running.items()}
         for name, study in self.studies.items():
-            # Every ask is in the journal at once: when the saved state is the older file it undercounts.
-            asked = len(study.get_trials(deepcopy=False)) - len(self.orphans.get(name, []))
-            self.started[name] = max(self.started.get(name, 0), asked)
+            if statuses:
+                # Every search trial of Ray's state that is not lost is now in its study (above), and
+                # only those count: whichever of the three files is older, a trial Ray will not run
+                # and whose work is not stored is run again (an orphan) or replaced by a new ask.
+                self.started[name] = sum(t.user_attrs.get("ray_trial_id") in in_rays_state
+                                         for t in study.get_trials(deepcopy=False))
+            else:  # no experiment state to go by: every ask is in the journal at once
+                asked = len(study.get_trials(deepcopy=False)) - len(self.orphans.get(name, []))
+                self.started[name] = max(self.started.get(name, 0), asked)
         # A journal older than Ray's state lacks the epochs a resumed trial will not train again
         # (it continues from a later checkpoint): they are taken from the trial's stored results.
         for ray_id, (name, otid) in self.live.items():

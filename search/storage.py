@@ -120,6 +120,36 @@ class RunLocation:
                 shutil.copy(newest, self.local / JOURNAL)
 
 
+def append_missing_result(run_uri_or_dir: str, rel: str, result: dict) -> bool:
+    """Append `result` (one of a trial's reports, as a result.json line) to the trial's result.json
+    in the run's storage (a folder or a bucket) unless a line of its epoch is there; returns whether
+    it was appended."""
+    import json
+
+    import pyarrow.fs
+
+    fs, root = _fs(run_uri_or_dir) if is_remote(run_uri_or_dir) else (pyarrow.fs.LocalFileSystem(), run_uri_or_dir)
+    path = f"{root}/{rel}/result.json"
+    text = ""
+    if fs.get_file_info(path).type == pyarrow.fs.FileType.File:
+        with fs.open_input_stream(path) as f:
+            text = f.read().decode("utf-8", errors="replace")
+    epochs = set()
+    for line in text.splitlines():
+        try:
+            epochs.add(json.loads(line).get("epoch"))
+        except (json.JSONDecodeError, AttributeError):
+            continue
+    if result.get("epoch") in epochs:
+        return False
+    if text and not text.endswith("\n"):
+        text += "\n"
+    fs.create_dir(f"{root}/{rel}", recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write((text + json.dumps(result) + "\n").encode())
+    return True
+
+
 def kept_file(run_dir: Path, trial_dir: Path, name: str, uri: str | None, into: Path) -> Path | None:
     """`name` in the newest checkpoint folder Ray kept of a trial (given by its folder in the run
     folder `run_dir`), or None when no kept checkpoint holds it. For a run on object storage (`uri`:

@@ -274,3 +274,24 @@ def test_a_trial_that_ended_in_rays_state_but_not_in_the_journal_is_not_proposed
     proposals = [resumed.suggest(t) for t in ("b", "c")]
     assert all(p["params"] != config_a["params"] for p in proposals)
     assert resumed.suggest("d") is resumed.FINISHED
+
+
+def test_a_lost_trial_that_had_ended_before_the_searchers_state_was_saved_is_replaced(tmp_path):
+    """b ended before this searcher's state was saved (so that state counts it, not as live), Ray's
+    state says TERMINATED, but its results never reached storage and the journal lacks it: the arm
+    still gets three trials with results (seen in test_storage's resume: five trials of six)."""
+    space, run_dir, journal, searcher, blank = _resumable(tmp_path, max_concurrent=4)
+    config_a = searcher.suggest("a")
+    shutil.copy(journal, tmp_path / "older.journal")
+    searcher.suggest("b")
+    searcher.on_trial_complete("b", {"epoch": 1, "map50": 0.1})
+    searcher.save(str(tmp_path / "searcher-state.json"))
+    _store(run_dir, "a", config_a, [0.2])
+    write_experiment_state(run_dir / "trials", {"a": "RUNNING", "b": "TERMINATED"})
+    shutil.copy(tmp_path / "older.journal", journal)
+
+    resumed = pickle.loads(blank)
+    resumed.restore(str(tmp_path / "searcher-state.json"))
+    assert resumed.started[STUDY] == 1 and set(resumed.live) == {"a"}
+    assert isinstance(resumed.suggest("c"), dict) and isinstance(resumed.suggest("d"), dict)
+    assert resumed.suggest("e") is resumed.FINISHED
