@@ -159,6 +159,9 @@ def main(argv=None) -> int:
             print(f"error: the {a.format} model disagrees with PyTorch on {image_path}: {diff}; nothing written",
                   file=sys.stderr)
             return 1
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o666 & ~umask)  # mkstemp's file is private; the model is an ordinary output file
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)

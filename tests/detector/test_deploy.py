@@ -6,6 +6,7 @@ PyTorch's detections on images of other sizes than the one they were checked on.
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -107,6 +108,9 @@ def test_an_exported_model_detects_what_pytorch_detects_on_an_image_of_another_s
     assert export.main(["--checkpoint", str(trained / "run" / "model.pt"), "--format", fmt, "--out", str(out),
                         "--image", str(image)]) == 0
     assert "largest box difference" in capsys.readouterr().out and out.stat().st_size > 10_000_000
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # like any file this process writes, not private
     loaded = model_from_checkpoint(trained / "run" / "model.pt")
     net = export.SingleImageDetector(loaded.model, loaded.cfg.in_channels)
     # Not the check image's size: two images side by side, 64 x 128 px.
