@@ -28,7 +28,7 @@ from detector import config as C
 from search import compat
 from search import stages as S
 from search.results import (STATUS_FAILED, STATUS_FINISHED, STATUS_RUNNING, STATUS_STOPPED, counted_trials, outcome,
-                            ranked, ray_statuses, read_history, read_params, read_trial)
+                            ranked, read_history, read_params, read_trial)
 from search.space import Space
 from search.storage import relocated
 
@@ -354,7 +354,8 @@ class ArmSearcher(Searcher):
         # Ray resumes the trials of its own state only. The runs taking a slot are those of them that
         # have not ended (an errored one is retried), whatever this searcher's (possibly newer) state
         # remembers; a trial it handed out that Ray's state lacks will not run (see below).
-        statuses = ray_statuses(self.journal.parent / "trials") if self.journal is not None else None
+        rays = compat.ray_trials(self.journal.parent / "trials") if self.journal is not None else None
+        statuses = None if rays is None else {k: t["status"] for k, t in rays.items()}
         self.running = {t for t, status in (statuses or {}).items() if status != "TERMINATED"}
         known = self._stored_trials()  # Ray trial id -> its folder, for the trials Ray's state holds
         # Ended in Ray's state with no result stored (search.results.counted_trials): lost, run again.
@@ -392,7 +393,7 @@ class ArmSearcher(Searcher):
                     # folder yet, so Ray's state is asked, not the trial folders (handing its Optuna
                     # trial out again ran one configuration twice: seen in test_storage's resume).
                     self.live[ray_id] = (name, otid)
-        self._adopt_missing(in_rays_state, known, statuses or {})
+        self._adopt_missing(in_rays_state, known, rays or {})
         # Optuna trials still RUNNING that no restored Ray trial owns were asked for after Ray's last
         # experiment checkpoint; they are not counted in `started`, so they are reused first.
         owned = set(self.live.values())
@@ -415,22 +416,22 @@ class ArmSearcher(Searcher):
                 self._report_missing(compat.attach_trial(self.studies[name], otid),
                                      frozen.intermediate_values if frozen else {}, read_history(known[ray_id]))
 
-    def _adopt_missing(self, in_rays_state: set, known: dict[str, Path], statuses: dict[str, str]) -> None:
+    def _adopt_missing(self, in_rays_state: set, known: dict[str, Path], rays: dict[str, dict]) -> None:
         """Search trials Ray's state holds that no study has (the journal is the older file) join
         their study now, with their own parameters: a study that lacks them would propose them
         again (the sampler is seeded, so its next ask repeats the lost one: seen in test_storage's
         resume, one configuration trained twice). One that has ended gets its stored epochs and its
-        end; one that Ray will run goes on as a live trial."""
+        end; one that Ray will run goes on as a live trial. `rays`: Ray's saved state of each of its
+        trials (compat.ray_trials, read once by `restore`)."""
         held = {t.user_attrs["ray_trial_id"] for study in self.studies.values()
                 for t in study.get_trials(deepcopy=False) if "ray_trial_id" in t.user_attrs}
-        configs = {k: t.get("config") for k, t in compat.ray_trials(self.journal.parent / "trials").items()}
         adopted = False
         for ray_id in sorted(in_rays_state - held):
-            config = configs.get(ray_id) or (read_params(known[ray_id]) if ray_id in known else None)
+            config = rays.get(ray_id, {}).get("config") or (read_params(known[ray_id]) if ray_id in known else None)
             if not isinstance(config, dict) or S.is_later_stage(config) or config.get("study") not in self.studies:
                 continue
             trial = self._adopt(config["study"], ray_id, config["arm"], config.get("params", {}))
-            if statuses.get(ray_id) == "TERMINATED":
+            if rays.get(ray_id, {}).get("status") == "TERMINATED":
                 rec = read_trial(known[ray_id], self.space.metric, self.space.max_epochs, "TERMINATED")
                 self._end_from_record(ray_id, trial, {}, rec)
             adopted = True
