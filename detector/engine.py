@@ -25,6 +25,7 @@ from torchmetrics.detection import MeanAveragePrecision
 from torchvision.ops import box_iou
 
 from detector import config as C
+from detector import matching
 from detector.config import TrainConfig
 from detector.data import DecodedDataset, DetectionDataset, EpochSampler, collate
 from detector.metrics import is_better
@@ -196,15 +197,19 @@ def predict_batches(model, loader, setup: Setup):
         yield detect(model, imgs, setup.device, setup.amp_dtype), targets
 
 
-def evaluate(model, loader, setup: Setup, max_detections: int) -> dict:
-    """mAP (torchmetrics, faster-coco-eval backend) and the study's IoU curves on a loader.
+def evaluate(model, loader, setup: Setup, max_detections: int, score_threshold: float | None = None) -> dict:
+    """mAP (torchmetrics, faster-coco-eval backend), the study's IoU curves and the operating point
+    on a loader.
 
     `max_detections` is the per-image cap COCO evaluation counts; it must be at least the model's
-    `box_detections_per_img`, or numerous objects silently lower the score.
+    `box_detections_per_img`, or numerous objects silently lower the score. The operating point
+    (detector/matching.py, IoU 0.5): `f1`, `precision` and `recall` at `score_threshold`, the score
+    that maximises F1 on these images when none is given (validation chooses it: it becomes the
+    model file's `score_threshold`; the test images are scored at validation's choice).
     """
     metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="faster_coco_eval",
                                   max_detection_thresholds=[1, 10, max(100, max_detections)])
-    preds, gts = [], []
+    preds, gts, matched = [], [], []
     t0 = time.perf_counter()
     n = 0
     for out, targets in predict_batches(model, loader, setup):
@@ -212,12 +217,16 @@ def evaluate(model, loader, setup: Setup, max_detections: int) -> dict:
         for o, t in zip(out, targets):
             preds.append(o["boxes"][o["scores"] >= IOU_SCORE_THRESH])
             gts.append(t["boxes"])
+            matched.append(matching.match(o["boxes"].numpy(), o["scores"].numpy(), t["boxes"].numpy(),
+                                          o["labels"].numpy(), t["labels"].numpy()))
         n += len(out)
     eval_time = time.perf_counter() - t0
     m = metric.compute()
     iou_pred, iou_gt = _mean_best_iou(preds, gts)
+    op = matching.operating_point(matched, score_threshold)
     return {"map50": float(m["map_50"]), "map": float(m["map"]), "map75": float(m["map_75"]),
             "map_small": float(m["map_small"]), "iou_per_pred": iou_pred, "iou_per_gt": iou_gt,
+            "f1": op.f1, "precision": op.precision, "recall": op.recall, "score_threshold": op.threshold,
             "eval_time_s": eval_time, "eval_img_per_s": n / eval_time if eval_time > 0 else 0.0}
 
 
@@ -335,6 +344,7 @@ class LoadedModel(NamedTuple):
     cfg: TrainConfig
     class_names: list           # label c is class_names[c - 1]
     category_ids: list          # label c is category id category_ids[c - 1] of the training file
+    score_threshold: float | None = None  # the operating threshold validation chose (None: the file has none)
 
     def categories(self) -> list[dict]:
         """COCO `categories`: [{"id": the training file's id, "name"}] in label order."""
@@ -359,7 +369,9 @@ def model_from_checkpoint(path: str | os.PathLike, device: str | torch.device = 
     model.load_state_dict(ck["model"])
     names = list(ck.get("class_names", []))
     ids = list(ck.get("category_ids") or range(1, len(names) + 1))
-    return LoadedModel(model.to(device).eval(), cfg, names, ids)
+    thr = ck.get("score_threshold")
+    return LoadedModel(model.to(device).eval(), cfg, names, ids,
+                       None if thr is None or not math.isfinite(thr) else float(thr))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -483,8 +495,9 @@ def _fit(cfg: TrainConfig, train: DecodedDataset, val: DecodedDataset, out: Path
             if improved:  # the one rule: strictly better, so ties keep the first
                 best, best_epoch = m[cfg.metric], epoch
                 if test_loader is not None:
-                    m.update({f"test_{k}": v for k, v in evaluate(model, test_loader, setup, max_dets).items()})
-                atomic_save(_model_file(model, cfg, train, setup, epoch, best), out / MODEL_FILE)
+                    m.update({f"test_{k}": v for k, v in evaluate(model, test_loader, setup, max_dets,
+                                                                   m["score_threshold"]).items()})
+                atomic_save(_model_file(model, cfg, train, setup, epoch, best, m["score_threshold"]), out / MODEL_FILE)
             history.append(m)
             stopped_early = cfg.patience is not None and epoch - best_epoch >= cfg.patience
             persist = checkpoint_epochs(epoch) or epoch == cfg.epochs or stopped_early
@@ -533,12 +546,14 @@ def _stats_dict(stats: DataStats) -> dict:
     return d
 
 
-def _model_file(model, cfg: TrainConfig, train: DecodedDataset, setup: Setup, epoch: int, value: float) -> dict:
+def _model_file(model, cfg: TrainConfig, train: DecodedDataset, setup: Setup, epoch: int, value: float,
+                score_threshold: float) -> dict:
     """What `model.pt` holds: the weights of the epoch validation chose (no optimizer), the
-    configuration as data, what rebuilding needs, and which epoch it is with its validation value."""
+    configuration as data, what rebuilding needs, which epoch it is with its validation value, and
+    its operating threshold (the score that maximised F1 on validation at that epoch; nan: none did)."""
     return {"model": model.state_dict(), "config": C.to_dict(cfg), **_classes(train),
             "stats": _stats_dict(setup.stats), "image_scale": setup.image_scale,
-            "epoch": epoch, "metric": cfg.metric, "value": value}
+            "epoch": epoch, "metric": cfg.metric, "value": value, "score_threshold": score_threshold}
 
 
 def _classes(train: DecodedDataset) -> dict:

@@ -1,6 +1,10 @@
 """Evaluate a trained model on a dataset and print the metrics as JSON.
 
     python -m detector.evaluate --checkpoint runs/train/model.pt --data PATH [--images DIR] [--device cpu]
+
+`f1`, `precision` and `recall` are at the model's operating threshold (`score_threshold`: the score
+that maximised F1 on validation, kept in the model file), or at the best threshold on these images
+when the file has none (then `score_threshold` is that one, chosen on the images it scores).
 """
 from __future__ import annotations
 
@@ -25,7 +29,8 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
-        model, cfg, class_names, _ = model_from_checkpoint(a.checkpoint, device)
+        loaded = model_from_checkpoint(a.checkpoint, device)
+        model, cfg, class_names = loaded.model, loaded.cfg, loaded.class_names
         ds = load_any(a.data, a.images, class_names=class_names or None)
         require_usable(ds, a.data)
     except (ConfigError, DataError) as e:
@@ -38,7 +43,7 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"error: {a.checkpoint}: {e}", file=sys.stderr)
         return 2
-    metrics = evaluate(model, loader, setup, model.roi_heads.detections_per_img)
+    metrics = evaluate(model, loader, setup, model.roi_heads.detections_per_img, loaded.score_threshold)
     metrics["images"] = len(ds)
     print(json.dumps(metrics))
     return 0

@@ -12,6 +12,11 @@ against that file directly; images it does not list are not detected, and are na
 `--data`, image ids number DIR's images 1..N in path order, and `<out>.images.json` beside the
 output lists them with the categories, a COCO file to score against later.
 
+Detections are kept from `--score-thresh`, by default the model's operating threshold: the score
+that maximised F1 on validation at the epoch the model is from (`score_threshold` in the model file,
+detector/matching.py), or its `box_score_thresh` when the file has none. To score the output with
+COCOeval, keep every detection: `--score-thresh 0` (COCO's AP needs the low-scored ones too).
+
 Images run in batches on the model's device at the precision it was trained and evaluated in
 (its configuration's `amp`), with a progress bar on standard error.
 """
@@ -82,7 +87,7 @@ def main(argv=None) -> int:
     p.add_argument("--images", required=True, help="folder of images (searched recursively)")
     p.add_argument("--out", required=True, help="output JSON file")
     p.add_argument("--data", help="COCO file listing the images: its image and category ids are used")
-    p.add_argument("--score-thresh", type=float, default=None, help="default: the model's box_score_thresh")
+    p.add_argument("--score-thresh", type=float, default=None, help="default: the model's operating threshold (F1-optimal on validation), else its box_score_thresh")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--device", default=None)
     a = p.parse_args(argv)
@@ -107,7 +112,14 @@ def main(argv=None) -> int:
     model, cfg = loaded.model, loaded.cfg
     # Category ids: the --data file's, by class name, where it names the class; else the training file's.
     category_of = [file_cats.get(name, cid) for name, cid in zip(loaded.class_names, loaded.category_ids)]
-    thresh = cfg.box_score_thresh if a.score_thresh is None else a.score_thresh
+    if a.score_thresh is not None:
+        thresh = a.score_thresh
+    elif loaded.score_threshold is not None:
+        thresh = loaded.score_threshold
+        print(f"keeping detections with score >= {thresh:.4f}, the model's operating threshold (F1-optimal on "
+              f"validation); --score-thresh 0 keeps all, for COCO scoring", file=sys.stderr)
+    else:
+        thresh = cfg.box_score_thresh
     todo = [f for f in files if f in ids]
     report, results, images = Report(), [], []
     with tqdm(total=len(todo), unit="img", file=sys.stderr, disable=len(todo) <= a.batch_size) as bar:

@@ -12,7 +12,9 @@ its configuration, class names, the training file's category ids and where it ca
 epoch budget (the split fields too: the same split_seed gives the same train, validation and test
 images), and a header (comments plus a `search:` block that `detector.config.load` skips) with the
 metric reached, the trial id, the epochs it ran, the dataset's fingerprint, the confirmation mean ±
-sd and the test metrics (when the run has them) and the package versions.
+sd and the test metrics (when the run has them), the exported model's operating point (`operating_point`:
+the score threshold that maximised F1 on validation, its F1, precision and recall there and on the test
+images at that threshold; detector.predict applies it) and the package versions.
 
 --from picks whose ranking is exported: `confirm` (default when the run has a confirmation stage:
 configurations ordered by their mean validation metric over the confirmation seeds,
@@ -23,6 +25,7 @@ Retrain with: python -m detector.train --config DIR/best.yaml
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import tempfile
@@ -62,6 +65,12 @@ def export_text(rec: TrialRecord, info: dict, rank: int, conf: Confirmed | None 
         if tested:
             meta["test"] = {k: _mean_sd([r.test[k] for r in tested if k in r.test]) for k in TEST_KEYS
                             if any(k in r.test for r in tested)}
+    op = weights_run(rec, conf).at_best()  # the operating point of the model exported beside this file
+    if math.isfinite(op.get("score_threshold", math.nan)):
+        meta["operating_point"] = {"score_threshold": round(op["score_threshold"], 4), "chosen_on": "validation",
+                                   **{k: round(op[k], 4) for k in ("f1", "precision", "recall")},
+                                   **{f"test_{k}": round(op[f"test_{k}"], 4) for k in ("f1", "precision", "recall")
+                                      if f"test_{k}" in op}}
     meta.update(run=info["name"], versions=info["versions"])
     chosen = (f"confirmed over {len(conf.values())} seeds: {info['metric']} {statistics.mean(conf.values()):.4f} on "
               f"validation" if conf else f"{info['metric']} {rec.best:.4f} at epoch {rec.best_epoch}")

@@ -91,6 +91,10 @@ class TrialRecord:
                   self.reason, self.unreadable_lines)
         return dict(zip(self.columns(self.metric), values))
 
+    def at_best(self) -> dict:
+        """What the run reported at `best_epoch` (the epoch whose weights it kept); {} if none."""
+        return next((h for h in self.history if h.get("epoch") == self.best_epoch), {})
+
     def score(self) -> float:
         """What a comparison scores this run by: its `metric` on the test images at the epoch
         validation chose, or, without test images, its best validation `metric` (optimistic: the

@@ -66,8 +66,9 @@ def test_cocoeval_on_predict_output_equals_the_projects_evaluation(trained, tmp_
     out = tmp_path / "det.json"
     assert predict.main(["--checkpoint", str(trained / "run" / "model.pt"), "--images", str(trained),
                          "--data", str(trained / "val.json"), "--out", str(out), "--batch-size", "3",
-                         "--device", "cpu"]) == 0
-    assert "24 image(s) in" in capsys.readouterr().err  # the training images val.json does not list
+                         "--device", "cpu", "--score-thresh", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "24 image(s) in" in err and "operating threshold" not in err  # val.json does not list the training images
     detections = json.loads(out.read_text())
     val_ids = {im["id"] for im in json.loads((trained / "val.json").read_text())["images"]}
     assert detections and {d["category_id"] for d in detections} == {CATEGORY}
@@ -80,13 +81,41 @@ def test_cocoeval_on_predict_output_equals_the_projects_evaluation(trained, tmp_
     coco_eval.summarize()
     reference_map50 = coco_eval.stats[1]
 
-    model, cfg, class_names, _ = model_from_checkpoint(trained / "run" / "model.pt")
+    model, cfg, class_names = model_from_checkpoint(trained / "run" / "model.pt")[:3]
     val = load_any(trained / "val.json", class_names=class_names)
     loader = torch.utils.data.DataLoader(DetectionDataset(val, cfg.in_channels), batch_size=3, collate_fn=collate)
     ours = evaluate(model, loader, Setup.create(cfg, val, "cpu"), model.roi_heads.detections_per_img)
     assert reference_map50 > 0.05  # a model that finds objects: the comparison means something
     # predict rounds scores to 1e-5 and boxes to 1e-2 px; nothing else differs.
     assert ours["map50"] == pytest.approx(reference_map50, abs=1e-3)
+
+
+def test_the_operating_threshold_validation_chose_is_what_predict_and_evaluate_apply(trained, tmp_path, capsys):
+    """model.pt carries the score that maximised F1 on validation at its epoch; evaluating that
+    model on the same images at that threshold gives the epoch's F1 again, and predict keeps exactly
+    the detections at or above it unless told another threshold."""
+    saved = load_checkpoint(trained / "run" / "model.pt")
+    history = [json.loads(x) for x in (trained / "run" / "metrics.jsonl").read_text().splitlines()]
+    epoch = next(h for h in history if h["epoch"] == saved["epoch"])
+    thr = saved["score_threshold"]
+    assert thr == epoch["score_threshold"] and 0.05 <= thr < 1 and epoch["f1"] > 0.3
+    loaded = model_from_checkpoint(trained / "run" / "model.pt")
+    assert loaded.score_threshold == thr
+    val = load_any(trained / "val.json", class_names=loaded.class_names)
+    loader = torch.utils.data.DataLoader(DetectionDataset(val, loaded.cfg.in_channels), batch_size=3, collate_fn=collate)
+    setup = Setup.create(loaded.cfg, val, "cpu")
+    again = evaluate(loaded.model, loader, setup, loaded.model.roi_heads.detections_per_img, thr)
+    chosen_here = evaluate(loaded.model, loader, setup, loaded.model.roi_heads.detections_per_img)
+    assert again["f1"] == pytest.approx(epoch["f1"], abs=1e-9) and chosen_here["score_threshold"] == thr
+    common = ["--checkpoint", str(trained / "run" / "model.pt"), "--images", str(trained), "--data",
+              str(trained / "val.json"), "--device", "cpu"]
+    assert predict.main([*common, "--out", str(tmp_path / "all.json"), "--score-thresh", "0"]) == 0
+    assert predict.main([*common, "--out", str(tmp_path / "default.json")]) == 0
+    assert f"score >= {thr:.4f}, the model's operating threshold" in capsys.readouterr().err
+    every = json.loads((tmp_path / "all.json").read_text())
+    kept = json.loads((tmp_path / "default.json").read_text())
+    assert 0 < len(kept) < len(every)
+    assert len(kept) == sum(d["score"] >= round(thr, 5) for d in every)
 
 
 def test_unusable_inputs_are_refused_naming_the_file(trained, tmp_path, capsys):

@@ -187,6 +187,28 @@ def test_map_counts_more_than_100_objects_per_image():
     assert m["map50"] == pytest.approx(1.0) and m["iou_per_gt"] == pytest.approx(1.0)
 
 
+def test_the_operating_point_is_the_f1_optimal_threshold_or_the_one_given():
+    """10 objects; 8 found at scores 0.9-0.55, 4 false alarms at 0.5-0.35, the last 2 found at 0.3 and
+    0.25. F1 = 2 TP / (2 TP + FP + FN): at >= 0.55, 16 / 18 (the best); at >= 0.25, 20 / 24; given
+    0.3, 18 / 23."""
+    gt = torch.tensor([[20.0 * i, 0, 20 * i + 10, 10] for i in range(10)])
+    alarms = torch.tensor([[20.0 * i, 50, 20 * i + 10, 60] for i in range(4)])
+    boxes = torch.cat([gt[:8], alarms, gt[8:]])
+    scores = torch.tensor([0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5, 0.45, 0.4, 0.35, 0.3, 0.25])
+
+    class Scripted(torch.nn.Module):
+        def forward(self, imgs):
+            return [{"boxes": boxes, "scores": scores, "labels": torch.ones(14, dtype=torch.long)} for _ in imgs]
+
+    loader = [([torch.zeros(1, 64, 256)], [{"boxes": gt, "labels": torch.ones(10, dtype=torch.long)}])]
+    setup = Setup(torch.device("cpu"), None, 1.0, None)
+    m = evaluate(Scripted(), loader, setup, max_detections=100)
+    assert m["score_threshold"] == pytest.approx(0.55) and m["f1"] == pytest.approx(16 / 18)
+    assert (m["precision"], m["recall"]) == (pytest.approx(1.0), pytest.approx(0.8))
+    given = evaluate(Scripted(), loader, setup, max_detections=100, score_threshold=0.3)
+    assert given["score_threshold"] == 0.3 and given["f1"] == pytest.approx(18 / 23)
+
+
 def test_lr_schedule_warms_up_then_follows_the_schedule():
     cfg = C.TrainConfig(epochs=10, warmup_iters=10, warmup_factor=0.1, schedule="step", milestones=(5, 8), gamma=0.1)
     assert lr_factor(cfg, 0, 10) == pytest.approx(0.1)
@@ -305,11 +327,11 @@ def _scripted_evaluate(per_epoch: list[dict]):
     the engine's choice of the best epoch is tested against known numbers."""
     calls = iter(per_epoch)
 
-    def evaluate(model, loader, setup, max_detections):
+    def evaluate(model, loader, setup, max_detections, score_threshold=None):
         m = next(calls)
         return {"map50": m.get("map50", 0.0), "map": 0.0, "map75": 0.0, "map_small": 0.0,
-                "iou_per_pred": 0.0, "iou_per_gt": m.get("iou_per_gt", 0.0), "eval_time_s": 0.1,
-                "eval_img_per_s": 1.0}
+                "iou_per_pred": 0.0, "iou_per_gt": m.get("iou_per_gt", 0.0), "f1": 0.0, "precision": 0.0,
+                "recall": 0.0, "score_threshold": 0.5, "eval_time_s": 0.1, "eval_img_per_s": 1.0}
 
     return evaluate
 

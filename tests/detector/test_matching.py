@@ -1,0 +1,99 @@
+"""detector/matching.py on hand-made detections: the matching COCO does, the AP the evaluator
+reports, and the F1-optimal operating threshold, with values worked out by hand."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from detector import matching
+
+GT = [[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]]
+
+
+def test_one_object_matches_one_detection_the_highest_scored_and_a_miss_stays_missed():
+    # Two detections on object 0 (the lower-scored one overlaps it more), one on object 1 at IoU
+    # exactly 0.5 (its upper half), none on object 2, and a false alarm.
+    boxes = [[0, 0, 10, 10.5], [0, 0, 10, 10], [20, 20, 30, 25], [60, 60, 70, 70]]
+    m = matching.match(boxes, [0.9, 0.8, 0.7, 0.6], GT)
+    assert m.gt_index.tolist() == [0, -1, 1, -1]  # the duplicate is a false positive, whatever its IoU
+    assert np.isnan(m.found_by[2]) and m.found_by[:2].tolist() == [0.9, 0.7]
+    tp, fp, missed = m.at(0.65)
+    assert tp.tolist() == [True, False, True, False] and fp.tolist() == [False, True, False, False]
+    assert missed.tolist() == [False, False, True]
+    tp, fp, missed = m.at(0.75)  # object 1's detection is below the threshold: the object is missed
+    assert tp.sum() == 1 and fp.sum() == 1 and missed.tolist() == [False, True, True]
+
+
+def test_a_detection_matches_only_objects_of_its_class():
+    m = matching.match([[0, 0, 10, 10]], [0.9], [[0, 0, 10, 10]], labels=[2], gt_labels=[1])
+    assert m.gt_index.tolist() == [-1] and np.isnan(m.found_by[0])
+    with pytest.raises(ValueError, match="2 boxes, 1 scores"):
+        matching.match([[0, 0, 1, 1], [0, 0, 1, 1]], [0.5], GT)
+
+
+def test_the_f1_optimal_threshold_by_hand():
+    # Scores and whether each is a true positive, over two images with 4 objects in all:
+    #   0.9 TP, 0.8 FP, 0.7 TP, 0.6 TP, 0.3 FP. Keeping >= 0.6: P 3/4, R 3/4, F1 0.75 (the best:
+    #   >= 0.9 gives P 1, R 1/4, F1 0.4; >= 0.7: P 2/3, R 1/2, F1 0.571; >= 0.3: P 3/5, R 3/4, F1 0.667).
+    a = matching.match([[0, 0, 10, 10], [100, 100, 110, 110], [20, 20, 30, 30]], [0.9, 0.8, 0.7], GT[:2])
+    b = matching.match([[0, 0, 10, 10], [50, 50, 60, 60]], [0.6, 0.3], [[0, 0, 10, 10], [80, 80, 90, 90]])
+    op = matching.operating_point([a, b])
+    assert op.threshold == 0.6 and op.f1 == pytest.approx(0.75) and (op.precision, op.recall) == (0.75, 0.75)
+    at = matching.operating_point([a, b], threshold=0.65)  # a given threshold is applied, not chosen
+    assert at.threshold == 0.65 and at.f1 == pytest.approx(2 * (2 / 3) * 0.5 / (2 / 3 + 0.5))
+    assert matching.operating_point([a, b], threshold=0.95).f1 == 0.0
+    none = matching.operating_point([matching.match([[60, 60, 70, 70]], [0.9], GT)])
+    assert math.isnan(none.threshold) and none.f1 == 0.0  # nothing found: no threshold to choose
+
+
+def test_tied_scores_are_one_point_of_the_curve():
+    # Two detections at 0.5, one TP one FP: a threshold keeps both or neither.
+    m = matching.match([[0, 0, 10, 10], [60, 60, 70, 70]], [0.5, 0.5], GT[:1])
+    c = matching.curve([m])
+    assert c.thresholds.tolist() == [0.5] and c.precision.tolist() == [0.5] and c.recall.tolist() == [1.0]
+
+
+def _random_case(rng, n_images=6, classes=(1, 2)):
+    """Images with 3-8 objects each (two classes), detections near some of them, duplicates and
+    false alarms, with random scores."""
+    preds, gts = [], []
+    for _ in range(n_images):
+        n = rng.integers(3, 9)
+        xy = rng.uniform(0, 200, (n, 2))
+        wh = rng.uniform(6, 20, (n, 2))
+        g = np.c_[xy, xy + wh]
+        gl = rng.choice(classes, n)
+        p, pl = [], []
+        for box, lab in zip(g, gl):
+            for _ in range(rng.integers(0, 3)):  # 0 (a miss), 1 or 2 (a duplicate) detections
+                jitter = rng.normal(0, 2.5, 4)
+                p.append(box + jitter)
+                pl.append(lab if rng.random() > 0.1 else 3 - lab)  # now and then the wrong class
+        for _ in range(rng.integers(0, 3)):  # false alarms
+            q = rng.uniform(0, 200, 2)
+            p.append(np.r_[q, q + rng.uniform(6, 20, 2)])
+            pl.append(rng.choice(classes))
+        p = np.array(p).reshape(-1, 4)
+        p[:, 2:] = np.maximum(p[:, 2:], p[:, :2] + 1)
+        preds.append({"boxes": torch.tensor(p, dtype=torch.float32), "scores": torch.tensor(rng.uniform(0.05, 1, len(p)), dtype=torch.float32),
+                      "labels": torch.tensor(pl, dtype=torch.int64)})
+        gts.append({"boxes": torch.tensor(g, dtype=torch.float32), "labels": torch.tensor(gl, dtype=torch.int64)})
+    return preds, gts
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_average_precision_equals_the_evaluators_map50(seed):
+    """The area under our precision-recall curves is the mAP50 faster_coco_eval reports (the
+    engine's evaluator), on hand-made detections with duplicates, misses, false alarms and wrong classes."""
+    from torchmetrics.detection import MeanAveragePrecision
+
+    preds, gts = _random_case(np.random.default_rng(seed))
+    ref = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="faster_coco_eval",
+                               max_detection_thresholds=[1, 10, 100])
+    ref.update(preds, gts)
+    expected = float(ref.compute()["map_50"])
+    matched = [matching.match(p["boxes"].numpy(), p["scores"].numpy(), g["boxes"].numpy(), p["labels"].numpy(),
+                              g["labels"].numpy()) for p, g in zip(preds, gts)]
+    assert 0.1 < expected < 0.95  # a case with something to get wrong
+    assert matching.average_precision(matched) == pytest.approx(expected, abs=1e-6)
