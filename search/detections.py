@@ -1,44 +1,114 @@
 """Detections to look at: for each arm, its tuned model and its shared-hyperparameter (baseline)
-model drawn on the same few held-out images, ground truth and predictions in two colours.
+model on the same held-out images, every detection marked as a hit or a false alarm and every
+object the model missed, and the precision-recall and F1 curves they come from.
 
-People judge a small-object detector by looking at it. After the search's stages, search.run draws,
-for every arm, one figure RUN_DIR/detections/<arm>.png: a row per model (the arm's tuned
-configuration: the best confirmation run of its best confirmed configuration, `Confirmed.best_run`,
-the model search.export ships; or its best search trial without a confirmation stage; then its first baseline run, when the space has a baseline),
-a column per image (the first `IMAGES` test images, or validation images when there are none).
-Each model is the weights validation chose for that run (`model.pt` of the checkpoint Ray kept:
-search.trainable), run in a Ray task with the trials' resources like search/latency.py. search.report shows the figures.
+People judge a small-object detector by looking at it. After the search's stages, search.run writes,
+for every arm, into RUN_DIR/detections/:
+- `<arm>.png`: a row per model, a column per chosen image. The models: the arm's tuned configuration
+  (the best confirmation run of its best confirmed configuration, `Confirmed.best_run`, the model
+  search.export ships; or its best search trial without a confirmation stage), then its first
+  baseline run, when the space has a baseline. Each model is the weights validation chose for that
+  run (`model.pt` of the checkpoint Ray kept: search.trainable), run in a Ray task with the trials'
+  resources like search/latency.py, on the test images (validation images when there are none; the
+  first POOL of them).
+- Each model's detections at its **operating threshold** (the score that maximised F1 on validation,
+  kept in model.pt: detector/matching.py; its `box_score_thresh` if the file has none) are matched to
+  the ground truth as COCO evaluation matches them at IoU 0.5 (one-to-one, highest score first):
+  true positives, false positives and missed objects are drawn in three colours of the Okabe-Ito
+  palette (distinguishable with the common colour-vision deficiencies) and three line styles, with
+  the counts and the threshold in each panel's title.
+- The images are chosen by a rule written under the figure (`choose_images`): the one with the most
+  objects, the one nearest the median count, and the one where the two models' numbers of found
+  objects differ most (with one model: where it misses most); images without objects only when the
+  set has nothing else.
+- `<arm>_curves.png`: precision against recall at IoU 0.5, and F1 against the score threshold, of
+  each model on the same images, from the same matching; each curve's AP50 is in its legend (COCO's
+  101-point interpolation: the mAP50 the evaluator reports for these images) and each model's
+  operating threshold is marked.
+- `<arm>.json`: what the report writes in words (the images, the rule, each model's threshold and
+  its precision, recall, F1 and AP50 on these images).
+search.report shows them. A failure costs the report its figure, never the search.
 """
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
+from detector import matching
 from search.results import STATUS_FINISHED, TrialRecord, confirmed, ranked
 from search.space import Space
 from search.storage import RunLocation
 
 FOLDER = "detections"
-IMAGES = 3
-SCORE = 0.5  # predictions at or above this score are drawn
-GT_COLOUR, PRED_COLOUR = "lime", "red"
+IMAGES = 3   # images per figure
+POOL = 200   # the images predicted to choose from and to draw the curves on: the first POOL of the set
+# Okabe & Ito's palette: told apart with protanopia, deuteranopia and tritanopia; the line styles differ too.
+KINDS = {"tp": ("#0072B2", "-", "true positive"), "fp": ("#D55E00", "--", "false positive"),
+         "missed": ("#F0E442", ":", "missed object")}
+MODEL_COLOURS = ("tab:blue", "tab:grey")  # tuned, shared: as the study's curves
+RULE = ("Images chosen by rule: the one with the most objects, the one nearest the median count, and the one where "
+        "the models' numbers of found objects differ most (one model: where it misses most); images without "
+        "objects only when there are no others.")
 
 
-def _predict(checkpoint: str, train, images) -> list[dict]:
-    """In a Ray task: the kept model's boxes and scores on `images` (a DecodedDataset)."""
+class Predicted(NamedTuple):
+    """One model's detections on the pool (scores down to its box_score_thresh) and its threshold."""
+
+    detections: list      # per image {"boxes", "scores", "labels"} as numpy arrays
+    threshold: float      # keep detections with score >= this
+    threshold_from: str   # "validation F1" or "box_score_thresh" (the model file has no operating point)
+
+
+def _predict(checkpoint: str, train, images) -> Predicted:
+    """In a Ray task: the kept model's detections on `images` (a DecodedDataset), at the precision
+    of evaluation, and its operating threshold."""
     from detector.data import DetectionDataset
     from detector.engine import detect
     from search.latency import load_kept
 
-    model, cfg, setup = load_kept(checkpoint, train)
-    ds = DetectionDataset(images, cfg.in_channels)
+    kept = load_kept(checkpoint, train)
+    ds = DetectionDataset(images, kept.cfg.in_channels)
     out = []
     for i in range(len(ds)):
-        pred = detect(model, [ds[i][0]], setup.device, setup.amp_dtype)[0]  # the precision of evaluation
-        keep = pred["scores"] >= SCORE
-        out.append({"boxes": pred["boxes"][keep].numpy(), "scores": pred["scores"][keep].numpy()})
-    return out
+        pred = detect(kept.model, [ds[i][0]], kept.setup.device, kept.setup.amp_dtype)[0]
+        out.append({k: pred[k].numpy() for k in ("boxes", "scores", "labels")})
+    if kept.score_threshold is not None:
+        return Predicted(out, kept.score_threshold, "validation F1")
+    return Predicted(out, kept.cfg.box_score_thresh, "box_score_thresh")
+
+
+def match_all(images, predicted: Predicted) -> list[matching.Matched]:
+    """Each image's detections matched to its ground truth (detector/matching.py)."""
+    return [matching.match(d["boxes"], d["scores"], images.boxes[i], d["labels"], images.labels[i])
+            for i, d in enumerate(predicted.detections)]
+
+
+def choose_images(counts: list[int], found: list[list[int]], missed: list[list[int]], k: int = IMAGES
+                  ) -> list[tuple[int, str]]:
+    """(image index, why) for up to `k` images by the module docstring's rule. `counts[i]`: objects
+    in image i; `found[m][i]` / `missed[m][i]`: objects model m found / missed there."""
+    pool = [i for i, c in enumerate(counts) if c > 0] or list(range(len(counts)))
+    chosen: list[tuple[int, str]] = []
+
+    def take(key, why):
+        left = [i for i in pool if i not in {c for c, _ in chosen}]
+        if left and len(chosen) < k:
+            i = max(left, key=key)  # the first of ties: the set's order
+            chosen.append((i, why(i)))
+
+    take(lambda i: counts[i], lambda i: f"most objects ({counts[i]})")
+    median = float(np.median([counts[i] for i in pool])) if pool else 0.0
+    take(lambda i: -abs(counts[i] - median), lambda i: f"nearest the median count {median:g} ({counts[i]})")
+    if len(found) >= 2:
+        take(lambda i: abs(found[0][i] - found[1][i]),
+             lambda i: f"largest disagreement (found {found[0][i]} vs {found[1][i]} of {counts[i]})")
+    elif found:
+        take(lambda i: missed[0][i], lambda i: f"most missed ({missed[0][i]} of {counts[i]})")
+    return chosen
 
 
 def models_to_draw(records: list[TrialRecord], arm: str) -> list[tuple[str, TrialRecord]]:
@@ -58,64 +128,136 @@ def models_to_draw(records: list[TrialRecord], arm: str) -> list[tuple[str, Tria
     return out
 
 
+def summarise(label: str, p: Predicted, matched: list[matching.Matched]) -> dict:
+    """A model's numbers on the pool at its threshold, and its AP50 there."""
+    op = matching.operating_point(matched, p.threshold)
+    masks = [m.at(p.threshold) for m in matched]
+    return {"model": label, "threshold": p.threshold, "threshold_from": p.threshold_from,
+            "true_positives": int(sum(tp.sum() for tp, _, _ in masks)),
+            "false_positives": int(sum(fp.sum() for _, fp, _ in masks)),
+            "missed": int(sum(ms.sum() for _, _, ms in masks)),
+            "precision": op.precision, "recall": op.recall, "f1": op.f1, "ap50": matching.average_precision(matched)}
+
+
 def draw(space: Space, loc: RunLocation, data, records: list[TrialRecord]) -> dict[str, str]:
-    """Draw every arm's figure into RUN_DIR/detections/; return {arm: file name, or why there is none}.
-    `data`: the object-store references of (train, val, test). A failure costs the report its
-    figure, never the search."""
+    """Draw every arm's figures into RUN_DIR/detections/; return {arm: file name, or why there is none}.
+    `data`: the object-store references of (train, val, test)."""
     import ray
 
     train_ref, val_ref, test_ref = (*data, None)[:3]
     which = "test" if test_ref is not None else "validation"
-    pool = ray.get(test_ref if test_ref is not None else val_ref)
-    shown = pool.subset(range(min(IMAGES, len(pool))))
+    whole = ray.get(test_ref if test_ref is not None else val_ref)
+    pool = whole.subset(range(min(POOL, len(whole))))
+    pool_ref = ray.put(pool)
     task = ray.remote(num_cpus=space.cpu, num_gpus=space.gpu)(_predict)
     folder = loc.local / FOLDER
     folder.mkdir(exist_ok=True)
-    out = {}
+    out, written = {}, []
     for arm in space.arms:
-        rows = []
+        models = []
         for label, rec in models_to_draw(records, arm.name):
             kept = loc.checkpoints(Path(rec.path))
             if not kept:
                 continue
             try:
-                rows.append((label, ray.get(task.remote(kept[-1], train_ref, shown))))
+                p = ray.get(task.remote(kept[-1], train_ref, pool_ref))
             except Exception as e:  # noqa: BLE001 - a figure is never worth the search's results
                 out[arm.name] = f"{label}: {type(e).__name__}: {e}"[:300]
-        if rows:
-            name = f"{arm.name}.png"
-            figure(shown, rows, f"{arm.name}: {which} images; ground truth {GT_COLOUR}, predictions (score >= "
-                                f"{SCORE}) {PRED_COLOUR}", folder / name)
-            out[arm.name] = name
-    loc.push([f"{FOLDER}/{n}" for n in out.values() if n.endswith(".png")])
+                continue
+            models.append((label, p, match_all(pool, p)))
+        if not models:
+            continue
+        counts = [len(b) for b in pool.boxes]
+        masks = [[m.at(p.threshold) for m in matched] for _, p, matched in models]
+        found = [[int(tp.sum()) for tp, _, _ in mm] for mm in masks]
+        missed = [[int(ms.sum()) for _, _, ms in mm] for mm in masks]
+        chosen = choose_images(counts, found, missed)
+        summary = {"arm": arm.name, "images": which, "pool": len(pool), "of": len(whole), "rule": RULE,
+                   "chosen": [{"image_id": int(pool.image_ids[i]), "file_name": str(pool.file_names[i]), "why": why}
+                              for i, why in chosen],
+                   "models": [summarise(label, p, matched) for label, p, matched in models]}
+        where = f"{which} images" + (f" (the first {len(pool)} of {len(whole)})" if len(pool) < len(whole) else "")
+        figure(pool, chosen, [(label, p.threshold, p.detections, mm) for (label, p, _), mm in zip(models, masks)],
+               f"{arm.name}: {where}, each model at its operating threshold; IoU 0.5", folder / f"{arm.name}.png")
+        curves(models, summary["models"], f"{arm.name}: {len(pool)} {where}", folder / f"{arm.name}_curves.png")
+        (folder / f"{arm.name}.json").write_text(json.dumps(summary, indent=1))
+        written += [f"{arm.name}.png", f"{arm.name}_curves.png", f"{arm.name}.json"]
+        out[arm.name] = f"{arm.name}.png"
+    loc.push([f"{FOLDER}/{n}" for n in written])
     return out
 
 
-def figure(images, rows: list[tuple[str, list[dict]]], title: str, path: Path) -> None:
-    """One row per model, one column per image: the image, its ground-truth boxes and the model's."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def figure(images, chosen: list[tuple[int, str]], rows: list[tuple[str, float, list, list]], title: str,
+           path: Path) -> None:
+    """One row per model, one column per chosen image: the image, its hits, false alarms and misses.
+    `rows`: (label, threshold, per image of `images` its detections and its (tp, fp, missed) masks)."""
+    from matplotlib.lines import Line2D
     from matplotlib.patches import Rectangle
 
-    n = len(images)
-    fig, axes = plt.subplots(len(rows), n, figsize=(3.2 * n, 3.4 * len(rows)), squeeze=False)
-    for r, (label, preds) in enumerate(rows):
-        for c in range(n):
+    plt = _pyplot()
+    n = max(len(chosen), 1)
+    fig, axes = plt.subplots(len(rows), n, figsize=(3.4 * n, 3.5 * len(rows) + 0.6), squeeze=False)
+    for r, (label, threshold, dets, masks) in enumerate(rows):
+        for c, (i, why) in enumerate(chosen):
             ax = axes[r][c]
-            img = images.images[c].astype(np.float32)
-            lo, hi = images.ranges[c]
+            img = images.images[i].astype(np.float32)
+            lo, hi = images.ranges[i]
             ax.imshow(np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1), cmap="gray", vmin=0, vmax=1)
-            for boxes, colour, lw in ((images.boxes[c], GT_COLOUR, 1.2), (preds[c]["boxes"], PRED_COLOUR, 0.9)):
+            tp, fp, missed = masks[i]
+            # False positives last: a duplicate on a found object stays visible over its hit.
+            for kind, boxes in (("missed", images.boxes[i][missed]), ("tp", dets[i]["boxes"][tp]),
+                                ("fp", dets[i]["boxes"][fp])):
+                colour, style, _ = KINDS[kind]
                 for x0, y0, x1, y1 in boxes:
-                    ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec=colour, lw=lw))
+                    ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec=colour, ls=style,
+                                           lw=1.8 if kind == "missed" else 1.3))
             ax.set_xticks([])
             ax.set_yticks([])
-            ax.set_title(f"{len(images.boxes[c])} objects, {len(preds[c]['boxes'])} detections", fontsize=8)
+            head = f"image {images.image_ids[i]}: {why}\n" if r == 0 else ""
+            ax.set_title(f"{head}TP {int(tp.sum())} · FP {int(fp.sum())} · missed {int(missed.sum())} "
+                         f"(score ≥ {threshold:.2f})", fontsize=7)
             if c == 0:
                 ax.set_ylabel(label, fontsize=8)
+    handles = [Line2D([], [], color=colour, ls=style, lw=1.6, label=name) for colour, style, name in KINDS.values()]
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False, bbox_to_anchor=(0.5, 0.035))
     fig.suptitle(title, fontsize=9)
+    fig.text(0.5, 0.0, RULE, ha="center", va="bottom", fontsize=6, wrap=True)
+    fig.tight_layout(rect=(0, 0.09, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def curves(models: list[tuple[str, Predicted, list]], numbers: list[dict], title: str, path: Path) -> None:
+    """Precision against recall and F1 against score threshold, one line per model on each axis."""
+    plt = _pyplot()
+    fig, (pr, f1) = plt.subplots(1, 2, figsize=(9, 3.8))
+    for (label, p, matched), num, colour in zip(models, numbers, MODEL_COLOURS):
+        c = matching.curve(matched)
+        name = label.split(" (")[0]
+        ap = f"AP50 {num['ap50']:.3f}" if math.isfinite(num["ap50"]) else "no objects"
+        pr.plot(np.r_[0, c.recall], np.r_[1, c.precision], color=colour, lw=1.6, drawstyle="steps-post",
+                label=f"{name}: {ap}")
+        pr.plot(num["recall"], num["precision"], "o", color=colour, ms=6)
+        f1.plot(c.thresholds, c.f1, color=colour, lw=1.6, label=f"{name}: F1 {num['f1']:.3f} at {p.threshold:.2f} "
+                f"({p.threshold_from})")
+        f1.axvline(p.threshold, color=colour, ls=":", lw=1)
+    pr.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title="precision-recall (IoU 0.5)")
+    f1.set(xlabel="score threshold", ylabel="F1", xlim=(0, 1), ylim=(0, 1.02), title="F1 against score threshold")
+    for ax in (pr, f1):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="lower left")
+    fig.suptitle(f"{title}; dots and dotted lines: each model's operating threshold (legend: where it is from)",
+                 fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=110)
     plt.close(fig)

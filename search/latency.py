@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 from search.results import TrialRecord, ranked
 from search.space import Space
@@ -22,9 +23,16 @@ LATENCY_FILE = "latency.json"
 REPEATS = 20
 
 
-def load_kept(checkpoint: str, train):
-    """In a Ray task: (model in eval mode, its configuration, its Setup) from the validation-best
-    weights (`model.pt`) of a checkpoint Ray kept, on this node's GPU if it has one."""
+class Kept(NamedTuple):
+    model: object                  # in eval mode
+    cfg: object                    # its TrainConfig
+    setup: object                  # its engine Setup on this node's device
+    score_threshold: float | None  # its operating threshold (detector.engine.LoadedModel)
+
+
+def load_kept(checkpoint: str, train) -> Kept:
+    """In a Ray task: the model in the validation-best weights (`model.pt`) of a checkpoint Ray
+    kept, on this node's GPU if it has one."""
     import torch
     from ray import tune
 
@@ -34,8 +42,8 @@ def load_kept(checkpoint: str, train):
     with tune.Checkpoint(checkpoint).as_directory() as d:
         if not (Path(d) / MODEL_FILE).exists():
             raise FileNotFoundError(f"{checkpoint}: no {MODEL_FILE} (no epoch of the trial had a finite metric)")
-        model, cfg = model_from_checkpoint(Path(d) / MODEL_FILE, device)[:2]
-    return model, cfg, Setup.create(cfg, train, device)
+        loaded = model_from_checkpoint(Path(d) / MODEL_FILE, device)
+    return Kept(loaded.model, loaded.cfg, Setup.create(loaded.cfg, train, device), loaded.score_threshold)
 
 
 def _measure(checkpoint: str, train, val, repeats: int) -> dict:
@@ -43,7 +51,7 @@ def _measure(checkpoint: str, train, val, repeats: int) -> dict:
     from detector.data import DetectionDataset
     from detector.engine import latency_ms
 
-    model, cfg, setup = load_kept(checkpoint, train)
+    model, cfg, setup, _ = load_kept(checkpoint, train)
     image = DetectionDataset(val, cfg.in_channels)[0][0]
     return {**latency_ms(model, image, setup, repeats=repeats), "device": str(setup.device)}
 

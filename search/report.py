@@ -12,6 +12,7 @@ is drawn; the numbers are search/stats.py's, the figures search/figures.py's.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import shutil
 import sys
@@ -116,13 +117,16 @@ def study_section(records: list[TrialRecord], info: dict, metric: str, tmp: Path
         scored_on = ("**Scored on the validation images that selected the configurations** (this run has no test "
                      "images: set `test_data` or `fixed.test_fraction`): the figures below are optimistic, and more "
                      "so for arms that had more trials.")
-    md = ["## Shared hyperparameters against a search per arm", "", scored_on, ""]
     rows = stats.study_rows(records)
     drawn: list[str] = []
-    if not rows:
-        md += ["No arm has both a shared-hyperparameter baseline and a confirmed tuned configuration, so the "
-               "study's comparison cannot be made (a space needs `baseline:` and `confirm:` sections).", ""]
-        return md, drawn
+    if not rows:  # one line, and the report goes on with what the run has
+        has = {r.stage for r in records}
+        lacks = [f"`{s}:`" for s in ("baseline", "confirm") if s not in has]
+        why = (f"its space has no {' and no '.join(lacks)} section" if lacks else
+               "no arm has both a finished baseline and a confirmed tuned configuration yet")
+        return [f"This run does not compare shared hyperparameters with a search per arm ({why}); the search's "
+                f"conclusion follows.", ""], drawn
+    md = ["## Shared hyperparameters against a search per arm", "", scored_on, ""]
     pairs = stats.flipped_pairs(rows)
     tau = stats.kendall_tau([r["base_mean"] for r in rows], [r["tuned_mean"] for r in rows])
     which = "test" if tested else "validation"
@@ -153,19 +157,53 @@ def study_section(records: list[TrialRecord], info: dict, metric: str, tmp: Path
         figures.fig_study_curves(records, r, tmp / name)
         drawn.append(name)
         md.append(f"![{r['arm']}]({name})")
-    shots = sorted((run_dir / detections.FOLDER).glob("*.png")) if (run_dir / detections.FOLDER).is_dir() else []
-    if shots:
-        md += ["", f"### Detections ({'test' if n_test else 'validation'} images)", ""]
-        for f in shots:
-            shutil.copy(f, tmp / f"detections_{f.name}")
-            drawn.append(f"detections_{f.name}")
-            md.append(f"![{f.stem}](detections_{f.name})")
     md.append("")
+    return md, drawn
+
+
+def detections_section(run_dir: Path, arms: list[str], tmp: Path) -> tuple[list[str], list[str]]:
+    """Each arm's detection figures (search/detections.py), its curves and their numbers in words."""
+    folder = run_dir / detections.FOLDER
+    md, drawn = [], []
+    for arm in arms:
+        f = folder / f"{arm}.json"
+        if not f.exists() or not (folder / f"{arm}.png").exists():
+            continue
+        s = json.loads(f.read_text())
+        if not md:
+            md = ["## Detections", "",
+                  "Each model at its operating threshold: the score that maximised F1 on the validation images at "
+                  "the epoch its weights are from (`score_threshold` in its model file; detector.predict applies it). "
+                  "Its detections are matched one-to-one to the objects at IoU 0.5, highest score first, as COCO "
+                  "evaluation matches: true positives blue and solid, false positives vermillion and dashed, missed "
+                  "objects yellow and dotted.", ""]
+        pool = f"{s['pool']} {s['images']} images" + (f" (the first {s['pool']} of {s['of']})" if s["pool"] < s["of"] else "")
+        md += [f"### {arm}: on {pool}", "",
+               "| model | threshold (from) | true positives | false positives | missed | precision | recall | F1 | "
+               "AP50 |", "|---|---|---|---|---|---|---|---|---|"]
+        for m in s["models"]:
+            md.append(f"| {m['model']} | {m['threshold']:.3f} ({m['threshold_from']}) | {m['true_positives']} | "
+                      f"{m['false_positives']} | {m['missed']} | {m['precision']:.3f} | {m['recall']:.3f} | "
+                      f"{m['f1']:.3f} | {_fmt(m['ap50'], '.3f')} |")
+        for name in (f"{arm}.png", f"{arm}_curves.png"):
+            if (folder / name).exists():
+                shutil.copy(folder / name, tmp / f"detections_{name}")
+                drawn.append(f"detections_{name}")
+                md += ["", f"![{name.removesuffix('.png')}](detections_{name})"]
+        md += ["", s["rule"] + " Shown: " + "; ".join(f"image {c['image_id']}, {c['why']}" for c in s["chosen"]) + ".",
+               ""]
     return md, drawn
 
 
 # ----------------------------------------------------------------------------------------------
 # The report
+
+
+def _images(info: dict, split: str) -> str:
+    """'the 12 validation images' (run.json's counts; runs that lack them: without the number)."""
+    name = {"val": "validation", "test": "test", "train": "training"}[split]
+    n = info.get(f"{split}_images")
+    return f"the {n} {name} images" if n is not None else f"the {name} images"
 
 
 def _fmt(v, spec=".4f") -> str:
@@ -210,8 +248,12 @@ def write_report(run_dir: Path, out: Path) -> dict:
     md += study_md
     drawn += study_figs
     summary_line = conclusion(rows, metric)
-    md += ["## Conclusion of the search", "", summary_line, ""]
-    md += ["## Arms compared", "",
+    val = _images(info, "val")
+    md += ["## Conclusion of the search", "", f"On {val}, which chose the configurations.", "", summary_line, ""]
+    det_md, det_figs = detections_section(run_dir, arms, tmp)
+    md += det_md
+    drawn += det_figs
+    md += ["## Arms compared", "", f"Validation metrics ({val}) of each arm's best trial, and what it cost.", "",
            f"| arm | best {metric} | mean ± sd over seeds | map | map_small | epochs to 95% | s/epoch | train img/s | "
            "inference ms | params total (M) | trainable (M) | peak mem (MiB): best / any run | trials run / stopped / failed |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -223,11 +265,13 @@ def write_report(run_dir: Path, out: Path) -> dict:
                   f"{_fmt(r.get('params_total', math.nan) / 1e6, '.2f')} | "
                   f"{_fmt(r.get('params_trainable', math.nan) / 1e6, '.2f')} | {_fmt(r.get('peak_mem_mb'), '.0f')} / {_fmt(r.get('arm_peak_mem_mb'), '.0f')} | "
                   f"{r['trials']} / {r['stopped']} / {r['failed']} |")
-    md += ["", "## Learning curves", ""] + [f"![{k}]({k.replace(' ', '_')})" for k in drawn[:4]]
-    md += ["", "## Accuracy against cost", "", "![latency](cost_latency.png) ![params](cost_params.png)", "",
+    md += ["", "## Learning curves", "", f"Every search trial's training loss and its metrics on {val}, per epoch.",
+           ""] + [f"![{k}]({k.replace(' ', '_')})" for k in drawn[:4]]
+    md += ["", "## Accuracy against cost", "", f"Each arm's best {metric} on {val} against its latency and size.", "",
+           "![latency](cost_latency.png) ![params](cost_params.png)", "",
            f"Pareto front (latency): {', '.join(front_lat) or '-'}. Pareto front (parameters): {', '.join(front_par) or '-'}.",
            "", latency_note(rows), ""]
-    md += ["## Inside each arm", ""]
+    md += ["## Inside each arm", "", f"The search's trials of each arm, scored on {val}.", ""]
     for arm in arms:
         mine = ranked(records, arm)
         if not mine:
@@ -246,7 +290,7 @@ def write_report(run_dir: Path, out: Path) -> dict:
             drawn.append(name)
             md.append(f"\n![{arm}]({name})")
         md.append("")
-    md += ["## Early stopping", "", "| arm | rung (epoch) | stopped there | continued to the end | "
+    md += ["## Early stopping", "", f"ASHA's rungs, on {val}.", "", "| arm | rung (epoch) | stopped there | continued to the end | "
            f"rank correlation of rung {metric} with final best |", "|---|---|---|---|---|"]
     for e in stats.rung_analysis(records, metric, rungs):
         md.append(f"| {e['arm']} | {e['rung']} | {e['stopped']} | {e['continued']} | {_fmt(e['spearman'], '.2f')} |")

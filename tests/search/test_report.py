@@ -80,7 +80,8 @@ def handmade(tmp_path):
     run.mkdir()
     (run / "run.json").write_text(json.dumps({"name": "hand", "metric": "map50", "max_epochs": 4, "strategy":
                                               "per-architecture", "arms": ["A", "B"], "data": "x.json",
-                                              "data_fingerprint": "abc", "test_images": 5, "stages_share_queue": True,
+                                              "data_fingerprint": "abc", "test_images": 5, "val_images": 8,
+                                              "stages_share_queue": True,
                                               "versions": {"torch": "x"}}))
     (run / "space.yaml").write_text("budget: {max_epochs: 4, grace_period: 1, reduction_factor: 2}\n")
     _trial(run, "trials", "A", "a1", [0.2, 0.5, 0.7, 0.8], params=41_290_000)
@@ -171,6 +172,42 @@ def test_without_test_images_the_report_says_what_scored_it(handmade):
     assert "**Scored on the validation images that selected the configurations**" in text.split("## ")[1]
     rows = {r["arm"]: r for r in study_rows(res["records"])}
     assert rows["A"]["tuned"] == [0.76, 0.80] and rows["A"]["base"] == [0.6, 0.6]
+
+
+def test_a_run_without_a_baseline_says_so_in_one_line_and_opens_with_the_search_s_conclusion(handmade):
+    _drop_stage(handmade, "baseline")
+    report.write_report(handmade, handmade / "report")
+    text = (handmade / "report" / "report.md").read_text()
+    head, *sections = text.split("\n## ")
+    assert head.strip().endswith("This run does not compare shared hyperparameters with a search per arm (its "
+                                 "space has no `baseline:` section); the search's conclusion follows.")
+    assert sections[0].startswith("Conclusion of the search\n\nOn the 8 validation images, which chose the "
+                                  "configurations.\n\nBest arm on validation: **A**")
+    # Every section says which images its numbers are from, and how many.
+    for s in sections:
+        if not s.startswith("Failed trials"):
+            assert "the 8 validation images" in s, s.splitlines()[0]
+
+
+def test_the_detections_section_gives_each_model_s_threshold_numbers_and_images(handmade):
+    folder = handmade / "detections"
+    folder.mkdir()
+    for name in ("A.png", "A_curves.png"):
+        (folder / name).write_bytes(PNG_MAGIC + b"figure")
+    (folder / "A.json").write_text(json.dumps({
+        "arm": "A", "images": "test", "pool": 5, "of": 5, "rule": "Images chosen by rule: most objects first.",
+        "chosen": [{"image_id": 12, "file_name": "x.png", "why": "most objects (9)"}],
+        "models": [{"model": "tuned (trial a1, seed 1000)", "threshold": 0.4213, "threshold_from": "validation F1",
+                    "true_positives": 7, "false_positives": 2, "missed": 3, "precision": 7 / 9, "recall": 0.7,
+                    "f1": 0.7368, "ap50": 0.6523}]}))
+    res = report.write_report(handmade, handmade / "report")
+    text = (handmade / "report" / "report.md").read_text()
+    section = text.split("\n## Detections\n")[1].split("\n## ")[0]
+    assert "### A: on 5 test images" in section and "operating threshold" in section
+    assert "| tuned (trial a1, seed 1000) | 0.421 (validation F1) | 7 | 2 | 3 | 0.778 | 0.700 | 0.737 | 0.652 |" in section
+    assert "Images chosen by rule: most objects first. Shown: image 12, most objects (9)." in section
+    assert {"detections_A.png", "detections_A_curves.png"} <= set(res["figures"])
+    assert text.index("## Detections") > text.index("## Conclusion of the search")
 
 
 def test_export_takes_the_confirmation_s_ranking_unless_told_otherwise(handmade, tmp_path):

@@ -136,17 +136,20 @@ def test_the_weights_validation_chose_are_kept_and_score_what_was_recorded(study
 @pytest.mark.slow
 def test_without_test_images_each_arm_s_detections_are_drawn_on_validation_images(study_run, monkeypatch):
     """search.detections.draw on the study run's kept models, handed no test images (a run without
-    them): each arm's figure shows the first validation images, a row for its tuned model (the best
-    confirmation run's, the model search.export ships) and one for its baseline, each with its predictions."""
+    them): each arm's figure has a row for its tuned model (the best confirmation run's, the model
+    search.export ships) and one for its baseline, each at the operating threshold its model file
+    carries; the images follow the rule (most objects first, then the median count); and the AP50 of
+    the figure's matching on the validation images is the evaluator's mAP50 that chose the epoch."""
+    from detector.engine import MODEL_FILE, load_checkpoint
     from search import detections
     from search.results import confirmed
     from search.storage import RunLocation
 
     drawn, real_figure = {}, detections.figure
 
-    def figure(images, rows, title, path):
-        drawn[path.name] = (list(map(int, images.image_ids)), rows, title)
-        real_figure(images, rows, title, path)
+    def figure(images, chosen, rows, title, path):
+        drawn[path.name] = (chosen, rows, title)
+        real_figure(images, chosen, rows, title, path)
 
     monkeypatch.setattr(detections, "figure", figure)
     monkeypatch.setattr(detections, "FOLDER", "detections-without-test")  # not the run's own figures
@@ -159,15 +162,31 @@ def test_without_test_images_each_arm_s_detections_are_drawn_on_validation_image
     finally:
         ray.shutdown()
     assert out == {arm.name: f"{arm.name}.png" for arm in space.arms}
+    counts = [len(b) for b in splits.val.boxes]
+    folder = run_dir / "detections-without-test"
     for arm in space.arms:
-        ids, rows, title = drawn[f"{arm.name}.png"]
-        assert ids == list(map(int, splits.val.image_ids))[:detections.IMAGES] and "validation images" in title
+        chosen, rows, title = drawn[f"{arm.name}.png"]
+        assert "validation images" in title
+        assert counts[chosen[0][0]] == max(counts) and f"most objects ({max(counts)})" == chosen[0][1]
+        assert len(chosen) == min(detections.IMAGES, sum(c > 0 for c in counts))
         best = confirmed(records, arm.name)[0]
-        assert [label.split(" (")[0] for label, _ in rows] == ["tuned", "shared hyperparameters"]
-        assert f"trial {best.source.trial_id}, seed {best.best_run().config['seed']}" in rows[0][0]
+        runs = [best.best_run(), min((r for r in records if r.stage == "baseline" and r.arm == arm.name),
+                                     key=lambda r: r.config["seed"])]
+        assert [label.split(" (")[0] for label, *_ in rows] == ["tuned", "shared hyperparameters"]
+        assert f"trial {best.source.trial_id}, seed {runs[0].config['seed']}" in rows[0][0]
         assert "seed 1000" in rows[1][0]
-        assert all(len(preds) == len(ids) for _, preds in rows)  # one prediction per image shown
-        assert (run_dir / "detections-without-test" / f"{arm.name}.png").read_bytes()[:4] == b"\x89PNG"
+        summary = json.loads((folder / f"{arm.name}.json").read_text())
+        assert summary["images"] == "validation" and summary["pool"] == len(splits.val)
+        for run, (label, threshold, dets, masks), numbers in zip(runs, rows, summary["models"]):
+            kept = sorted(Path(run.path).glob("checkpoint_*"))[-1] / MODEL_FILE
+            assert threshold == load_checkpoint(kept)["score_threshold"] == run.at_best()["score_threshold"]
+            assert len(dets) == len(masks) == len(splits.val)  # every image predicted, not only those shown
+            # The same weights, images and matching rule as the epoch's validation: the same numbers.
+            assert numbers["ap50"] == pytest.approx(run.best, abs=1e-5), label
+            assert numbers["f1"] == pytest.approx(run.at_best()["f1"], abs=1e-6), label
+            assert numbers["true_positives"] + numbers["missed"] == sum(counts)
+        assert (folder / f"{arm.name}.png").read_bytes()[:4] == b"\x89PNG"
+        assert (folder / f"{arm.name}_curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.slow
@@ -216,6 +235,12 @@ def test_export_ships_the_models_validation_chose(searched, tmp_path, capsys):
         assert shipped["export"]["value"] == chosen.best and shipped["epoch"] == chosen.best_epoch
         loaded = engine.model_from_checkpoint(tmp_path / "exp" / f"{arm}.pt")
         assert loaded.cfg.backbone == "resnet18" and loaded.categories() == [{"id": 1, "name": "object"}]
+        # The configuration carries the shipped model's operating threshold (none: it found nothing).
+        assert ("operating_point" in meta) == (loaded.score_threshold is not None), arm
+        if loaded.score_threshold is not None:
+            op = meta["operating_point"]
+            assert op["score_threshold"] == round(loaded.score_threshold, 4) and op["chosen_on"] == "validation"
+            assert op["f1"] == round(chosen.at_best()["f1"], 4) and "test_f1" in op
     best = yaml.safe_load((tmp_path / "exp" / "best.yaml").read_text())["search"]
     assert engine.load_checkpoint(tmp_path / "exp" / "best.pt")["export"]["source_trial"] == best["trial_id"]
     export.export(run_dir, tmp_path / "searched", source="search")
