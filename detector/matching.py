@@ -6,21 +6,36 @@ detections are taken highest score first; each takes, among the ground-truth obj
 that no earlier detection took, the one it overlaps most, if that IoU is at least `iou`; otherwise
 it is a false positive. So a box matches at most one detection (a duplicate is a false positive) and
 an object no detection took is a miss. `average_precision` then interpolates precision at 101
-recall points as COCO does, so its mean over classes is the evaluator's mAP at that IoU.
+recall points as COCO does, so its mean over classes is the evaluator's mAP at that IoU: by default
+at the recall points of the engine's evaluator (torchmetrics, `evaluator_recall_points`), or at
+pycocotools' own (`COCO_RECALL_POINTS`); the two differ only where a class's recall is exactly k/100.
 
 The engine scores every validation epoch with it (`operating_point`: the score threshold that
 maximises F1, which becomes the model's `score_threshold`); search/detections.py draws its matches
-and curves; detector.predict applies the threshold. numpy only.
+and curves; detector.predict applies the threshold. numpy (torch only for the evaluator's points).
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Iterable, NamedTuple
 
 import numpy as np
 
 IOU = 0.5  # the study's metric is mAP50: matching at IoU 0.5
-RECALL_POINTS = np.linspace(0.0, 1.0, 101)  # COCO's recall thresholds
+COCO_RECALL_POINTS = np.linspace(0.0, 1.0, 101)  # pycocotools' recall thresholds (float64)
+
+
+@functools.lru_cache(maxsize=1)
+def evaluator_recall_points() -> np.ndarray:
+    """The recall thresholds of the engine's evaluator: torchmetrics' MeanAveragePrecision takes
+    them from `torch.linspace(0, 1, 101)`, in float32 (0.07 is 0.07000000029802322), so where a
+    class's recall is exactly k/100 it reads the next point of the curve, where pycocotools reads
+    this one. The figures use these, so that their AP50 is the mAP50 the search reported."""
+    import torch
+
+    return np.array(torch.linspace(0.0, 1.0, 101).tolist())
+
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -115,22 +130,24 @@ def curve(images: Iterable[Matched], label: int | None = None) -> Curve:
     return Curve(s[last_of_tie], prec[last_of_tie], rec[last_of_tie], n)
 
 
-def _ap(c: Curve) -> float:
-    """COCO's 101-point interpolated AP of one class's curve; nan for a class without objects."""
+def _ap(c: Curve, points: np.ndarray) -> float:
+    """COCO's interpolated AP of one class's curve at recall `points`; nan for a class without objects."""
     if not c.n_objects:
         return math.nan
     if not len(c.recall):
         return 0.0
     envelope = np.maximum.accumulate(c.precision[::-1])[::-1]  # best precision at this recall or more
-    idx = np.searchsorted(c.recall, RECALL_POINTS, side="left")
+    idx = np.searchsorted(c.recall, points, side="left")
     return float(np.where(idx < len(envelope), envelope[np.minimum(idx, len(envelope) - 1)], 0.0).mean())
 
 
-def average_precision(images: list[Matched]) -> float:
+def average_precision(images: list[Matched], recall_points: np.ndarray | None = None) -> float:
     """Mean over classes with objects of each class's AP at the matching's IoU (COCO's mAP at that
-    IoU, as `detector.engine.evaluate` reports it); nan when no image has an object."""
+    IoU: by default as `detector.engine.evaluate` reports it, see the module docstring); nan when no
+    image has an object."""
+    points = evaluator_recall_points() if recall_points is None else recall_points
     classes = sorted({int(x) for m in images for x in m.gt_labels})
-    aps = [_ap(curve(images, c)) for c in classes]
+    aps = [_ap(curve(images, c), points) for c in classes]
     return float(np.mean(aps)) if aps else math.nan
 
 

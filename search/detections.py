@@ -231,7 +231,7 @@ def figure(images, chosen: list[tuple[int, str]], rows: list[tuple[str, float, l
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False, bbox_to_anchor=(0.5, 0.035))
     fig.suptitle(title, fontsize=9)
     fig.text(0.5, 0.0, RULE, ha="center", va="bottom", fontsize=6, wrap=True)
-    fig.tight_layout(rect=(0, 0.09, 1, 1))
+    fig.tight_layout(rect=(0, 0.09, 1, 0.95))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -244,8 +244,7 @@ def curves(models: list[tuple[str, Predicted, list]], numbers: list[dict], title
         c = matching.curve(matched)
         name = label.split(" (")[0]
         ap = f"AP50 {num['ap50']:.3f}" if math.isfinite(num["ap50"]) else "no objects"
-        pr.plot(np.r_[0, c.recall], np.r_[1, c.precision], color=colour, lw=1.6, drawstyle="steps-post",
-                label=f"{name}: {ap}")
+        pr.plot(c.recall, c.precision, color=colour, lw=1.6, label=f"{name}: {ap}")
         pr.plot(num["recall"], num["precision"], "o", color=colour, ms=6)
         f1.plot(c.thresholds, c.f1, color=colour, lw=1.6, label=f"{name}: F1 {num['f1']:.3f} at {p.threshold:.2f} "
                 f"({p.threshold_from})")

@@ -54,12 +54,12 @@ def test_tied_scores_are_one_point_of_the_curve():
     assert c.thresholds.tolist() == [0.5] and c.precision.tolist() == [0.5] and c.recall.tolist() == [1.0]
 
 
-def _random_case(rng, n_images=6, classes=(1, 2)):
-    """Images with 3-8 objects each (two classes), detections near some of them, duplicates and
-    false alarms, with random scores."""
+def _random_case(rng, n_images=6, classes=(1, 2), objects=None):
+    """Images with 3-8 objects each (or `objects`), of two classes, detections near some of them,
+    duplicates and false alarms, with random scores."""
     preds, gts = [], []
     for _ in range(n_images):
-        n = rng.integers(3, 9)
+        n = objects or rng.integers(3, 9)
         xy = rng.uniform(0, 200, (n, 2))
         wh = rng.uniform(6, 20, (n, 2))
         g = np.c_[xy, xy + wh]
@@ -82,18 +82,66 @@ def _random_case(rng, n_images=6, classes=(1, 2)):
     return preds, gts
 
 
+def _evaluators_map50(preds, gts) -> float:
+    """mAP50 as the engine computes it: torchmetrics with the faster_coco_eval backend."""
+    from torchmetrics.detection import MeanAveragePrecision
+
+    ref = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="faster_coco_eval",
+                               max_detection_thresholds=[1, 10, 100])
+    ref.update(preds, gts)
+    return float(ref.compute()["map_50"])
+
+
+def _pycocotools_map50(preds, gts) -> float:
+    """mAP50 of pycocotools' COCOeval on the same boxes, written as COCO files."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    xywh = lambda b: [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])]  # noqa: E731
+    anns, dets = [], []
+    for i, (p, g) in enumerate(zip(preds, gts), 1):
+        for b, c in zip(g["boxes"].tolist(), g["labels"].tolist()):
+            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": c, "bbox": xywh(b), "iscrowd": 0,
+                         "area": (b[2] - b[0]) * (b[3] - b[1])})
+        for b, c, sc in zip(p["boxes"].tolist(), p["labels"].tolist(), p["scores"].tolist()):
+            dets.append({"image_id": i, "category_id": c, "bbox": xywh(b), "score": sc})
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = {"images": [{"id": i} for i in range(1, len(gts) + 1)], "annotations": anns,
+                      "categories": [{"id": 1}, {"id": 2}]}
+        gt.createIndex()
+        e = COCOeval(gt, gt.loadRes(dets), "bbox")
+        e.evaluate()
+        e.accumulate()
+        e.summarize()
+    return float(e.stats[1])
+
+
+def _matched(preds, gts):
+    return [matching.match(p["boxes"].numpy(), p["scores"].numpy(), g["boxes"].numpy(), p["labels"].numpy(),
+                           g["labels"].numpy()) for p, g in zip(preds, gts)]
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_average_precision_equals_the_evaluators_map50(seed):
     """The area under our precision-recall curves is the mAP50 faster_coco_eval reports (the
     engine's evaluator), on hand-made detections with duplicates, misses, false alarms and wrong classes."""
-    from torchmetrics.detection import MeanAveragePrecision
-
     preds, gts = _random_case(np.random.default_rng(seed))
-    ref = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="faster_coco_eval",
-                               max_detection_thresholds=[1, 10, 100])
-    ref.update(preds, gts)
-    expected = float(ref.compute()["map_50"])
-    matched = [matching.match(p["boxes"].numpy(), p["scores"].numpy(), g["boxes"].numpy(), p["labels"].numpy(),
-                              g["labels"].numpy()) for p, g in zip(preds, gts)]
+    expected = _evaluators_map50(preds, gts)
     assert 0.1 < expected < 0.95  # a case with something to get wrong
-    assert matching.average_precision(matched) == pytest.approx(expected, abs=1e-6)
+    assert matching.average_precision(_matched(preds, gts)) == pytest.approx(expected, abs=1e-6)
+
+
+def test_at_a_recall_of_exactly_k_in_100_the_evaluator_and_pycocotools_differ_and_both_are_reproduced():
+    """Four images of 10 objects of one class: recall steps of 1/40 land on the 101 recall points.
+    torchmetrics takes those points from a float32 linspace, pycocotools from a float64 one, and
+    their mAP50 differ; with each one's points our AP is each one's number."""
+    preds, gts = _random_case(np.random.default_rng(4), n_images=4, classes=(1,), objects=10)
+    ours, theirs, coco = (matching.average_precision(_matched(preds, gts)), _evaluators_map50(preds, gts),
+                          _pycocotools_map50(preds, gts))
+    assert abs(theirs - coco) > 1e-3  # the two references disagree here
+    assert ours == pytest.approx(theirs, abs=1e-6)
+    assert matching.average_precision(_matched(preds, gts), matching.COCO_RECALL_POINTS) == pytest.approx(coco, abs=1e-9)
