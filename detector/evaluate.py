@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 import torch
@@ -45,7 +46,9 @@ def main(argv=None) -> int:
         return 2
     metrics = evaluate(model, loader, setup, model.roi_heads.detections_per_img, loaded.score_threshold)
     metrics["images"] = len(ds)
-    print(json.dumps(metrics))
+    # Strict JSON (jq reads it): a value that is not a number, such as the threshold of a model that
+    # found nothing, is null.
+    print(json.dumps({k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in metrics.items()}))
     return 0
 
 

@@ -13,9 +13,11 @@ whatever precision the model was trained in.
 
 ONNX: opset 17 by default, through torch.onnx's TorchScript-based exporter (`dynamo=False`, the path
 torchvision's detection models are tested on); dynamic axes: the image's height and width, and the
-number of detections. The class names and category ids are in the model's metadata
-(`class_names`, `category_ids`, JSON). TorchScript: `torch.jit.script`; they are the extra files
-`class_names.json` and `category_ids.json`.
+number of detections. The class names, category ids and the operating threshold (the score that
+maximised F1 on validation; the model returns every detection down to its box_score_thresh) are in
+the model's metadata (`class_names`, `category_ids`, `score_threshold`, JSON). TorchScript:
+`torch.jit.script`; they are the extra files `class_names.json`, `category_ids.json` and
+`score_threshold.json`.
 
 Before anything is written, the exported model and the PyTorch model run on a real image
 (`--image`; by default the first image of the embedded synthetic dataset) and must agree: the same
@@ -61,7 +63,8 @@ class SingleImageDetector(nn.Module):
 
 
 def _metadata(loaded: LoadedModel) -> dict[str, str]:
-    return {"class_names": json.dumps(loaded.class_names), "category_ids": json.dumps(loaded.category_ids)}
+    return {"class_names": json.dumps(loaded.class_names), "category_ids": json.dumps(loaded.category_ids),
+            "score_threshold": json.dumps(loaded.score_threshold)}  # null: the model file has none
 
 
 def export_onnx(net: SingleImageDetector, example: torch.Tensor, path: Path, opset: int, meta: dict) -> None:

@@ -97,7 +97,8 @@ def match(boxes, scores, gt_boxes, labels=None, gt_labels=None, iou: float = IOU
 class Curve(NamedTuple):
     """Precision and recall after each detection, over images, highest score first: keeping the
     detections with score >= thresholds[i] gives precision[i] and recall[i]. Ties in score are one
-    point (the last index of the run), since a threshold keeps all of them or none."""
+    point (the last index of the run), since a threshold keeps all of them or none (`curve`'s
+    `ties=False` keeps a point per detection, in COCO's order: what AP is computed from)."""
 
     thresholds: np.ndarray
     precision: np.ndarray
@@ -110,9 +111,11 @@ class Curve(NamedTuple):
         return np.where(s > 0, 2 * self.precision * self.recall / np.where(s > 0, s, 1), 0.0)
 
 
-def curve(images: Iterable[Matched], label: int | None = None) -> Curve:
+def curve(images: Iterable[Matched], label: int | None = None, ties: bool = True) -> Curve:
     """The precision-recall curve of matched images, of one class (`label`) or of all (micro:
-    every class's detections and objects pooled; the matching itself is always within a class)."""
+    every class's detections and objects pooled; the matching itself is always within a class).
+    Tied scores are one point unless `ties` is False: then each detection is one, ordered as COCO
+    orders them (by score, ties by image, then as given)."""
     scores, tp, n = [], [], 0
     for m in images:
         keep = np.ones(len(m.scores), bool) if label is None else m.labels == label
@@ -125,6 +128,8 @@ def curve(images: Iterable[Matched], label: int | None = None) -> Curve:
     s, t = s[order], t[order]
     ctp, cfp = np.cumsum(t), np.cumsum(~t)
     last_of_tie = np.r_[s[1:] != s[:-1], True] if len(s) else np.zeros(0, bool)
+    if not ties:
+        last_of_tie[:] = True
     prec = ctp / np.maximum(ctp + cfp, 1)
     rec = ctp / n if n else np.zeros(len(s))
     return Curve(s[last_of_tie], prec[last_of_tie], rec[last_of_tie], n)
@@ -147,7 +152,7 @@ def average_precision(images: list[Matched], recall_points: np.ndarray | None = 
     image has an object."""
     points = evaluator_recall_points() if recall_points is None else recall_points
     classes = sorted({int(x) for m in images for x in m.gt_labels})
-    aps = [_ap(curve(images, c), points) for c in classes]
+    aps = [_ap(curve(images, c, ties=False), points) for c in classes]  # COCO: a point per detection
     return float(np.mean(aps)) if aps else math.nan
 
 

@@ -72,10 +72,11 @@ def _predict(checkpoint: str, train, images) -> Predicted:
 
     kept = load_kept(checkpoint, train)
     ds = DetectionDataset(images, kept.cfg.in_channels)
-    out = []
-    for i in range(len(ds)):
-        pred = detect(kept.model, [ds[i][0]], kept.setup.device, kept.setup.amp_dtype)[0]
-        out.append({k: pred[k].numpy() for k in ("boxes", "scores", "labels")})
+    out, bs = [], kept.cfg.batch_size  # batched as evaluation batches them: the same padding, the same boxes
+    for start in range(0, len(ds), bs):
+        batch = [ds[i][0] for i in range(start, min(start + bs, len(ds)))]
+        for pred in detect(kept.model, batch, kept.setup.device, kept.setup.amp_dtype):
+            out.append({k: pred[k].numpy() for k in ("boxes", "scores", "labels")})
     if kept.score_threshold is not None:
         return Predicted(out, kept.score_threshold, "validation F1")
     return Predicted(out, kept.cfg.box_score_thresh, "box_score_thresh")
@@ -103,9 +104,12 @@ def choose_images(counts: list[int], found: list[list[int]], missed: list[list[i
     take(lambda i: counts[i], lambda i: f"most objects ({counts[i]})")
     median = float(np.median([counts[i] for i in pool])) if pool else 0.0
     take(lambda i: -abs(counts[i] - median), lambda i: f"nearest the median count {median:g} ({counts[i]})")
-    if len(found) >= 2:
+    left = [i for i in pool if i not in {c for c, _ in chosen}]
+    if len(found) >= 2 and any(found[0][i] != found[1][i] for i in left):
         take(lambda i: abs(found[0][i] - found[1][i]),
              lambda i: f"largest disagreement (found {found[0][i]} vs {found[1][i]} of {counts[i]})")
+    elif len(found) >= 2:
+        take(lambda i: counts[i], lambda i: f"the models found as many everywhere else; next most objects ({counts[i]})")
     elif found:
         take(lambda i: missed[0][i], lambda i: f"most missed ({missed[0][i]} of {counts[i]})")
     return chosen
@@ -154,37 +158,51 @@ def draw(space: Space, loc: RunLocation, data, records: list[TrialRecord]) -> di
     folder.mkdir(exist_ok=True)
     out, written = {}, []
     for arm in space.arms:
-        models = []
+        models, failed = [], {}
         for label, rec in models_to_draw(records, arm.name):
             kept = loc.checkpoints(Path(rec.path))
             if not kept:
+                failed[label] = "no kept checkpoint"
                 continue
             try:
                 p = ray.get(task.remote(kept[-1], train_ref, pool_ref))
             except Exception as e:  # noqa: BLE001 - a figure is never worth the search's results
-                out[arm.name] = f"{label}: {type(e).__name__}: {e}"[:300]
+                failed[label] = f"{type(e).__name__}: {e}"[:300]
                 continue
             models.append((label, p, match_all(pool, p)))
         if not models:
+            if failed:
+                out[arm.name] = "; ".join(f"{k}: {v}" for k, v in failed.items())
             continue
-        counts = [len(b) for b in pool.boxes]
-        masks = [[m.at(p.threshold) for m in matched] for _, p, matched in models]
-        found = [[int(tp.sum()) for tp, _, _ in mm] for mm in masks]
-        missed = [[int(ms.sum()) for _, _, ms in mm] for mm in masks]
-        chosen = choose_images(counts, found, missed)
-        summary = {"arm": arm.name, "images": which, "pool": len(pool), "of": len(whole), "rule": RULE,
-                   "chosen": [{"image_id": int(pool.image_ids[i]), "file_name": str(pool.file_names[i]), "why": why}
-                              for i, why in chosen],
-                   "models": [summarise(label, p, matched) for label, p, matched in models]}
-        where = f"{which} images" + (f" (the first {len(pool)} of {len(whole)})" if len(pool) < len(whole) else "")
-        figure(pool, chosen, [(label, p.threshold, p.detections, mm) for (label, p, _), mm in zip(models, masks)],
-               f"{arm.name}: {where}, each model at its operating threshold; IoU 0.5", folder / f"{arm.name}.png")
-        curves(models, summary["models"], f"{arm.name}: {len(pool)} {where}", folder / f"{arm.name}_curves.png")
-        (folder / f"{arm.name}.json").write_text(json.dumps(summary, indent=1))
-        written += [f"{arm.name}.png", f"{arm.name}_curves.png", f"{arm.name}.json"]
-        out[arm.name] = f"{arm.name}.png"
+        try:
+            written += _draw_arm(arm.name, pool, len(whole), which, models, failed, folder)
+            out[arm.name] = f"{arm.name}.png"
+        except Exception as e:  # noqa: BLE001 - the same: this arm loses its figures, the search nothing
+            out[arm.name] = f"drawing: {type(e).__name__}: {e}"[:300]
     loc.push([f"{FOLDER}/{n}" for n in written])
     return out
+
+
+def _draw_arm(arm: str, pool, of: int, which: str, models: list, failed: dict, folder: Path) -> list[str]:
+    """One arm's figure, curves and numbers (the module docstring); the names of the files written."""
+    counts = [len(b) for b in pool.boxes]
+    masks = [[m.at(p.threshold) for m in matched] for _, p, matched in models]
+    found = [[int(tp.sum()) for tp, _, _ in mm] for mm in masks]
+    missed = [[int(ms.sum()) for _, _, ms in mm] for mm in masks]
+    chosen = choose_images(counts, found, missed)
+    summary = {"arm": arm, "images": which, "pool": len(pool), "of": of, "rule": RULE,
+               "chosen": [{"image_id": int(pool.image_ids[i]), "file_name": str(pool.file_names[i]), "why": why}
+                          for i, why in chosen],
+               "models": [summarise(label, p, matched) for label, p, matched in models], "failed": failed}
+    where = f"{which} images" + (f" (the first {len(pool)} of {of})" if len(pool) < of else "")
+    figure(pool, chosen, [(label, p.threshold, p.detections, mm) for (label, p, _), mm in zip(models, masks)],
+           f"{arm}: {where}, each model at its operating threshold; IoU 0.5", folder / f"{arm}.png")
+    curves(models, summary["models"], f"{arm}: {len(pool)} {where}", folder / f"{arm}_curves.png")
+    # Strict JSON: an AP without objects to score is null, not NaN.
+    for m in summary["models"]:
+        m["ap50"] = m["ap50"] if math.isfinite(m["ap50"]) else None
+    (folder / f"{arm}.json").write_text(json.dumps(summary, indent=1, allow_nan=False))
+    return [f"{arm}.png", f"{arm}_curves.png", f"{arm}.json"]
 
 
 def _pyplot():
@@ -243,7 +261,9 @@ def curves(models: list[tuple[str, Predicted, list]], numbers: list[dict], title
     for (label, p, matched), num, colour in zip(models, numbers, MODEL_COLOURS):
         c = matching.curve(matched)
         name = label.split(" (")[0]
-        ap = f"AP50 {num['ap50']:.3f}" if math.isfinite(num["ap50"]) else "no objects"
+        n_classes = len({int(x) for m in matched for x in m.gt_labels})
+        ap = ("no objects" if not math.isfinite(num["ap50"]) else f"AP50 {num['ap50']:.3f}" if n_classes <= 1 else
+              f"mAP50 {num['ap50']:.3f}, the mean of {n_classes} classes' APs (the curve pools them)")
         pr.plot(c.recall, c.precision, color=colour, lw=1.6, label=f"{name}: {ap}")
         pr.plot(num["recall"], num["precision"], "o", color=colour, ms=6)
         f1.plot(c.thresholds, c.f1, color=colour, lw=1.6, label=f"{name}: F1 {num['f1']:.3f} at {p.threshold:.2f} "

@@ -114,14 +114,14 @@ def study_section(records: list[TrialRecord], info: dict, metric: str, tmp: Path
         scored_on = (f"Scored on {n_test} held-out test images, which chose nothing: each run's epoch was chosen "
                      f"on the validation images, and so was each arm's configuration.")
     else:
-        scored_on = ("**Scored on the validation images that selected the configurations** (this run has no test "
+        scored_on = (f"**Scored on {_images(info, 'val')}, which selected the configurations** (this run has no test "
                      "images: set `test_data` or `fixed.test_fraction`): the figures below are optimistic, and more "
                      "so for arms that had more trials.")
     rows = stats.study_rows(records)
     drawn: list[str] = []
     if not rows:  # one line, and the report goes on with what the run has
-        has = {r.stage for r in records}
-        lacks = [f"`{s}:`" for s in ("baseline", "confirm") if s not in has]
+        stages = _stages(run_dir / "space.yaml")
+        lacks = [f"`{s}:`" for s in ("baseline", "confirm") if stages is not None and s not in stages]
         why = (f"its space has no {' and no '.join(lacks)} section" if lacks else
                "no arm has both a finished baseline and a confirmed tuned configuration yet")
         return [f"This run does not compare shared hyperparameters with a search per arm ({why}); the search's "
@@ -173,7 +173,8 @@ def detections_section(run_dir: Path, arms: list[str], tmp: Path) -> tuple[list[
         if not md:
             md = ["## Detections", "",
                   "Each model at its operating threshold: the score that maximised F1 on the validation images at "
-                  "the epoch its weights are from (`score_threshold` in its model file; detector.predict applies it). "
+                  "the epoch its weights are from (`score_threshold` in its model file; detector.predict applies it), "
+                  "or its `box_score_thresh` where its model file has none (the table says which). "
                   "Its detections are matched one-to-one to the objects at IoU 0.5, highest score first, as COCO "
                   "evaluation matches: true positives blue and solid, false positives vermillion and dashed, missed "
                   "objects yellow and dotted.", ""]
@@ -192,6 +193,8 @@ def detections_section(run_dir: Path, arms: list[str], tmp: Path) -> tuple[list[
                 md += ["", f"![{name.removesuffix('.png')}](detections_{name})"]
         md += ["", s["rule"] + " Shown: " + "; ".join(f"image {c['image_id']}, {c['why']}" for c in s["chosen"]) + ".",
                ""]
+        md += [f"Not drawn: {label} ({why})." for label, why in s.get("failed", {}).items()]
+        md += [""] if s.get("failed") else []
     return md, drawn
 
 
@@ -307,6 +310,17 @@ def write_report(run_dir: Path, out: Path) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(str(tmp), str(out))
     return {"rows": rows, "records": records, "figures": drawn, "status": status, "conclusion": summary_line}
+
+
+def _stages(space_file: Path) -> tuple[str, ...] | None:
+    """The stages after the search that the run's space has (`confirm`, `baseline`); None if its copy
+    of the space is missing or unreadable."""
+    from search.space import SpaceError, load_space
+
+    try:
+        return load_space(space_file).eval_stages()
+    except (SpaceError, ValueError, OSError):
+        return None
 
 
 def _rungs(space_file: Path) -> list[int]:

@@ -155,10 +155,11 @@ def test_an_exported_model_detects_what_pytorch_detects_on_an_image_of_another_s
 
         meta = {p.key: p.value for p in onnx.load(str(out), load_external_data=False).metadata_props}
     else:
-        files = {"class_names.json": "", "category_ids.json": ""}
+        files = {"class_names.json": "", "category_ids.json": "", "score_threshold.json": ""}
         torch.jit.load(str(out), _extra_files=files)
         meta = {k.removesuffix(".json"): v for k, v in files.items()}
     assert json.loads(meta["class_names"]) == ["object"] and json.loads(meta["category_ids"]) == [CATEGORY]
+    assert json.loads(meta["score_threshold"]) == loaded.score_threshold is not None
 
 
 def test_an_export_that_disagrees_writes_nothing_and_bad_arguments_are_refused(trained, tmp_path, capsys, monkeypatch):

@@ -145,3 +145,16 @@ def test_at_a_recall_of_exactly_k_in_100_the_evaluator_and_pycocotools_differ_an
     assert abs(theirs - coco) > 1e-3  # the two references disagree here
     assert ours == pytest.approx(theirs, abs=1e-6)
     assert matching.average_precision(_matched(preds, gts), matching.COCO_RECALL_POINTS) == pytest.approx(coco, abs=1e-9)
+
+
+def test_tied_scores_give_the_evaluators_ap_in_either_order():
+    """One image, 2 objects; detections at 0.9 (hit), then 0.5 (hit) and 0.5 (false alarm) in both
+    orders: COCO keeps a point per detection in the given order, so the two orders differ (1.0 and
+    (51 + 50 x 2/3) / 101), and our AP is the evaluator's in each."""
+    gt = {"boxes": torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30]]), "labels": torch.ones(2, dtype=torch.int64)}
+    for boxes, expected in (([[0, 0, 10, 10], [20, 20, 30, 30], [50, 50, 60, 60]], 1.0),
+                            ([[0, 0, 10, 10], [50, 50, 60, 60], [20, 20, 30, 30]], (51 + 50 * 2 / 3) / 101)):
+        pred = {"boxes": torch.tensor(boxes, dtype=torch.float32), "scores": torch.tensor([0.9, 0.5, 0.5]),
+                "labels": torch.ones(3, dtype=torch.int64)}
+        assert _evaluators_map50([pred], [gt]) == pytest.approx(expected, abs=1e-6)
+        assert matching.average_precision(_matched([pred], [gt])) == pytest.approx(expected, abs=1e-6)

@@ -20,6 +20,9 @@ def test_images_are_chosen_by_the_stated_rule():
     assert [i for i, _ in chosen] == [3, 1, 4]
     assert [why for _, why in chosen] == ["most objects (9)", "nearest the median count 4 (5)",
                                           "largest disagreement (found 1 vs 3 of 3)"]
+    # Models that found as many on every image left: the next most objects, said so.
+    assert choose_images(counts, [found[0], found[0]], [[0] * 6] * 2)[2] == (
+        4, "the models found as many everywhere else; next most objects (3)")
     # One model: the third image is where it misses most.
     assert choose_images(counts, found[:1], [[0, 1, 0, 4, 2, 0]])[2] == (4, "most missed (2 of 3)")
     # Images without objects only when there are no others; fewer images than asked: all of them.

@@ -83,7 +83,8 @@ def handmade(tmp_path):
                                               "data_fingerprint": "abc", "test_images": 5, "val_images": 8,
                                               "stages_share_queue": True,
                                               "versions": {"torch": "x"}}))
-    (run / "space.yaml").write_text("budget: {max_epochs: 4, grace_period: 1, reduction_factor: 2}\n")
+    (run / "space.yaml").write_text("budget: {max_epochs: 4, grace_period: 1, reduction_factor: 2}\n"
+                                    "confirm: {top_k: 1, seeds: 2}\nbaseline: {lr: 0.01}\n")
     _trial(run, "trials", "A", "a1", [0.2, 0.5, 0.7, 0.8], params=41_290_000)
     _trial(run, "trials", "A", "a2", [0.1], params=41_290_000)             # stopped at rung 1
     _trial(run, "trials", "A", "a3", [0.3, 0.4, 0.5, 0.6], params=41_290_000, peak=2000.0)  # a larger batch
@@ -169,13 +170,19 @@ def test_without_test_images_the_report_says_what_scored_it(handmade):
                              for x in f.read_text().splitlines()))
     res = report.write_report(handmade, handmade / "report")
     text = (handmade / "report" / "report.md").read_text()
-    assert "**Scored on the validation images that selected the configurations**" in text.split("## ")[1]
+    assert "**Scored on the 8 validation images, which selected the configurations**" in text.split("## ")[1]
     rows = {r["arm"]: r for r in study_rows(res["records"])}
     assert rows["A"]["tuned"] == [0.76, 0.80] and rows["A"]["base"] == [0.6, 0.6]
 
 
 def test_a_run_without_a_baseline_says_so_in_one_line_and_opens_with_the_search_s_conclusion(handmade):
+    # Its baseline runs have not run yet: the space has the section, the report says why there is no study.
     _drop_stage(handmade, "baseline")
+    report.write_report(handmade, handmade / "report")
+    assert ("(no arm has both a finished baseline and a confirmed tuned configuration yet)"
+            in (handmade / "report" / "report.md").read_text().split("\n## ")[0])
+    (handmade / "space.yaml").write_text("budget: {max_epochs: 4, grace_period: 1, reduction_factor: 2}\n"
+                                         "confirm: {top_k: 1, seeds: 2}\n")  # a space without one
     report.write_report(handmade, handmade / "report")
     text = (handmade / "report" / "report.md").read_text()
     head, *sections = text.split("\n## ")
@@ -199,13 +206,15 @@ def test_the_detections_section_gives_each_model_s_threshold_numbers_and_images(
         "chosen": [{"image_id": 12, "file_name": "x.png", "why": "most objects (9)"}],
         "models": [{"model": "tuned (trial a1, seed 1000)", "threshold": 0.4213, "threshold_from": "validation F1",
                     "true_positives": 7, "false_positives": 2, "missed": 3, "precision": 7 / 9, "recall": 0.7,
-                    "f1": 0.7368, "ap50": 0.6523}]}))
+                    "f1": 0.7368, "ap50": 0.6523}],
+        "failed": {"shared hyperparameters (seed 1000)": "RuntimeError: out of memory"}}))
     res = report.write_report(handmade, handmade / "report")
     text = (handmade / "report" / "report.md").read_text()
     section = text.split("\n## Detections\n")[1].split("\n## ")[0]
     assert "### A: on 5 test images" in section and "operating threshold" in section
     assert "| tuned (trial a1, seed 1000) | 0.421 (validation F1) | 7 | 2 | 3 | 0.778 | 0.700 | 0.737 | 0.652 |" in section
     assert "Images chosen by rule: most objects first. Shown: image 12, most objects (9)." in section
+    assert "Not drawn: shared hyperparameters (seed 1000) (RuntimeError: out of memory)." in section
     assert {"detections_A.png", "detections_A_curves.png"} <= set(res["figures"])
     assert text.index("## Detections") > text.index("## Conclusion of the search")
 
