@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from pathlib import Path
 from typing import NamedTuple
 
@@ -223,7 +224,8 @@ def figure(images, chosen: list[tuple[int, str]], rows: list[tuple[str, float, l
 
     plt = _pyplot()
     n = max(len(chosen), 1)
-    fig, axes = plt.subplots(len(rows), n, figsize=(3.4 * n, 3.5 * len(rows) + 0.6), squeeze=False)
+    fig, axes = plt.subplots(len(rows), n, figsize=(3.4 * n, 3.6 * len(rows) + 0.8), squeeze=False,
+                             layout="constrained")
     for r, (label, threshold, dets, masks) in enumerate(rows):
         for c, (i, why) in enumerate(chosen):
             ax = axes[r][c]
@@ -246,10 +248,8 @@ def figure(images, chosen: list[tuple[int, str]], rows: list[tuple[str, float, l
             if c == 0:
                 ax.set_ylabel(label, fontsize=8)
     handles = [Line2D([], [], color=colour, ls=style, lw=1.6, label=name) for colour, style, name in KINDS.values()]
-    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False, bbox_to_anchor=(0.5, 0.035))
-    fig.suptitle(title, fontsize=9)
-    fig.text(0.5, 0.0, RULE, ha="center", va="bottom", fontsize=6, wrap=True)
-    fig.tight_layout(rect=(0, 0.09, 1, 0.95))
+    fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize=8, frameon=False)
+    fig.suptitle(f"{title}\n{textwrap.fill(RULE, 45 * n)}", fontsize=8)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -274,7 +274,7 @@ def curves(models: list[tuple[str, Predicted, list]], numbers: list[dict], title
     for ax in (pr, f1):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7, loc="lower left")
+            ax.legend(fontsize=7, loc="best")
     fig.suptitle(f"{title}; dots and dotted lines: each model's operating threshold (legend: where it is from)",
                  fontsize=8)
     fig.tight_layout()
