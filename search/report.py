@@ -28,26 +28,40 @@ from search.results import (STATUS_FAILED, STATUS_FINISHED, STATUS_RUNNING, STAT
 # The study's question in words: shared hyperparameters against a search per arm
 
 
-def study_verdict(rows: list[dict], pairs: list[dict], tau: float, metric: str) -> str:
-    """One paragraph: did tuning change the ranking, and which of its changes are beyond the noise."""
+def study_verdict(rows: list[dict], pairs: list[dict], tau: tuple[float, float, float], metric: str) -> str:
+    """One paragraph: did tuning raise each arm's score, and did it change the ranking beyond the
+    noise (a pair reversed only when significant in opposite directions, Holm-corrected)."""
     if len(rows) < 1:
         return ""
     up = [r["arm"] for r in rows if r["gain_lo"] > 0]
     down = [r["arm"] for r in rows if r["gain_hi"] < 0]
+    none = [r["arm"] for r in rows if not math.isfinite(r["gain_lo"])]
     n_seeds = sorted({len(r["base"]) for r in rows} | {len(r["tuned"]) for r in rows})
     text = [f"Tuning raised {metric} beyond its 95% interval for {len(up)} of {len(rows)} arm(s)"
             + (f" ({', '.join(up)})" if up else "") + (f" and lowered it for {', '.join(down)}" if down else "")
-            + "; for the others the interval includes zero (not significant)."]
+            + "; for the others the interval includes zero (not significant)"
+            + (f" or there is none ({', '.join(none)}: fewer than 2 distinct values, no spread to judge by)"
+               if none else "") + "."]
     if len(rows) >= 2:
-        if not pairs:
-            text.append(f"It did not change the ranking of the arms (Kendall's τ = {tau:.2f}).")
+        t, lo, hi = tau
+        swapped = [p for p in pairs if p["swapped"]]
+        rev = [p for p in pairs if p["reversed"]]
+        ci = f"95% bootstrap interval over seeds {_fmt(lo, '.2f')} to {_fmt(hi, '.2f')}"
+        if rev:
+            text.append(f"It changed the ranking (Kendall's τ = {t:.2f}, {ci}): of {len(pairs)} pair(s) of arms "
+                        f"tested, {len(rev)} reversed, significant in opposite directions under the two settings "
+                        f"(Welch's t, Holm-corrected over the {2 * len(pairs)} tests at 5%): "
+                        + ", ".join(f"{p['a']} over {p['b']}" for p in rev) + ".")
         else:
-            sep = [p for p in pairs if p["tuned_separate"]]
-            text.append(f"It changed the ranking (Kendall's τ = {tau:.2f}): {len(pairs)} pair(s) swapped order, "
-                        f"{len(sep)} of them with 95% intervals that separate after tuning"
-                        + (f" ({', '.join(p['a'] + ' over ' + p['b'] for p in sep)})" if sep else "")
-                        + "; the others are within the spread between seeds.")
-    text.append(f"Each mean is over {' or '.join(map(str, n_seeds))} seed(s); intervals are Welch's t.")
+            text.append(f"No change of the ranking is shown (Kendall's τ = {t:.2f}, {ci}): of {len(pairs)} pair(s) "
+                        f"of arms tested, none reversed significantly in opposite directions under the two settings "
+                        f"(Welch's t, Holm-corrected over the {2 * len(pairs)} tests at 5%)"
+                        + (f"; {len(swapped)} swapped order within the spread between seeds" if swapped else "")
+                        + ".")
+    methods = sorted({r["gain_method"] for r in rows})
+    text.append(f"Each mean is over {' or '.join(map(str, n_seeds))} seed(s); the gains' intervals are "
+                + " and ".join({"paired": "paired by seed (t on the per-seed differences)",
+                                "Welch": "Welch's t (the runs do not pair by seed)"}[m] for m in methods) + ".")
     return " ".join(text)
 
 
@@ -127,28 +141,34 @@ def study_section(records: list[TrialRecord], info: dict, metric: str, tmp: Path
         return [f"This run does not compare shared hyperparameters with a search per arm ({why}); the search's "
                 f"conclusion follows.", ""], drawn
     md = ["## Shared hyperparameters against a search per arm", "", scored_on, ""]
-    pairs = stats.flipped_pairs(rows)
-    tau = stats.kendall_tau([r["base_mean"] for r in rows], [r["tuned_mean"] for r in rows])
+    pairs = stats.pair_tests(rows)
+    tau = stats.tau_interval(rows)
     which = "test" if tested else "validation"
-    md += [f"| arm | shared hyperparameters: {which} {metric} | tuned: {which} {metric} | gain (95% interval, Welch) | "
+    md += [f"| arm | shared hyperparameters: {which} {metric} | tuned: {which} {metric} | gain (95% interval) | "
            "rank shared | rank tuned |", "|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: r["rank_tuned"]):
+        interval = (f"{_fmt(r['gain_lo'], '+.4f')} to {_fmt(r['gain_hi'], '+.4f')}, {r['gain_method']}"
+                    if math.isfinite(r["gain_lo"]) else "no interval: fewer than 2 distinct values")
         md.append(f"| {r['arm']} | {r['base_mean']:.4f} ± {_fmt(r['base_sd'])} (n={len(r['base'])}) | "
                   f"{r['tuned_mean']:.4f} ± {_fmt(r['tuned_sd'])} (n={len(r['tuned'])}) | "
-                  f"{r['gain']:+.4f} ({_fmt(r['gain_lo'], '+.4f')} to {_fmt(r['gain_hi'], '+.4f')}) | "
-                  f"{r['rank_base']} | {r['rank_tuned']} |")
+                  f"{r['gain']:+.4f} ({interval}) | {r['rank_base']} | {r['rank_tuned']} |")
     md += ["", "Mean ± standard deviation over seeds (n = runs); the tuned configuration is the arm's best "
-           "confirmed one on validation. An interval that includes zero means not significant.", ""]
+           "confirmed one on validation. The gain's interval is paired by seed (t on the per-seed differences) "
+           "where the two stages trained with the same seeds, Welch's otherwise; one that includes zero means "
+           "not significant.", ""]
     if len(rows) >= 2:
-        md.append(f"Kendall's τ between the two rankings: {_fmt(tau, '.2f')} ({len(rows)} arms).")
-        if pairs:
+        md.append(f"Kendall's τ between the two rankings: {_fmt(tau[0], '.2f')} (95% bootstrap interval over seeds "
+                  f"{_fmt(tau[1], '.2f')} to {_fmt(tau[2], '.2f')}; {len(rows)} arms).")
+        swapped = [p for p in pairs if p["swapped"] or p["reversed"]]
+        if swapped:
             md += ["", "| pair whose order changed (ahead after tuning first) | difference tuned (95% interval) | "
-                   "separate? | difference shared (95% interval) | separate? |", "|---|---|---|---|---|"]
-            for p in pairs:
+                   "p (Welch) | difference shared (95% interval) | p (Welch) | reversed (Holm, 5%)? |",
+                   "|---|---|---|---|---|---|"]
+            for p in swapped:
                 md.append(f"| {p['a']} vs {p['b']} | {p['tuned_diff']:+.4f} ({_fmt(p['tuned_lo'], '+.4f')} to "
-                          f"{_fmt(p['tuned_hi'], '+.4f')}) | {'yes' if p['tuned_separate'] else 'no'} | "
+                          f"{_fmt(p['tuned_hi'], '+.4f')}) | {_fmt(p['tuned_p'], '.3g')} | "
                           f"{p['base_diff']:+.4f} ({_fmt(p['base_lo'], '+.4f')} to {_fmt(p['base_hi'], '+.4f')}) | "
-                          f"{'yes' if p['base_separate'] else 'no'} |")
+                          f"{_fmt(p['base_p'], '.3g')} | {'yes' if p['reversed'] else 'no'} |")
         else:
             md.append("No pair of arms changed order.")
     md += ["", "**Verdict.** " + study_verdict(rows, pairs, tau, metric), ""]

@@ -9,7 +9,7 @@ import statistics
 import pytest
 
 from search import report
-from search.stats import flipped_pairs, pareto_front, spearman, study_rows
+from search.stats import pair_tests, pareto_front, spearman, study_rows
 from search import results as R
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -92,12 +92,12 @@ def handmade(tmp_path):
     _trial(run, "trials", "B", "b2", [0.2, 0.3], params=28_270_000)       # stopped at rung 2
     _trial(run, "trials", "B", "b3", [], params=28_270_000, fail="NonFiniteLossError: boom")
     # Confirmation (validation best, test at that epoch) and the shared-hyperparameter baseline:
-    # B is ahead under shared hyperparameters (test 0.61 vs 0.52), A after tuning (0.72 vs 0.59).
+    # B is ahead under shared hyperparameters (test 0.61 vs 0.525), A after tuning (0.72 vs 0.59).
     for tid, v, t, seed in (("c1", 0.76, 0.70, 1000), ("c2", 0.80, 0.74, 1001)):
         _trial(run, "confirm", "A", tid, [0.5, 0.6, 0.7, v], params=41_290_000, source="a1", test=t, seed=seed)
     for tid, v, t, seed in (("c3", 0.58, 0.58, 1000), ("c4", 0.60, 0.60, 1001)):
         _trial(run, "confirm", "B", tid, [0.4, 0.5, 0.55, v], params=28_270_000, source="b1", test=t, seed=seed)
-    for arm, tid, t, seed in (("A", "d1", 0.50, 1000), ("A", "d2", 0.54, 1001), ("B", "d3", 0.60, 1000),
+    for arm, tid, t, seed in (("A", "d1", 0.50, 1000), ("A", "d2", 0.55, 1001), ("B", "d3", 0.60, 1000),
                               ("B", "d4", 0.62, 1001)):
         _trial(run, "baseline", arm, tid, [0.4, 0.5, 0.55, 0.6], params=28_270_000, test=t, seed=seed)
     # Measured after the search (search.latency), one model at a time: B's model is the faster one.
@@ -143,24 +143,30 @@ def test_study_table_from_known_numbers(handmade):
     assert "Scored on 5 held-out test images, which chose nothing" in first
     rows = {r["arm"]: r for r in study_rows(res["records"])}
     a, b = rows["A"], rows["B"]
-    assert a["base"] == [0.50, 0.54] and a["tuned"] == [0.70, 0.74] and a["trial"] == "a1"
-    assert (a["rank_base"], a["rank_tuned"], b["rank_base"], b["rank_tuned"]) == (2, 1, 1, 2)
-    assert a["gain"] == pytest.approx(0.20) and b["gain"] == pytest.approx(-0.02)
-    for r in (a, b):  # Welch's interval, against scipy's own t-test
-        ci = stats.ttest_ind(r["tuned"], r["base"], equal_var=False).confidence_interval(0.95)
-        assert (r["gain_lo"], r["gain_hi"]) == (pytest.approx(ci.low), pytest.approx(ci.high))
-    assert a["gain_lo"] == pytest.approx(0.0783, abs=1e-4) and a["gain_hi"] == pytest.approx(0.3217, abs=1e-4)
-    assert "| A | 0.5200 ± 0.0283 (n=2) | 0.7200 ± 0.0283 (n=2) | +0.2000 (+0.0783 to +0.3217) | 2 | 1 |" in first
-    assert "Kendall's τ between the two rankings: -1.00 (2 arms)" in first
-    [pair] = flipped_pairs(list(rows.values()))
-    assert (pair["a"], pair["b"]) == ("A", "B") and pair["tuned_diff"] == pytest.approx(0.13)
-    assert pair["base_diff"] == pytest.approx(-0.09)
-    ci = stats.ttest_ind([0.70, 0.74], [0.58, 0.60], equal_var=False).confidence_interval(0.95)
-    assert pair["tuned_separate"] == (ci.low > 0) and pair["tuned_lo"] == pytest.approx(ci.low)
-    assert "| A vs B | +0.1300" in first
+    assert a["base_by_seed"] == {1000: 0.50, 1001: 0.55} and a["tuned_by_seed"] == {1000: 0.70, 1001: 0.74}
+    assert a["trial"] == "a1" and (a["rank_base"], a["rank_tuned"], b["rank_base"], b["rank_tuned"]) == (2, 1, 1, 2)
+    assert a["gain"] == pytest.approx(0.195) and b["gain"] == pytest.approx(-0.02)
+    # The stages share their seeds, so the gain is paired: scipy's paired t interval.
+    ci = stats.ttest_rel([0.70, 0.74], [0.50, 0.55]).confidence_interval(0.95)
+    assert a["gain_method"] == "paired" and (a["gain_lo"], a["gain_hi"]) == (pytest.approx(ci.low), pytest.approx(ci.high))
+    # B's two seeds gained exactly the same (-0.02 twice): no spread, so no interval, not certainty.
+    assert math.isnan(b["gain_lo"]) and math.isnan(b["gain_hi"])
+    assert "| A | 0.5250 ± 0.0354 (n=2) | 0.7200 ± 0.0283 (n=2) | +0.1950 (+0.1315 to +0.2585, paired) | 2 | 1 |" in first
+    assert "| B | 0.6100 ± 0.0141 (n=2) | 0.5900 ± 0.0141 (n=2) | -0.0200 (no interval: fewer than 2 distinct values)" in first
+    assert "Kendall's τ between the two rankings: -1.00 (95% bootstrap interval over seeds" in first
+    [pair] = pair_tests(list(rows.values()))
+    assert (pair["a"], pair["b"]) == ("A", "B") and pair["tuned_diff"] == pytest.approx(0.13) and pair["swapped"]
+    assert pair["base_diff"] == pytest.approx(-0.085)
+    p_tuned = stats.ttest_ind([0.70, 0.74], [0.58, 0.60], equal_var=False).pvalue  # 0.055
+    p_base = stats.ttest_ind([0.50, 0.55], [0.60, 0.62], equal_var=False).pvalue  # 0.146
+    assert (pair["tuned_p"], pair["base_p"]) == (pytest.approx(p_tuned), pytest.approx(p_base))
+    assert not pair["reversed"]  # swapped in order, significant in neither setting
+    assert "| A vs B | +0.1300" in first and "| no |" in first
     assert "Tuning raised map50 beyond its 95% interval for 1 of 2 arm(s) (A)" in first
-    assert "It changed the ranking (Kendall's τ = -1.00): 1 pair(s) swapped order" in first
-    assert "Each mean is over 2 seed(s); intervals are Welch's t." in first
+    assert "or there is none (B: fewer than 2 distinct values" in first
+    assert ("No change of the ranking is shown (Kendall's τ = -1.00, 95% bootstrap interval over seeds" in first
+            and "of 1 pair(s) of arms tested, none reversed" in first and "1 swapped order within the spread" in first)
+    assert "the gains' intervals are paired by seed (t on the per-seed differences)." in first
     assert {"study_curves_A.png", "study_curves_B.png"} <= set(res["figures"])
 
 
