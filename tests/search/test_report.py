@@ -30,12 +30,13 @@ def _trial(run_dir, stage, arm, tid, epochs_map50, params, fail=None, extra_cfg=
     lines = []
     best = max(epochs_map50, default=None)
     for e, m in enumerate(epochs_map50, start=1):
-        lines.append({"trial_id": tid, "epoch": float(e), "map50": m, "map": m / 2, "map_small": m / 3,
+        lines.append({"trial_id": tid, "epoch": float(e), "map50": m, "map": m / 2, "map75": m * 0.75, "map_small": m / 3,
                       "loss": 2.0 / e, "iou_per_pred": 0.5, "iou_per_gt": m, "epoch_time_s": 10.0,
                       "train_img_per_s": 4.0, "params_total": params,
                       "params_trainable": params / 2, "peak_mem_mb": peak + e})
         if test is not None and m == best and epochs_map50.index(m) == e - 1:
-            lines[-1].update(test_map50=test, test_map=test / 2, test_map_small=test / 3, test_iou_per_pred=0.5,
+            lines[-1].update(test_map50=test, test_map=test / 2, test_map75=test * 0.75, test_map_small=test / 3,
+                             test_iou_per_pred=0.5,
                              test_iou_per_gt=test)
     if fail:
         lines.append({"trial_id": tid, "fail_reason": fail, "epoch": float(len(epochs_map50)), "map50": math.nan})
@@ -200,6 +201,20 @@ def test_a_run_without_a_baseline_says_so_in_one_line_and_opens_with_the_search_
     for s in sections:
         if not s.startswith("Failed trials"):
             assert "the 8 validation images" in s, s.splitlines()[0]
+
+
+@pytest.mark.parametrize("metric, scale", [("map75", 0.75), ("map_small", 1 / 3)])
+def test_every_selectable_metric_scores_the_study(handmade, metric, scale):
+    """A run selecting by map75 or map_small gets its study table in that metric (the test metrics
+    are every metric a configuration can be selected by), not a message about missing sections."""
+    info = json.loads((handmade / "run.json").read_text())
+    (handmade / "run.json").write_text(json.dumps({**info, "metric": metric}))
+    res = report.write_report(handmade, handmade / "report")
+    rows = {r["arm"]: r for r in study_rows(res["records"])}
+    assert rows["A"]["tuned"] == [pytest.approx(0.70 * scale), pytest.approx(0.74 * scale)]
+    assert rows["A"]["base"] == [pytest.approx(0.50 * scale), pytest.approx(0.55 * scale)]
+    first = (handmade / "report" / "report.md").read_text().split("## ")[1]
+    assert first.startswith("Shared hyperparameters against a search per arm") and f"test {metric}" in first
 
 
 def test_the_detections_section_gives_each_model_s_threshold_numbers_and_images(handmade):
