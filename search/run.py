@@ -25,7 +25,7 @@ from pathlib import Path
 from detector import config as C
 from detector.data import DataError
 from search import compat, driver
-from search.space import Space, SpaceError, dry_run_text, load_space
+from search.space import RESUME_MAY_CHANGE_KEYS, Space, SpaceError, dry_run_text, load_space, resume_changes
 from search.storage import RunLocation
 
 log = logging.getLogger("search")
@@ -109,6 +109,25 @@ def replay_problem(space: Space, curves_dir: str, time_scale: float) -> str | No
     return None
 
 
+def space_change_problem(space: Space, run_dir: Path) -> str | None:
+    """Why `--resume` with `space` would mix two searches (its space differs from the run's own
+    space.yaml in a key other than `space.RESUME_MAY_CHANGE`), or None. Allowed changes are printed."""
+    try:
+        old = load_space(run_dir / "space.yaml")
+    except (SpaceError, C.ConfigError) as e:
+        return f"the run's own space file cannot be read ({e}); nothing was started"
+    allowed, refused = resume_changes(old, space)
+    if refused:
+        return (f"{space.path} differs from the run's space ({run_dir / 'space.yaml'}) in {', '.join(refused)}: "
+                f"a resumed search must be the search that was started (the stored studies and ASHA keep the old "
+                f"values); resume with the run's space.yaml, or start a new run with --name. Only "
+                f"{', '.join(RESUME_MAY_CHANGE_KEYS)} may change")
+    if allowed:
+        print(f"resume: {', '.join(allowed)} changed from the run's space (allowed: it does not change the trials "
+              f"already run); the run's space.yaml is replaced by {space.path}")
+    return None
+
+
 def layout_problem(run_dir: Path) -> str | None:
     """Why this version cannot resume the run folder's layout (search.results.check_layout), or None."""
     from search.results import RunLayoutError, check_layout
@@ -171,6 +190,10 @@ def main(argv=None) -> int:
             print(f"error: --resume: {problem}; the run folder is left as it is, and a new search will not be "
                   f"started over it", file=sys.stderr)
             return 2
+        problem = space_change_problem(space, run_dir)
+        if problem:
+            print(f"error: --resume: {problem}", file=sys.stderr)
+            return 2
     else:
         for where in (loc, run_dir):  # the run folder, and (with object storage) this machine's copy
             if where.exists():
@@ -194,8 +217,8 @@ def main(argv=None) -> int:
 def _run(args, space: Space, loc: RunLocation, name: str, data_arg, splits) -> int:
     """search.run after its checks: the run folder exists and logs to run.log."""
     run_dir = loc.local
-    if not args.resume:
-        shutil.copy(args.space, run_dir / "space.yaml")
+    if not args.resume or resume_changes(load_space(run_dir / "space.yaml"), space)[0]:
+        shutil.copy(args.space, run_dir / "space.yaml")  # a resume's allowed changes are kept too
     train, val, test = splits
     for kind, pr in train.report.as_dict().items():
         print(f"data: {kind}: {pr['count']} ({pr['meaning']})")

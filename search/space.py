@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,13 @@ BUDGET_KEYS = {"max_epochs": 10, "grace_period": 1, "reduction_factor": 3, "tria
                "stopping": "asha", "sampler": "tpe", "checkpoint_every": 1}
 # budget.stopping: "asha" stops weak trials early; "none" runs every trial to max_epochs (full learning
 # curves: what search.replay scores strategies on). budget.sampler: Optuna's TPE, or random proposals.
+# What `search.run --resume` may find changed in the space file: keys that cannot change what a trial
+# already run means (how many run at once; the name; where the data is read from, since the data
+# fingerprint refuses other data). Any other change would mix two searches: refused.
+RESUME_MAY_CHANGE = ("name", "max_concurrent", "data", "val_data", "test_data", "images")
+_SPACE_KEY = {**{k: f"budget.{k}" for k in BUDGET_KEYS}, "cpu": "resources.cpu", "gpu": "resources.gpu",
+              "confirm_top_k": "confirm.top_k", "confirm_seeds": "confirm.seeds", "skipped": "arms"}
+RESUME_MAY_CHANGE_KEYS = tuple(_SPACE_KEY.get(k, k) for k in RESUME_MAY_CHANGE)  # as the space file names them
 STOPPING = ("asha", "none")
 SAMPLERS = ("tpe", "random")
 PARAM_KEYS = {"float": ("type", "low", "high", "log", "step", "when"), "int": ("type", "low", "high", "log", "step", "when"),
@@ -257,6 +264,17 @@ def _enumerate_arms(path, axes: dict, fixed: dict) -> tuple[list[Arm], list[tupl
         raise _err(path, "arms", "no possible combination; every one was skipped: "
                    + "; ".join(f"{a}: {r}" for a, r in skipped))
     return arms, skipped
+
+
+def resume_changes(old: Space, new: Space) -> tuple[list[str], list[str]]:
+    """(keys a resume may change that differ, keys it may not that differ) between a run's own
+    space and the one given to `--resume`, compared after parsing (comments, order and spelling of
+    defaults do not count), named as the space file names them (`budget.max_epochs`)."""
+    differing = [f.name for f in fields(Space) if f.name not in ("path", "raw")
+                 and getattr(old, f.name) != getattr(new, f.name)]
+    names = lambda ks: sorted(dict.fromkeys(_SPACE_KEY.get(k, k) for k in ks))  # noqa: E731
+    return (names(k for k in differing if k in RESUME_MAY_CHANGE),
+            names(k for k in differing if k not in RESUME_MAY_CHANGE))
 
 
 def load_space(path: str | os.PathLike) -> Space:

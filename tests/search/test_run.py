@@ -272,6 +272,40 @@ def test_refuses_to_start_over_an_existing_run_and_to_resume_nothing(searched, t
 
 
 @pytest.mark.slow
+def test_a_resume_with_another_space_is_refused_naming_the_keys_and_allowed_changes_are_said(searched, tmp_path,
+                                                                                             capsys):
+    """--resume compares the given space with the run's space.yaml after parsing: a changed budget or
+    parameter range is refused before anything runs, naming the keys; a changed max_concurrent (or
+    comments, or a default spelt out) is not."""
+    import shutil
+
+    from search.space import load_space, resume_changes
+
+    space, run_dir = searched
+    copy = tmp_path / "runs" / "copy"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("checkpoint_*"))
+    text = (copy / "space.yaml").read_text()
+    assert "max_epochs: 2" in text and "low: 0.002" in text
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(text.replace("max_epochs: 2", "max_epochs: 3").replace("low: 0.002", "low: 0.001"))
+    before = {p: p.stat().st_mtime_ns for p in copy.rglob("*")}
+    assert run.main(["--space", str(edited), "--storage", str(tmp_path / "runs"), "--name", "copy", "--resume",
+                     "--num-cpus", "2"]) == 2
+    err = capsys.readouterr().err
+    assert f"{edited} differs from the run's space ({copy / 'space.yaml'}) in budget.max_epochs, params" in err
+    assert "Only name, budget.max_concurrent, data" in err
+    assert {p: p.stat().st_mtime_ns for p in copy.rglob("*")} == before  # nothing ran, nothing written
+    # Allowed: the number of trials at once, and what only reads differently.
+    calmer = tmp_path / "calmer.yaml"
+    calmer.write_text("# a comment\n" + text.replace("max_concurrent: 2", "max_concurrent: 1"))
+    assert "max_concurrent: 2" in text
+    assert resume_changes(load_space(copy / "space.yaml"), load_space(calmer)) == (["budget.max_concurrent"], [])
+    assert run.space_change_problem(load_space(calmer), copy) is None
+    assert "resume: budget.max_concurrent changed from the run's space" in capsys.readouterr().out
+    assert resume_changes(load_space(copy / "space.yaml"), load_space(copy / "space.yaml")) == ([], [])
+
+
+@pytest.mark.slow
 def test_joint_strategy_and_confirmation_stage(tiny_data, tmp_path):
     """Joint: one study whose `arm` is a categorical parameter, one ASHA. Confirmation: the best
     configuration of each arm retrained with two seeds for the full budget. (Trials replay synthetic
