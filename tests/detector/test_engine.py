@@ -260,7 +260,7 @@ def test_train_evaluate_predict_commands(tiny_data, tmp_path):
     assert ev.returncode == 0, ev.stderr
     assert 0.0 <= json.loads(ev.stdout)["map50"] <= 1.0
     pr = _run("detector.predict", "--checkpoint", str(tmp_path / "r" / "model.pt"),
-              "--images", str(tiny_data.parent / "images"), "--out", str(tmp_path / "det.json"))
+              "--images", str(tiny_data.parent / "images"), "--out", str(tmp_path / "det.json"), "--score-thresh", "0")
     assert pr.returncode == 0, pr.stderr
     dets = json.loads((tmp_path / "det.json").read_text())
     index = json.loads((tmp_path / "det.images.json").read_text())

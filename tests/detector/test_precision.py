@@ -177,7 +177,7 @@ def test_predict_runs_in_the_precision_of_evaluation(trained, tmp_path):
     torch.save(ck, tmp_path / "model.pt")
     images = trained["data"].parent / "images"
     assert predict.main(["--checkpoint", str(tmp_path / "model.pt"), "--images", str(images),
-                         "--out", str(tmp_path / "det.json"), "--device", "cpu"]) == 0
+                         "--out", str(tmp_path / "det.json"), "--device", "cpu", "--score-thresh", "0.05"]) == 0
     written = json.loads((tmp_path / "det.json").read_text())
     first = sorted(images.rglob("*.png"))[0]
     from detector.data import Report, decode_image, to_tensor
