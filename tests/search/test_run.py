@@ -299,9 +299,10 @@ def test_a_resume_with_another_space_is_refused_naming_the_keys_and_allowed_chan
     calmer = tmp_path / "calmer.yaml"
     calmer.write_text("# a comment\n" + text.replace("max_concurrent: 2", "max_concurrent: 1"))
     assert "max_concurrent: 2" in text
-    assert resume_changes(load_space(copy / "space.yaml"), load_space(calmer)) == (["budget.max_concurrent"], [])
+    # (`name` too: a space without one is named after its file, and the name changes no trial.)
+    assert resume_changes(load_space(copy / "space.yaml"), load_space(calmer)) == (["budget.max_concurrent", "name"], [])
     assert run.space_change_problem(load_space(calmer), copy) is None
-    assert "resume: budget.max_concurrent changed from the run's space" in capsys.readouterr().out
+    assert "resume: budget.max_concurrent, name changed from the run's space" in capsys.readouterr().out
     assert resume_changes(load_space(copy / "space.yaml"), load_space(copy / "space.yaml")) == ([], [])
 
 
