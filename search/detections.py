@@ -151,9 +151,10 @@ def draw(space: Space, loc: RunLocation, data, records: list[TrialRecord]) -> di
 
     train_ref, val_ref, test_ref = (*data, None)[:3]
     which = "test" if test_ref is not None else "validation"
-    whole = ray.get(test_ref if test_ref is not None else val_ref)
+    whole_ref = test_ref if test_ref is not None else val_ref
+    whole = ray.get(whole_ref)
     pool = whole.subset(range(min(POOL, len(whole))))
-    pool_ref = ray.put(pool)
+    pool_ref = whole_ref if len(pool) == len(whole) else ray.put(pool)  # the set itself: no second copy
     task = ray.remote(num_cpus=space.cpu, num_gpus=space.gpu)(_predict)
     folder = loc.local / FOLDER
     folder.mkdir(exist_ok=True)

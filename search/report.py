@@ -120,8 +120,10 @@ def latency_note(rows: list[dict]) -> str:
             f"time on {', '.join(devices)}, batch size 1, median of {', '.join(map(str, ns))} passes after warm-up.")
 
 
-def study_section(records: list[TrialRecord], info: dict, metric: str, tmp: Path, run_dir: Path) -> tuple[list[str], list[str]]:
-    """The report's first section (markdown lines, figure names): the study's question answered."""
+def study_section(records: list[TrialRecord], info: dict, metric: str, tmp: Path,
+                  stages: tuple[str, ...] | None) -> tuple[list[str], list[str]]:
+    """The report's first section (markdown lines, figure names): the study's question answered.
+    `stages`: the stages after the search that the run's space has (None: its space is unreadable)."""
     tested = any(r.test for r in records if r.stage in ("confirm", "baseline"))
     n_test = info.get("test_images", 0)
     if tested:
@@ -134,7 +136,6 @@ def study_section(records: list[TrialRecord], info: dict, metric: str, tmp: Path
     rows = stats.study_rows(records)
     drawn: list[str] = []
     if not rows:  # one line, and the report goes on with what the run has
-        stages = _stages(run_dir / "space.yaml")
         lacks = [f"`{s}:`" for s in ("baseline", "confirm") if stages is not None and s not in stages]
         why = (f"its space has no {' and no '.join(lacks)} section" if lacks else
                "no arm has both a finished baseline and a confirmed tuned configuration yet")
@@ -159,7 +160,7 @@ def study_section(records: list[TrialRecord], info: dict, metric: str, tmp: Path
     if len(rows) >= 2:
         md.append(f"Kendall's τ between the two rankings: {_fmt(tau[0], '.2f')} (95% bootstrap interval over seeds "
                   f"{_fmt(tau[1], '.2f')} to {_fmt(tau[2], '.2f')}; {len(rows)} arms).")
-        swapped = [p for p in pairs if p["swapped"] or p["reversed"]]
+        swapped = [p for p in pairs if p["swapped"]]  # a reversed pair is a swapped one
         if swapped:
             md += ["", "| pair whose order changed (ahead after tuning first) | difference tuned (95% interval) | "
                    "p (Welch) | difference shared (95% interval) | p (Welch) | reversed (Holm, 5%)? |",
@@ -244,7 +245,8 @@ def write_report(run_dir: Path, out: Path) -> dict:
     arms = list(dict.fromkeys(info.get("arms", [])) | dict.fromkeys(r.arm for r in records))
     colours = figures.arm_colours(arms)
     rows = stats.arm_rows(records, metric, latency.read(run_dir))
-    rungs = _rungs(run_dir / "space.yaml")
+    space = _space(run_dir / "space.yaml")
+    rungs = space.asha_rungs() if space else []
 
     tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=out.parent if out.parent.exists() else None))
     drawn = []
@@ -267,7 +269,7 @@ def write_report(run_dir: Path, out: Path) -> dict:
            f"{len(records)} trials: {sum(r.status == STATUS_FINISHED for r in records)} finished, "
            f"{sum(r.status == STATUS_STOPPED for r in records)} stopped by ASHA, "
            f"{sum(r.status == STATUS_FAILED for r in records)} failed, {n_running} running.", ""]
-    study_md, study_figs = study_section(records, info, metric, tmp, run_dir)
+    study_md, study_figs = study_section(records, info, metric, tmp, space.eval_stages() if space else None)
     md += study_md
     drawn += study_figs
     summary_line = conclusion(rows, metric)
@@ -332,25 +334,15 @@ def write_report(run_dir: Path, out: Path) -> dict:
     return {"rows": rows, "records": records, "figures": drawn, "status": status, "conclusion": summary_line}
 
 
-def _stages(space_file: Path) -> tuple[str, ...] | None:
-    """The stages after the search that the run's space has (`confirm`, `baseline`); None if its copy
-    of the space is missing or unreadable."""
+def _space(space_file: Path):
+    """The run's copy of its space file, parsed; None if it is missing or unreadable (the report is
+    still written, without what needs it: ASHA's rungs, which stages the space has)."""
     from search.space import SpaceError, load_space
 
     try:
-        return load_space(space_file).eval_stages()
+        return load_space(space_file)
     except (SpaceError, ValueError, OSError):
         return None
-
-
-def _rungs(space_file: Path) -> list[int]:
-    """The run's ASHA rungs, from the copy of its space file; none if it is missing or unreadable."""
-    from search.space import SpaceError, load_space
-
-    try:
-        return load_space(space_file).asha_rungs()
-    except (SpaceError, ValueError):
-        return []
 
 
 def main(argv=None) -> int:

@@ -247,7 +247,7 @@ def arm_rows(records: list[TrialRecord], metric: str, latencies: dict | None = N
         if ok:
             best = ok[0]
             lat = latencies.get(arm, {})
-            h = next((x for x in best.history if int(x["epoch"]) == best.best_epoch), best.history[-1])
+            h = best.at_best() or best.history[-1]
             row.update(best_trial=best.trial_id, best=best.best, map=h.get("map", math.nan),
                        map_small=h.get("map_small", math.nan),
                        epochs_to_95=epochs_to_fraction(best.history, metric, best.best),
