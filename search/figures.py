@@ -30,11 +30,14 @@ def arm_colours(arms: list[str]) -> dict[str, tuple]:
 FACET_OVER = 10  # more arms than this: one panel per backbone (38 arms in one legend cannot be read)
 
 
-def fig_curves(records, metric_key, label, colours, best_ids, path: Path) -> None:
+def fig_curves(records, metric_key, label, colours, best_ids, path: Path) -> bool:
     """Every search trial's curve, thin, its arm's best bold; with more than FACET_OVER arms, one panel
-    per backbone, each with its own colours and legend."""
+    per backbone, each with its own colours and legend. False (nothing drawn) when no search trial
+    has reported an epoch (say, every one failed in its first)."""
     order = {a: i for i, a in enumerate(colours)}  # the space's order of arms
     shown = sorted((r for r in records if r.stage == "search" and r.history), key=lambda r: order.get(r.arm, len(order)))
+    if not shown:
+        return False
     arms = list(dict.fromkeys(r.arm for r in shown))
     groups: dict[str, list[str]] = {}
     backbone = {r.arm: str(r.config.get("backbone", "?")) for r in shown} if len(arms) > FACET_OVER else {}
@@ -67,6 +70,7 @@ def fig_curves(records, metric_key, label, colours, best_ids, path: Path) -> Non
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return True
 
 
 def fig_study_curves(records: list[TrialRecord], row: dict, path: Path) -> None:

@@ -251,10 +251,9 @@ def write_report(run_dir: Path, out: Path) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=out.parent if out.parent.exists() else None))
     drawn = []
     best_ids = {r["best_trial"] for r in rows if "best_trial" in r}
-    for key, label in figures.CURVES:
-        name = f"curves_{key}.png"
-        figures.fig_curves(records, key, label, colours, best_ids, tmp / name)
-        drawn.append(name)
+    curves = [f"curves_{key}.png" for key, label in figures.CURVES
+              if figures.fig_curves(records, key, label, colours, best_ids, tmp / f"curves_{key}.png")]
+    drawn += curves
     front_lat = figures.fig_cost(rows, "latency_ms", "inference latency (ms per image, batch 1)", metric, colours,
                          tmp / "cost_latency.png")
     front_par = figures.fig_cost([{**r, "params_m": r.get("params_total", math.nan) / 1e6} for r in rows], "params_m",
@@ -280,7 +279,7 @@ def write_report(run_dir: Path, out: Path) -> dict:
     drawn += det_figs
     md += ["## Arms compared", "", f"Validation metrics ({val}) of each arm's best trial, and what it cost.", "",
            f"| arm | best {metric} | mean ± sd over seeds | map | map_small | epochs to 95% | s/epoch | train img/s | "
-           "inference ms | params total (M) | trainable (M) | peak mem (MiB): best / any run | trials run / stopped / failed |",
+           "inference ms | params total (M) | trainable (M) | peak mem (MiB): best / any run | trials run: usable / failed / stopped by ASHA |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: -r.get("best", -1)):
         conf = f"{r['confirm_mean']:.4f} ± {r['confirm_std']:.4f} (n={r['confirm_n']})" if "confirm_mean" in r else "-"
@@ -289,9 +288,10 @@ def write_report(run_dir: Path, out: Path) -> dict:
                   f"{_fmt(r.get('train_img_s'), '.1f')} | {_fmt(r.get('latency_ms'), '.1f')} | "
                   f"{_fmt(r.get('params_total', math.nan) / 1e6, '.2f')} | "
                   f"{_fmt(r.get('params_trainable', math.nan) / 1e6, '.2f')} | {_fmt(r.get('peak_mem_mb'), '.0f')} / {_fmt(r.get('arm_peak_mem_mb'), '.0f')} | "
-                  f"{r['trials']} / {r['stopped']} / {r['failed']} |")
+                  f"{r['trials']}: {r['usable']} / {r['failed']} / {r['stopped']} |")
+    md += [""] + short_arms(rows, space, done=state_done and not n_running)
     md += ["", "## Learning curves", "", f"Every search trial's training loss and its metrics on {val}, per epoch.",
-           ""] + [f"![{k}]({k.replace(' ', '_')})" for k in drawn[:4]]
+           ""] + ([f"![{k}]({k})" for k in curves] or ["No search trial has reported an epoch."])
     md += ["", "## Accuracy against cost", "", f"Each arm's best {metric} on {val} against its latency and size.", "",
            "![latency](cost_latency.png) ![params](cost_params.png)", "",
            f"Pareto front (latency): {', '.join(front_lat) or '-'}. Pareto front (parameters): {', '.join(front_par) or '-'}.",
@@ -332,6 +332,19 @@ def write_report(run_dir: Path, out: Path) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(str(tmp), str(out))
     return {"rows": rows, "records": records, "figures": drawn, "status": status, "conclusion": summary_line}
+
+
+def short_arms(rows: list[dict], space, done: bool) -> list[str]:
+    """A line for each arm whose search ended with fewer usable trials than `trials_per_arm` because
+    more of its trials failed than `budget.max_failed_per_arm` could replace (search.searcher)."""
+    if space is None or not done or space.strategy != "per-architecture":
+        return []
+    out = [f"**{r['arm']} has {r['usable']} usable trials of the {space.trials_per_arm} every arm gets**: "
+           f"{r['failed']} of its trials failed, more than the {space.max_failed_per_arm} "
+           "`budget.max_failed_per_arm` lets the search replace (see Failed trials); its best was chosen "
+           "from fewer configurations than the other arms'." for r in rows
+           if r["usable"] < space.trials_per_arm and r["failed"] > space.max_failed_per_arm]
+    return [*out, ""] if out else []
 
 
 def _space(space_file: Path):

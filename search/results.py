@@ -28,11 +28,13 @@ TEST_KEYS = METRICS  # what the engine scores on the test images (every metric i
 @dataclass(frozen=True)
 class Outcome:
     """How a trial ended (or that it has not): `status` is one of STATUSES, `epochs` the last epoch
-    it reported, `reason` why it failed."""
+    it reported, `reason` why it failed, `infeasible` whether it failed for its configuration (it
+    reported the failure itself) rather than because Ray gave up on it after errors."""
 
     status: str
     epochs: int
     reason: str = ""
+    infeasible: bool = False
 
 
 def outcome(*, epochs: int, max_epochs: int, fail_reason: str | None = None, errored: bool = False,
@@ -40,15 +42,15 @@ def outcome(*, epochs: int, max_epochs: int, fail_reason: str | None = None, err
     """The one rule for a trial's outcome, used by the searcher (which Optuna state a trial gets),
     the progress table and results.csv alike:
 
-    - failed: it reported a `fail_reason` (non-finite loss, out of memory), or Ray gave up on it
-      after an error (`errored`);
+    - failed: it reported a `fail_reason` (non-finite loss, out of memory: its configuration is
+      infeasible, and the searcher tells TPE so), or Ray gave up on it after an error (`errored`);
     - finished: it reported `max_epochs`, the search's full budget;
     - running: Ray still has it (`running`);
     - stopped: it ended earlier without an error, which in a search only ASHA does (a space may not
       set `patience`).
     """
     if fail_reason:
-        return Outcome(STATUS_FAILED, epochs, fail_reason)
+        return Outcome(STATUS_FAILED, epochs, fail_reason, infeasible=True)
     if errored:
         return Outcome(STATUS_FAILED, epochs, "the trial raised an error (see its error.txt)")
     if epochs >= max_epochs:
@@ -77,6 +79,7 @@ class TrialRecord:
     test: dict = field(default_factory=dict)  # TEST_KEYS on the test images at `best_epoch` (none: empty)
     source_trial: str = ""     # confirmation runs: the search trial whose configuration they retrain
     trial_number: int | None = None  # search trials: the Optuna trial's number in its study (the order asked)
+    infeasible: bool = False   # failed for its configuration (`outcome`), not because Ray gave up after errors
 
     @staticmethod
     def columns(metric: str) -> tuple[str, ...]:
@@ -242,7 +245,7 @@ def read_trial(trial_dir: Path, metric: str, max_epochs: int, ray_status: str | 
                        stage=cfgd.get("stage", "search"), metric=metric,
                        status=result.status, epochs=epochs, best=best,
                        last=hist[-1].get(metric, math.nan) if hist else math.nan, best_epoch=best_ep,
-                       reason=reason, unreadable_lines=unreadable, path=str(trial_dir), config=cfgd["cfg"],
+                       reason=reason, infeasible=result.infeasible, unreadable_lines=unreadable, path=str(trial_dir), config=cfgd["cfg"],
                        params=cfgd.get("params", {}), history=hist,
                        test={k: at_best[f"test_{k}"] for k in TEST_KEYS if f"test_{k}" in at_best},
                        source_trial=cfgd.get("source_trial", ""), trial_number=cfgd.get("trial_number"))

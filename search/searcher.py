@@ -3,8 +3,17 @@
 Ray's own `OptunaSearch` tells Optuna every trial that ended as COMPLETE with its last value, also
 the ones ASHA stopped at an early rung; TPE then learns that an epoch-2 score is a final one.
 Here, a trial that ended before `max_epochs` without an error reaches Optuna as PRUNED with its
-per-epoch intermediate values, a failed trial as FAIL, and only a trial that ran its full budget as
-COMPLETE (with the best value of its metric over its epochs).
+per-epoch intermediate values, and only a trial that ran its full budget as COMPLETE (with the best
+value of its metric over its epochs).
+
+A failed trial must teach too: TPE samples from COMPLETE and PRUNED trials only, so a FAIL is never
+seen, and a region that runs out of memory or diverges would be proposed again and again (the arm
+with the largest backbone, which fails most, would end with the fewest usable trials). A trial that
+failed for its configuration (results.outcome's `infeasible`: a non-finite loss, out of memory, a
+combination training refuses) ends as PRUNED with the constraint FAILED_CONSTRAINT = 1
+(`Trial.set_constraint`): TPE ranks an infeasible trial below every feasible one. A trial Ray gave
+up on after errors ends as FAIL: it says nothing about its configuration. Every failed trial is
+replaced by a new one, up to `budget.max_failed_per_arm` per study; then the study ends short.
 
 Studies live in an Optuna journal file (`optuna-dashboard RUN_DIR/optuna.journal` opens it).
 """
@@ -33,6 +42,7 @@ from search.space import Space
 from search.storage import relocated
 
 JOINT = "joint"  # study name in the joint strategy
+FAILED_CONSTRAINT = "failed"  # the constraint a trial that failed for its configuration violates (> 0)
 ENDED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
@@ -149,6 +159,7 @@ class ArmSearcher(Searcher):
         self.snapshot_journal = snapshot_journal  # copy the journal into each experiment checkpoint
         self.stages = tuple(stages)
         self.started = {name: 0 for name in study_names(space)}
+        self.failed = {name: 0 for name in study_names(space)}  # of those started, how many failed
         self.ended: dict[str, dict] = {}  # Ray trial id -> _Ended's fields, of ended search trials (not failed)
         self.issued: set[str] = set()     # search.stages.run_key of every later-stage run suggested
         self._stage_runs: dict[str, list[dict]] = {}  # study -> its later-stage runs, once its search has ended
@@ -179,12 +190,20 @@ class ArmSearcher(Searcher):
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True  # the metric is the space's; the searcher needs no param_space
 
+    def _open(self, name: str) -> bool:
+        """Whether the study may start another trial: `trials_per_arm`, plus one for each failed
+        trial up to `max_failed_per_arm` (a failed trial is replaced; past that the study ends short)."""
+        if self.trials_per_arm is None:
+            return True
+        return self.started[name] < self.trials_per_arm + min(self.failed[name], self.space.max_failed_per_arm)
+
     def _next_study(self) -> str | None:
-        open_ = [n for n, k in self.started.items() if self.trials_per_arm is None or k < self.trials_per_arm]
-        return min(open_, key=lambda n: self.started[n]) if open_ else None  # round-robin: fewest started first
+        open_ = [n for n in self.started if self._open(n)]
+        # Round-robin: the study with the fewest trials started that have not failed goes first.
+        return min(open_, key=lambda n: self.started[n] - self.failed[n]) if open_ else None
 
     def _search_ended(self, name: str) -> bool:
-        return (self.trials_per_arm is not None and self.started[name] >= self.trials_per_arm
+        return (self.trials_per_arm is not None and not self._open(name)
                 and not self.orphans.get(name) and all(n != name for n, _ in self.live.values()))
 
     def _later_runs(self, name: str) -> list[dict]:
@@ -234,7 +253,11 @@ class ArmSearcher(Searcher):
                 return later
         name = self._next_study()
         if name is None:
-            return later if self.stages else Searcher.FINISHED  # stages: None waits for a search to end
+            if self.stages:
+                return later  # None: waits for a search to end
+            # Not FINISHED while a trial runs: Ray asks no more after FINISHED, and a running trial
+            # that fails reopens its study for a replacement (`_open`).
+            return Searcher.FINISHED if all(map(self._search_ended, self.started)) else None
         study = self.studies[name]
         orphan = self.orphans.get(name, [])
         # A trial asked for just before a driver crash, which Ray never recorded, is handed out again
@@ -249,9 +272,8 @@ class ArmSearcher(Searcher):
         try:
             cfg = self.space.trial_config(arm, params)
         except C.ConfigError as e:  # a combination the ranges allow but training does not
-            trial.set_user_attr("fail_reason", str(e))
-            study.tell(trial, state=TrialState.FAIL)
             self.started[name] += 1
+            self._tell_failed(name, trial, f"ConfigError: {e}", infeasible=True)
             return self._suggest_run(trial_id)
         trial.set_user_attr("ray_trial_id", trial_id)
         trial.set_user_attr("arm", arm.name)
@@ -300,8 +322,7 @@ class ArmSearcher(Searcher):
         end = outcome(epochs=int(result.get("epoch", 0)), max_epochs=self.space.max_epochs,
                       fail_reason=result.get("fail_reason"), errored=error)
         if end.status == STATUS_FAILED:
-            trial.set_user_attr("fail_reason", end.reason)
-            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            self._tell_failed(name, trial, end.reason, end.infeasible)
             return
         # Ray does not pass the result that triggered a stop (ASHA's, or the last epoch's) to
         # on_trial_result, only here: record it as the trial's last intermediate value first.
@@ -314,6 +335,21 @@ class ArmSearcher(Searcher):
         else:  # stopped: ASHA ended it before the budget; an early score is not a final one
             trial.set_user_attr("stopped_at_epoch", end.epochs)
             study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
+
+    def _tell_failed(self, name: str, trial: optuna.Trial, reason: str, infeasible: bool) -> None:
+        """End a failed trial (module docstring): infeasible, PRUNED with its constraint violated so
+        that TPE learns from it; otherwise (Ray gave up after errors) FAIL. Either way it is counted
+        in `failed`, which opens its study to a replacement (`_open`)."""
+        study = self.studies[name]
+        if compat.frozen_trial(study, compat.optuna_trial_id(trial)).state != TrialState.RUNNING:
+            return  # already ended in the journal, and counted there (`restore`)
+        self.failed[name] += 1
+        trial.set_user_attr("fail_reason", reason)
+        if infeasible:
+            trial.set_constraint(FAILED_CONSTRAINT, 1.0)
+            study.tell(trial, state=TrialState.PRUNED)
+        else:
+            study.tell(trial, state=TrialState.FAIL)
 
     def _keep_end(self, trial_id: str, name: str, trial: optuna.Trial, status: str, values: list[float]) -> None:
         """Keep what `ranked` reads of an ended search trial (with later stages only), to pick its
@@ -399,15 +435,20 @@ class ArmSearcher(Searcher):
         owned = set(self.live.values())
         self.orphans = {name: sorted(otid for otid in ids if (name, otid) not in owned) for name, ids in running.items()}
         for name, study in self.studies.items():
+            trials = study.get_trials(deepcopy=False)
+            # A configuration training refused when it was asked for never became a Ray trial.
+            refused = [t for t in trials if "ray_trial_id" not in t.user_attrs and "fail_reason" in t.user_attrs]
             if statuses:
                 # Every search trial of Ray's state that is not lost is now in its study (above), and
                 # only those count: whichever of the three files is older, a trial Ray will not run
                 # and whose work is not stored is run again (an orphan) or replaced by a new ask.
-                self.started[name] = sum(t.user_attrs.get("ray_trial_id") in in_rays_state
-                                         for t in study.get_trials(deepcopy=False))
+                counted = [t for t in trials if t.user_attrs.get("ray_trial_id") in in_rays_state] + refused
+                self.started[name] = len(counted)
             else:  # no experiment state to go by: every ask is in the journal at once
-                asked = len(study.get_trials(deepcopy=False)) - len(self.orphans.get(name, []))
-                self.started[name] = max(self.started.get(name, 0), asked)
+                orphans = set(self.orphans.get(name, []))
+                counted = [t for t in trials if compat.optuna_trial_id(t) not in orphans]
+                self.started[name] = max(self.started.get(name, 0), len(counted))
+            self.failed[name] = sum("fail_reason" in t.user_attrs for t in counted)
         # A journal older than Ray's state lacks the epochs a resumed trial will not train again
         # (it continues from a later checkpoint): they are taken from the trial's stored results.
         for ray_id, (name, otid) in self.live.items():
@@ -458,13 +499,16 @@ class ArmSearcher(Searcher):
         """End a live trial's Optuna trial as its stored record (search.results.read_trial) ended."""
         self._report_missing(trial, held, rec.history)
         last = rec.history[-1] if rec.history else {}
-        fail = rec.reason if rec.status == STATUS_FAILED else None
-        self.on_trial_complete(ray_id, {**last, "epoch": rec.epochs, **({"fail_reason": fail} if fail else {})})
+        fail = rec.reason if rec.status == STATUS_FAILED and rec.infeasible else None
+        self.on_trial_complete(ray_id, {**last, "epoch": rec.epochs, **({"fail_reason": fail} if fail else {})},
+                               error=rec.status == STATUS_FAILED and not rec.infeasible)
 
     def _keep_stored_end(self, ray_id: str, name: str, otid: int) -> None:
         """`_keep_end` for a trial whose end is in the journal: finished = COMPLETE, stopped = PRUNED."""
         frozen = compat.frozen_trial(self.studies[name], otid)
         status = {TrialState.COMPLETE: STATUS_FINISHED, TrialState.PRUNED: STATUS_STOPPED}.get(frozen.state)
+        if "fail_reason" in frozen.user_attrs:  # PRUNED as infeasible (`_tell_failed`): never ranked
+            status = None
         if status is not None:
             values = [v for v in frozen.intermediate_values.values() if math.isfinite(v)]
             self._keep_end(ray_id, name, compat.attach_trial(self.studies[name], otid), status, values)

@@ -27,9 +27,12 @@ STRATEGIES = ("per-architecture", "joint")
 TOP_KEYS = ("name", "metric", "strategy", "data", "val_data", "test_data", "images", "arms", "fixed", "params",
             "baseline", "budget", "resources", "confirm", "seed")
 BUDGET_KEYS = {"max_epochs": 10, "grace_period": 1, "reduction_factor": 3, "trials_per_arm": 8, "max_concurrent": None,
-               "stopping": "asha", "sampler": "tpe", "checkpoint_every": 1}
+               "stopping": "asha", "sampler": "tpe", "checkpoint_every": 1, "max_failed_per_arm": None}
 # budget.stopping: "asha" stops weak trials early; "none" runs every trial to max_epochs (full learning
 # curves: what search.replay scores strategies on). budget.sampler: Optuna's TPE, or random proposals.
+# budget.max_failed_per_arm: how many failed trials of an arm's study are replaced by new ones (null:
+# half of trials_per_arm, rounded down); past that, the arm ends with fewer usable trials and the
+# report says so.
 # What `search.run --resume` may find changed in the space file: keys that cannot change what a trial
 # already run means (how many run at once; the name; where the data is read from, since the data
 # fingerprint refuses other data). Any other change would mix two searches: refused.
@@ -115,6 +118,7 @@ class Space:
     stopping: str = "asha"
     sampler: str = "tpe"
     checkpoint_every: int = 1
+    max_failed_per_arm: int = 0  # failed trials of a study replaced by new ones (budget.max_failed_per_arm)
     raw: dict = field(default_factory=dict, compare=False)
 
     def checkpoint_epochs(self) -> frozenset:
@@ -348,6 +352,12 @@ def load_space(path: str | os.PathLike) -> Space:
     mc = budget["max_concurrent"]
     if mc is not None and (not isinstance(mc, int) or mc < 1):
         raise _err(path, "budget.max_concurrent", f"must be null or an integer >= 1, got {mc!r}")
+    max_failed = budget["max_failed_per_arm"]
+    if max_failed is None:
+        max_failed = budget["trials_per_arm"] // 2
+    elif not isinstance(max_failed, int) or isinstance(max_failed, bool) or max_failed < 0:
+        raise _err(path, "budget.max_failed_per_arm", f"must be null (half of trials_per_arm) or an integer >= 0, "
+                   f"got {max_failed!r}")
 
     res = {"cpu": 1, "gpu": 0, **(raw.get("resources") or {})}
     bad = sorted(set(res) - {"cpu", "gpu"})
@@ -386,7 +396,8 @@ def load_space(path: str | os.PathLike) -> Space:
                   max_concurrent=mc, cpu=float(res["cpu"]), gpu=float(res["gpu"]),
                   confirm_top_k=confirm.get("top_k", 0), confirm_seeds=confirm.get("seeds", 0), seed=seed,
                   test_data=raw.get("test_data"), baseline=baseline, stopping=budget["stopping"],
-                  sampler=budget["sampler"], checkpoint_every=budget["checkpoint_every"], raw=raw)
+                  sampler=budget["sampler"], checkpoint_every=budget["checkpoint_every"],
+                  max_failed_per_arm=max_failed, raw=raw)
     _check_extremes(space)
     for arm in space.arms:
         try:
@@ -480,7 +491,7 @@ def dry_run_text(space: Space) -> str:
     stopping = (f"ASHA rungs at epochs {space.asha_rungs() or '(none)'} (reduction factor {space.reduction_factor})"
                 if space.stopping == "asha" else "no early stopping (budget.stopping: none)")
     lines += [f"budget: {space.trials_per_arm} trials {per}, up to {space.max_epochs} epochs each; {stopping}; "
-              f"proposals: {space.sampler}",
+              f"proposals: {space.sampler}; up to {space.max_failed_per_arm} failed trials {per} replaced",
               f"trials: {space.total_trials()}, trial-epochs between {lo} (all stopped at the first rung) and {hi}",
               f"resources per trial: cpu {space.cpu:g}, gpu {space.gpu:g}; at most "
               f"{space.max_concurrent or 'as many as fit'} at once",

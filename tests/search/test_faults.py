@@ -178,25 +178,34 @@ budget: {max_epochs: 3, grace_period: 2, reduction_factor: 2, trials_per_arm: 1,
 
 
 @pytest.mark.slow
-def test_nonfinite_trial_fails_at_once_with_its_reason(tiny_data, tmp_path):
+def test_nonfinite_trial_fails_at_once_with_its_reason_and_is_replaced(tiny_data, tmp_path):
+    """Every lr of this range diverges: the trial fails in its first epoch, is told to TPE as
+    infeasible (PRUNED with the constraint `failed`), and is replaced once (max_failed_per_arm 1); the
+    replacement fails too, so the arm ends with no usable trial and the report says why."""
+    from search import report
+
     space = _space(tmp_path, tiny_data, """
 arms: {backbone: [resnet18]}
 params:
   lr: {type: float, low: 1.0e+6, high: 2.0e+6}
-budget: {max_epochs: 2, grace_period: 1, reduction_factor: 2, trials_per_arm: 1}
+budget: {max_epochs: 2, grace_period: 1, reduction_factor: 2, trials_per_arm: 1, max_failed_per_arm: 1}
 """)
     text = space.read_text().replace("  warmup_epochs: 0.5", "  warmup_epochs: 0.0\n  clip_grad_norm: null")
     space.write_text(text)
     rc = run.main(["--space", str(space), "--storage", str(tmp_path / "runs"), "--name", "nan", "--num-cpus", "2"])
     assert rc == 0
     rows = _rows(tmp_path / "runs" / "nan")
-    assert len(rows) == 1 and rows[0]["status"] == "failed"
-    assert rows[0]["reason"].startswith("NonFiniteLossError: non-finite loss")
+    assert len(rows) == 2 and all(r["status"] == "failed" for r in rows)
+    assert all(r["reason"].startswith("NonFiniteLossError: non-finite loss") for r in rows)
     storage = JournalStorage(JournalFileBackend(str(tmp_path / "runs" / "nan" / "optuna.journal")))
-    (t,) = optuna.load_study(study_name="resnet18-v1-none-t5", storage=storage).trials
-    assert t.state == TrialState.FAIL and "NonFiniteLossError" in t.user_attrs["fail_reason"]
+    trials = optuna.load_study(study_name="resnet18-v1-none-t5", storage=storage).trials
+    assert len(trials) == 2 and all(t.state == TrialState.PRUNED and t.constraints == {"failed": 1.0}
+                                    and "NonFiniteLossError" in t.user_attrs["fail_reason"] for t in trials)
     # Failed at once: one report (the failure), no retry from a checkpoint, no error file.
-    trial_dir = next((tmp_path / "runs" / "nan" / "trials").glob("resnet18*"))
-    assert len((trial_dir / "result.json").read_text().splitlines()) == 1
-    assert not (trial_dir / "error.txt").exists()
-
+    for trial_dir in (tmp_path / "runs" / "nan" / "trials").glob("resnet18*"):
+        assert len((trial_dir / "result.json").read_text().splitlines()) == 1
+    report.write_report(tmp_path / "runs" / "nan", tmp_path / "report")
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert ("**resnet18-v1-none-t5 has 0 usable trials of the 1 every arm gets**: 2 of its trials failed, more "
+            "than the 1 `budget.max_failed_per_arm`") in text
+    assert "| trials run: usable / failed / stopped by ASHA |" in text and "| 2: 0 / 2 / 0 |" in text

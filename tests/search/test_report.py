@@ -116,6 +116,7 @@ def test_table_values_figures_and_conclusion_from_known_numbers(handmade):
     assert a["best"] == 0.8 and a["best_trial"] == "a1" and a["map"] == 0.4 and a["epochs_to_95"] == 4
     assert b["best"] == 0.6 and b["best_trial"] == "b1" and b["epochs_to_95"] == 3
     assert (a["trials"], a["stopped"], a["failed"]) == (3, 1, 0) and (b["trials"], b["stopped"], b["failed"]) == (3, 1, 1)
+    assert (a["usable"], b["usable"]) == (3, 2)
     assert a["confirm_mean"] == pytest.approx(0.78) and a["confirm_std"] == pytest.approx(0.028284, abs=1e-5)
     assert b["confirm_mean"] == pytest.approx(0.59)
     text = (handmade / "report" / "report.md").read_text()
@@ -124,7 +125,8 @@ def test_table_values_figures_and_conclusion_from_known_numbers(handmade):
     assert "| A | 0.8000 | 0.7800 ± 0.0283 (n=2) | 0.4000 |" in text and "| 41.29 | 20.64 |" in text
     # Peak memory: the best trial's (a1: 500 + 4 epochs) and the largest of any of the arm's runs (a3).
     assert a["peak_mem_mb"] == 504.0 and a["arm_peak_mem_mb"] == 2004.0 and "| 504 / 2004 |" in text
-    assert "b3 (B): NonFiniteLossError: boom" in text
+    assert "b3 (B): NonFiniteLossError: boom" in text and "| 3: 2 / 1 / 1 |" in text
+    assert "usable trials of the" not in text  # B's one failure is within what max_failed_per_arm replaces
     # Pareto front: B is faster and smaller, A more accurate: both on it.
     assert "Pareto front (latency): A, B" in text or "Pareto front (latency): B, A" in text
     assert a["latency_ms"] == 30.0 and b["latency_ms"] == 10.0

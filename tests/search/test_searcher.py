@@ -7,6 +7,7 @@ import pickle
 import shutil
 
 from optuna.trial import TrialState
+from ray.tune.search import Searcher
 
 from search.results import collect
 from search.searcher import ArmSearcher, reconcile_studies
@@ -78,7 +79,9 @@ def test_a_journal_older_than_rays_state_is_brought_in_line_with_the_stored_resu
     # without it would propose them again (its sampler is seeded).
     (held_c,) = [t for t in resumed.studies[STUDY].get_trials() if t.user_attrs.get("ray_trial_id") == "c"]
     assert held_c.state == TrialState.RUNNING and held_c.params["lr"] == configs["c"]["params"]["lr"]
-    assert resumed.suggest("extra") is resumed.FINISHED  # three started: no fourth trial
+    # Three started, two still running: no fourth trial, and not FINISHED either (a running trial
+    # that fails gets a replacement, and Ray asks no more after FINISHED).
+    assert resumed.suggest("extra") is None
     resumed.on_trial_result("a", {"epoch": 3, "map50": 0.5})
     resumed.on_trial_complete("a", {"epoch": 3, "map50": 0.5})
     for e, v in enumerate((0.6, 0.7, 0.65), start=1):
@@ -118,7 +121,7 @@ def test_a_failed_trial_missing_from_the_journal_is_added_as_failed(tmp_path):
     write_experiment_state(run_dir / "trials", {"f": "TERMINATED"})
     assert reconcile_studies(space, journal, collect(run_dir, "map50", 3)) == {"ended": 0, "added": 1}
     (t,) = ArmSearcher(space, journal).studies[STUDY].get_trials()
-    assert t.state == TrialState.FAIL and t.user_attrs["ray_trial_id"] == "f"
+    assert t.state == TrialState.PRUNED and t.constraints == {"failed": 1.0} and t.user_attrs["ray_trial_id"] == "f"
     assert "NonFiniteLossError" in t.user_attrs["fail_reason"]
 
 
@@ -170,7 +173,7 @@ def test_runs_asked_after_rays_last_state_do_not_hold_slots_after_a_resume(tmp_p
     assert resumed.running == set()
     third = resumed.suggest("e")  # c's Optuna trial, which no Ray trial holds, handed out again
     assert isinstance(third, dict) and third["stage"] == "search" and third["params"] == configs_c["params"]
-    assert resumed.suggest("f") is resumed.FINISHED  # a, b and e: the arm's three trials
+    assert resumed.suggest("f") is None  # a, b and e: the arm's three trials (not FINISHED: one may yet fail)
     # Ray's state is what counts: with two runs in it unfinished, a third waits for a slot.
     write_experiment_state(run_dir / "trials", {"a": "TERMINATED", "b": "RUNNING", "e": "PENDING"})
     again = pickle.loads(blank)
@@ -231,7 +234,7 @@ def test_trials_rays_state_ended_but_whose_results_never_reached_storage_are_run
     again = resumed.suggest("d")
     assert isinstance(again, dict) and again["params"] == configs["b"]["params"]  # b's Optuna trial, run again
     assert isinstance(resumed.suggest("e"), dict)  # in place of c
-    assert resumed.suggest("f") is resumed.FINISHED  # a, d and e: the arm's three trials
+    assert resumed.suggest("f") is None  # a, d and e: the arm's three trials (not FINISHED: one may yet fail)
 
 
 def test_a_trial_only_this_searchers_state_remembers_is_replaced(tmp_path):
@@ -251,7 +254,7 @@ def test_a_trial_only_this_searchers_state_remembers_is_replaced(tmp_path):
     resumed.restore(str(tmp_path / "searcher-state.json"))
     assert set(resumed.live) == {"a"} and resumed.running == {"a"}
     assert isinstance(resumed.suggest("c"), dict) and isinstance(resumed.suggest("d"), dict)  # in place of b, and the third
-    assert resumed.suggest("e") is resumed.FINISHED
+    assert resumed.suggest("e") is None  # not FINISHED: a live trial may yet fail
 
 
 def test_a_trial_that_ended_in_rays_state_but_not_in_the_journal_is_not_proposed_again(tmp_path):
@@ -273,7 +276,7 @@ def test_a_trial_that_ended_in_rays_state_but_not_in_the_journal_is_not_proposed
     assert held.user_attrs["ray_trial_id"] == "a"
     proposals = [resumed.suggest(t) for t in ("b", "c")]
     assert all(p["params"] != config_a["params"] for p in proposals)
-    assert resumed.suggest("d") is resumed.FINISHED
+    assert resumed.suggest("d") is None  # not FINISHED: a live trial may yet fail
 
 
 def test_a_lost_trial_that_had_ended_before_the_searchers_state_was_saved_is_replaced(tmp_path):
@@ -294,4 +297,110 @@ def test_a_lost_trial_that_had_ended_before_the_searchers_state_was_saved_is_rep
     resumed.restore(str(tmp_path / "searcher-state.json"))
     assert resumed.started[STUDY] == 1 and set(resumed.live) == {"a"}
     assert isinstance(resumed.suggest("c"), dict) and isinstance(resumed.suggest("d"), dict)
-    assert resumed.suggest("e") is resumed.FINISHED
+    assert resumed.suggest("e") is None  # not FINISHED: a live trial may yet fail
+
+
+# --- failed trials: infeasible for TPE, and replaced (issue 26, item 1) ------------------------------
+
+def _failing_search(tmp_path, seed: int, tpa: int, max_failed: int, told_as_fail: bool = False, above: float = 1e-2):
+    """Drive a two-arm search sequentially as Ray would, no Ray processes: every resnet34 trial with lr
+    above `above` (by default the top third of the log range) fails for its configuration, as a
+    diverging loss or an out-of-memory does; elsewhere the metric peaks at lr 1e-3. Returns ({arm:
+    [failed?, ...] in the order asked}, the searcher). `told_as_fail`: tell Optuna FAIL as before the
+    fix (TPE never sees it)."""
+    import math
+
+    d = tmp_path / f"s{seed}-{told_as_fail}"
+    d.mkdir()
+    p = d / "s.yaml"
+    p.write_text("arms: {backbone: [resnet18, resnet34]}\n"
+                 "params:\n  lr: {type: float, low: 1.0e-4, high: 1.0e-1, log: true}\n"
+                 f"budget: {{max_epochs: 2, trials_per_arm: {tpa}, max_failed_per_arm: {max_failed}}}\nseed: {seed}\n")
+    searcher = ArmSearcher(load_space(p), d / "optuna.journal")
+    if told_as_fail:
+        def tell_fail(name, trial, reason, infeasible):
+            searcher.failed[name] += 1
+            searcher.studies[name].tell(trial, state=TrialState.FAIL)
+        searcher._tell_failed = tell_fail
+    failed: dict[str, list[bool]] = {}
+    for i in range(10 * tpa):
+        config = searcher.suggest(f"t{i}")
+        if not isinstance(config, dict):
+            break
+        lr = config["params"]["lr"]
+        fails = config["arm"].startswith("resnet34") and lr > above
+        failed.setdefault(config["arm"], []).append(fails)
+        if fails:
+            searcher.on_trial_complete(f"t{i}", {"epoch": 1.0, "map50": math.nan,
+                                                 "fail_reason": "OutOfMemoryError: CUDA out of memory"})
+        else:
+            value = 0.5 - 0.1 * (math.log10(lr) + 3) ** 2
+            searcher.on_trial_result(f"t{i}", {"epoch": 1.0, "map50": value})
+            searcher.on_trial_complete(f"t{i}", {"epoch": 2.0, "map50": value})
+    return failed, searcher
+
+
+def test_tpe_learns_from_failed_trials_and_every_arm_gets_its_usable_trials(tmp_path):
+    """TPE samples from COMPLETE and PRUNED trials only: a failed trial told FAIL teaches it nothing, so
+    it kept proposing the failing region (measured with the old telling: the last 10 of 30 resnet34
+    trials all failed, and the arm used up its replacements with 10 usable trials). Told as infeasible
+    (PRUNED, constraint `failed` = 1), later proposals fall in the failing region less often than the
+    random first ones, and both arms end with trials_per_arm usable trials."""
+    first = later = 0
+    for seed in (0, 1, 2):
+        failed, searcher = _failing_search(tmp_path, seed, tpa=30, max_failed=30)
+        arm = failed["resnet34-v1-none-t5"]
+        first, later = first + sum(arm[:10]), later + sum(arm[-10:])  # the first 10: TPE's random start-up
+        assert [len(f) - sum(f) for f in failed.values()] == [30, 30]  # usable trials per arm
+        study = searcher.studies["resnet34-v1-none-t5"]
+        bad = [t for t in study.get_trials() if "fail_reason" in t.user_attrs]
+        assert len(bad) == sum(arm) and all(t.state == TrialState.PRUNED and t.constraints == {"failed": 1.0}
+                                            for t in bad)
+    assert later < first / 2, (first, later)
+    failed, _ = _failing_search(tmp_path, 0, tpa=30, max_failed=30, told_as_fail=True)
+    assert sum(failed["resnet34-v1-none-t5"][-10:]) > sum(failed["resnet34-v1-none-t5"][:10])  # the defect shown
+
+
+def test_an_arm_whose_failures_exceed_max_failed_per_arm_ends_short_and_the_report_says_why(tmp_path):
+    """Replacements are bounded: a resnet34 that fails at every lr, with trials_per_arm 4 and
+    max_failed_per_arm 2, runs 4 trials and 2 replacements and ends with none usable; the search then
+    ends (resnet18 has its 4), and the report names the arm and why it is short."""
+    failed, searcher = _failing_search(tmp_path, 0, tpa=4, max_failed=2, above=0.0)
+    assert failed == {"resnet18-v1-none-t5": [False] * 4, "resnet34-v1-none-t5": [True] * 6}
+    assert searcher.suggest("more") is Searcher.FINISHED
+    from search.report import short_arms
+
+    rows = [{"arm": "resnet34-v1-none-t5", "usable": 0, "failed": 6}, {"arm": "resnet18-v1-none-t5", "usable": 4,
+                                                                        "failed": 0}]
+    (line, blank) = short_arms(rows, searcher.space, done=True)
+    assert line.startswith("**resnet34-v1-none-t5 has 0 usable trials of the 4 every arm gets**: 6 of its trials "
+                           "failed, more than the 2 `budget.max_failed_per_arm`") and blank == ""
+    assert short_arms(rows, searcher.space, done=False) == []  # a run still going may yet get them
+
+
+def test_a_resumed_searcher_still_replaces_a_trial_that_failed_before_the_kill(tmp_path):
+    """The replacement budget survives a resume: it is counted again from the studies (a failed trial
+    holds its fail_reason), not trusted to a saved counter."""
+    space = _space(tmp_path)  # trials_per_arm 3: max_failed_per_arm 1 (half, rounded down)
+    run_dir = tmp_path / "run"
+    (run_dir / "trials").mkdir(parents=True)
+    searcher = ArmSearcher(space, run_dir / "optuna.journal")
+    blank = pickle.dumps(searcher)
+    configs = {tid: searcher.suggest(tid) for tid in ("a", "b", "c")}
+    assert searcher.suggest("x") is None  # the budget is spent; c's arm is still running
+    searcher.on_trial_complete("a", {"epoch": 3.0, "map50": 0.3})
+    searcher.on_trial_complete("b", {"epoch": 1.0, "map50": float("nan"), "fail_reason": "NonFiniteLossError: nan"})
+    searcher.save(str(tmp_path / "searcher-state.json"))
+    write_experiment_state(run_dir / "trials", {"a": "TERMINATED", "b": "TERMINATED", "c": "RUNNING"})
+    _store(run_dir, "a", configs["a"], [0.1, 0.2, 0.3])
+    _store(run_dir, "b", configs["b"], [])
+    with open(run_dir / "trials" / f"{configs['b']['arm']}_b" / "result.json", "a") as f:
+        f.write(json.dumps({"trial_id": "b", "epoch": 1.0, "map50": float("nan"), "fail_reason": "NonFiniteLossError: nan"})
+                + "\n")
+    _store(run_dir, "c", configs["c"], [0.2])
+
+    resumed = pickle.loads(blank)
+    resumed.restore(str(tmp_path / "searcher-state.json"))
+    assert (resumed.started[STUDY], resumed.failed[STUDY]) == (3, 1)
+    assert isinstance(resumed.suggest("d"), dict)  # b's replacement
+    assert resumed.suggest("e") is None            # and no more: 1 failure may be replaced
