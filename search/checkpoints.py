@@ -38,7 +38,7 @@ from ray import tune
 from ray.tune import Callback
 
 from search import compat
-from search.results import STATUS_FAILED, outcome, rank_key
+from search.results import STATUS_FAILED, TrialHistory, outcome, rank_key
 from search.stages import is_later_stage
 from search.trainable import CKPT_NAME
 
@@ -62,14 +62,16 @@ def checkpoint_config() -> tune.CheckpointConfig:
 
 
 class _Trial:
-    """What the pruner knows of a trial: its arm, where its folder is stored, its best metric and
-    last epoch so far, whether it reported a failure, its place in `rank_key`'s order once it has
-    ended (None: not ended, or never ranked), below which checkpoint number it was pruned, and
-    whether its kept checkpoint has lost its `checkpoint.pt`."""
+    """What the pruner knows of a trial: its arm, where its folder is stored, its epochs so far
+    (search.results.TrialHistory: the best the records will name), its last epoch, whether it
+    reported a failure, its place in `rank_key`'s order once it has ended (None: not ended, or never
+    ranked), below which checkpoint number it was pruned, and whether its kept checkpoint has lost
+    its `checkpoint.pt`."""
 
-    def __init__(self, arm: str, fs, path: str, later_stage: bool = False):
+    def __init__(self, arm: str, fs, path: str, metric: str, later_stage: bool = False):
         self.arm, self.fs, self.path, self.later_stage = arm, fs, path, later_stage
-        self.best, self.epochs, self.failed = -math.inf, 0, False
+        self.history, self.epochs, self.failed = TrialHistory(metric), 0, False
+        self.prior = math.nan  # Ray's running max: for a resumed trial whose stored results could not be read
         self.ended, self.key = False, None
         self.pruned_below = 0
         self.slimmed = False  # its kept checkpoint's checkpoint.pt deleted
@@ -88,32 +90,41 @@ class PruneEndedCheckpoints(Callback):
         self.deleted = 0
 
     # --- what Ray tells the driver ---------------------------------------------------------------
-    def _of(self, trial) -> _Trial:
+    def _of(self, trial, result: dict | None = None) -> _Trial:
         if trial.trial_id not in self._trials:
             fs, path = compat.trial_storage(trial)
-            t = self._trials[trial.trial_id] = _Trial(trial.config["arm"], fs, path,
+            t = self._trials[trial.trial_id] = _Trial(trial.config["arm"], fs, path, self.metric,
                                                       later_stage=is_later_stage(trial.config))
-            # A trial resumed from a checkpoint reports only the epochs after it to this driver; its
-            # best before them is in what Ray restored (the metric's running max, saved with its state).
-            prior = compat.metric_max(trial, self.metric)
-            if prior is not None and math.isfinite(prior):
-                t.best = prior
+            epoch = int((result or {}).get("epoch", 1))
+            if epoch > 1:
+                # Resumed from a checkpoint, it reports only the epochs after it to this driver: the
+                # ones before are its stored results (one read, in the run's storage).
+                for r in compat.stored_reports(trial):
+                    t.history.add(r)
+                if not any(h["epoch"] < epoch for h in t.history.epochs):
+                    # None readable now: never delete what may be the arm's best on a guess.
+                    prior = compat.metric_max(trial, self.metric)
+                    t.prior = math.nan if prior is None else prior
         return self._trials[trial.trial_id]
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        t = self._of(trial)
-        v = result.get(self.metric)
-        if v is not None and math.isfinite(float(v)):
-            t.best = max(t.best, float(v))
+        t = self._of(trial, result)
+        t.history.add(result)
         t.epochs = int(result.get("epoch", t.epochs))
         t.failed = t.failed or "fail_reason" in result
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        t = self._of(trial)
+        last = trial.last_result or {}
+        t = self._of(trial, last)
+        t.history.add(last)  # (a report already counted replaces itself)
+        t.epochs = int(last.get("epoch", t.epochs))
+        t.failed = t.failed or "fail_reason" in last
         status = outcome(epochs=t.epochs, max_epochs=self.max_epochs, fail_reason="failed" if t.failed else None).status
         t.ended = True
         # A failed trial, or one with no finite metric, is never ranked (`results.ranked`): key None.
-        t.key = None if status == STATUS_FAILED or not math.isfinite(t.best) else rank_key(status, t.best)
+        # (`prior` stands for the epochs before a resume whose stored results could not be read.)
+        best = max((b for b in (t.history.best, t.prior) if math.isfinite(b)), default=math.nan)
+        t.key = None if status == STATUS_FAILED or not math.isfinite(best) else rank_key(status, best)
 
     def on_step_end(self, iteration, trials, **info):
         if self._trials and time.monotonic() - self._last_pass >= self.every_s:

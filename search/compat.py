@@ -146,6 +146,23 @@ def upload_trial_file(trial, name: str) -> bool:
     return True
 
 
+def stored_reports(trial) -> list[dict]:
+    """The reports in a trial's result.json in the run's storage (a local folder or object storage),
+    in order; none when it cannot be read now."""
+    import posixpath
+
+    from ray.tune.result import EXPR_RESULT_FILE
+
+    from search.results import parse_results
+
+    fs, path = trial_storage(trial)
+    try:
+        with fs.open_input_stream(posixpath.join(path, EXPR_RESULT_FILE)) as f:
+            return parse_results(f.read().decode("utf-8", errors="replace"))[0]
+    except OSError:  # (FileNotFoundError is one)
+        return []
+
+
 def metric_max(trial, metric: str) -> float | None:
     """The largest value of `metric` Ray has seen a trial report, across a resume too (Ray keeps a
     running max per metric in the trial's run metadata, which its experiment state saves); None

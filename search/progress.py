@@ -22,7 +22,7 @@ from collections import defaultdict
 from ray.tune import Callback
 
 from search import compat
-from search.results import STATUS_RUNNING, outcome
+from search.results import STATUS_RUNNING, TrialHistory, outcome
 from search.stages import is_later_stage
 
 LOG_EVERY_S = 30.0  # the shortest interval between two tables appended to a log (not a terminal)
@@ -48,7 +48,9 @@ class ArmTable(Callback):
         self.status: dict[str, str] = {}
         self.arm_of: dict[str, str] = {}
         self.later: set[str] = set()  # trial ids of later-stage runs
-        self.best: dict[str, float] = defaultdict(lambda: -math.inf)
+        self.best: dict[str, float] = defaultdict(lambda: -math.inf)  # per arm: the best of its trials' bests
+        self.trial_best: dict[str, float] = {}  # search trials' bests (their TrialHistory's; Ray's: `_adopt`)
+        self._histories: dict[str, TrialHistory] = {}  # of the trials that report to this driver
         self._last_print, self._dirty, self._lines = 0.0, True, 0
 
     def _arm(self, trial) -> str:
@@ -65,11 +67,27 @@ class ArmTable(Callback):
         self._dirty = True
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        v = result.get(self.metric)
-        if v is not None and math.isfinite(v):
-            arm = self._arm(trial)
-            if trial.trial_id not in self.later and v > self.best[arm]:
-                self.best[arm], self._dirty = v, True
+        arm = self._arm(trial)
+        tid = trial.trial_id
+        if tid in self.later:
+            return
+        history = self._histories.get(tid)
+        if history is None:
+            # Resumed from a checkpoint, it reports only the epochs after it to this driver: the ones
+            # before are its stored results (one read, in the run's storage).
+            stored = compat.stored_reports(trial) if int(result.get("epoch", 1)) > 1 else []
+            history = self._histories[tid] = TrialHistory(self.metric, stored)
+        history.add(result)
+        if math.isfinite(history.best) and self.trial_best.get(tid) != history.best:
+            self.trial_best[tid] = history.best
+            self._arm_best(arm)
+
+    def _arm_best(self, arm: str) -> None:
+        """The arm's best: the best of its search trials' bests (it can fall: a re-run epoch replaces
+        the report it repeats, search.results.TrialHistory)."""
+        best = max((b for t, b in self.trial_best.items() if self.arm_of.get(t) == arm), default=-math.inf)
+        if best != self.best[arm]:
+            self.best[arm], self._dirty = best, True
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._ended(trial, errored=False)
@@ -92,16 +110,19 @@ class ArmTable(Callback):
     def _adopt(self, trials) -> None:
         """Count the trials that had ended before this driver started (Ray restored them on
         --resume and sends no event for them), with the best result Ray kept of each (its running
-        max per metric, saved in its experiment state). Once per driver process: the flag is
-        pickled with the run's tuner as False."""
+        max per metric, saved in its experiment state: reading every ended trial's stored results
+        would cost a resume one read per trial, for a display; a trial retried before the restart
+        may show an epoch its retry replaced, which results.csv does not count). Once per driver
+        process: the flag is pickled with the run's tuner as False."""
         self._adopted = True
         for trial in trials:
             if trial.trial_id in self.status or trial.status not in (trial.TERMINATED, trial.ERROR):
                 continue
             arm = self._ended(trial, errored=trial.status == trial.ERROR)
             best = compat.metric_max(trial, self.metric)
-            if trial.trial_id not in self.later and best is not None and math.isfinite(best) and best > self.best[arm]:
-                self.best[arm] = best
+            if trial.trial_id not in self.later and best is not None and math.isfinite(best):
+                self.trial_best[trial.trial_id] = best
+                self._arm_best(arm)
             self.resumed = True
         if self.resumed:
             self.t0 = time.monotonic()  # the pickled start belongs to the first driver (maybe another machine)

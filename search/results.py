@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from detector import config as C
-from detector.metrics import METRICS, best_epoch
+from detector.metrics import METRICS, best_epoch, is_better
 from search.compat import ray_trials
 
 STATUS_FINISHED, STATUS_STOPPED, STATUS_FAILED, STATUS_RUNNING = "finished", "stopped", "failed", "running"
@@ -132,16 +132,62 @@ def read_run_info(run_dir: Path) -> dict:
     return info
 
 
-def read_results(trial_dir: Path) -> tuple[list[dict], int]:
-    """(the trial's reported results in order, how many lines of `result.json` could not be read).
+class TrialHistory:
+    """The one account of a trial's epochs and of its best, which every reader derives here: the
+    records and results.csv (`read_trial`), the searcher (the value Optuna gets, the trial a stage
+    confirms), the checkpoint pruner and the progress table.
+
+    Reports come in the order the trial made them. A report of epoch e replaces every earlier report
+    of epoch e or later: a trial retried from a checkpoint (or resumed after the driver was lost)
+    reports again the epochs after that checkpoint, and the later reports are those of the weights
+    it went on with, the ones its `model.pt` holds (on a GPU a re-run epoch need not equal the first
+    run). A failure report (`fail_reason`) is not an epoch. Its best is detector.metrics.best_epoch's:
+    the highest finite `metric`, the earliest of ties (the epoch the engine keeps). (ASHA's rungs
+    are the exception, by design: a rung holds what a trial reported there first, which is what
+    ASHA decided on; search.scheduler.)"""
+
+    def __init__(self, metric: str, reports=()):
+        self.metric = metric
+        self._by_epoch: dict[int, dict] = {}  # in epoch order: a repeat truncates before it appends
+        self._best: tuple[float, int] = (math.nan, 0)
+        for r in reports:
+            self.add(r)
+
+    def add(self, report: dict) -> None:
+        if "fail_reason" in report or report.get("epoch") is None:
+            return
+        epoch = int(report["epoch"])
+        if self._by_epoch and epoch <= next(reversed(self._by_epoch)):
+            self._by_epoch = {e: r for e, r in self._by_epoch.items() if e < epoch}
+            self._best = best_epoch(self._by_epoch.values(), self.metric)
+        self._by_epoch[epoch] = report
+        v = report.get(self.metric)
+        if v is not None and is_better(float(v), self._best[0]):
+            self._best = (float(v), epoch)
+
+    @property
+    def epochs(self) -> list[dict]:
+        """The reports that count, one per epoch, in epoch order."""
+        return list(self._by_epoch.values())
+
+    @property
+    def best(self) -> float:
+        """The best `metric` (nan: no finite one)."""
+        return self._best[0]
+
+    @property
+    def best_epoch(self) -> int:
+        """The epoch of `best` (0: none)."""
+        return self._best[1]
+
+
+def parse_results(text: str) -> tuple[list[dict], int]:
+    """(the reports of a result.json's text, in order; how many lines could not be read).
 
     Ray appends to the same file when a trial is restored, so a line cut by a crash can sit between
     readable ones: it is skipped and counted, and every later line still counts."""
-    f = trial_dir / "result.json"
-    if not f.exists():
-        return [], 0
     out, bad = [], 0
-    for line in f.read_text(errors="replace").splitlines():
+    for line in text.splitlines():
         if not line.strip():
             continue
         try:
@@ -149,6 +195,13 @@ def read_results(trial_dir: Path) -> tuple[list[dict], int]:
         except json.JSONDecodeError:
             bad += 1
     return out, bad
+
+
+def read_results(trial_dir: Path) -> tuple[list[dict], int]:
+    """(the trial's reported results in order, how many lines of `result.json` could not be read:
+    `parse_results`)."""
+    f = trial_dir / "result.json"
+    return parse_results(f.read_text(errors="replace")) if f.exists() else ([], 0)
 
 
 def read_history(trial_dir: Path) -> list[dict]:
@@ -224,12 +277,9 @@ def read_trial(trial_dir: Path, metric: str, max_epochs: int, ray_status: str | 
     if cfgd is None:
         return None
     raw, unreadable = read_results(trial_dir)
-    hist = [h for h in raw if "fail_reason" not in h]
-    # Keep the last report of each epoch (a retried or resumed trial may report an epoch twice).
-    by_epoch = {int(h["epoch"]): h for h in hist if "epoch" in h}
-    hist = [by_epoch[e] for e in sorted(by_epoch)]
+    history = TrialHistory(metric, raw)
+    hist, best, best_ep = history.epochs, history.best, history.best_epoch
     trial_id = (raw[-1].get("trial_id") if raw else None) or trial_dir.name.split("_", 1)[-1]
-    best, best_ep = best_epoch(hist, metric)
     at_best = next((h for h in hist if int(h["epoch"]) == best_ep), {})
     epochs = int(hist[-1]["epoch"]) if hist else 0
     error_file = trial_dir / "error.txt"

@@ -4,7 +4,11 @@ Ray's own `OptunaSearch` tells Optuna every trial that ended as COMPLETE with it
 the ones ASHA stopped at an early rung; TPE then learns that an epoch-2 score is a final one.
 Here, a trial that ended before `max_epochs` without an error reaches Optuna as PRUNED with its
 per-epoch intermediate values, and only a trial that ran its full budget as COMPLETE (with the best
-value of its metric over its epochs).
+value of its metric over its epochs: search.results.TrialHistory's, the best results.csv, the
+report and the export name too). Optuna keeps the first report of an epoch as its intermediate
+value and ignores a second; a trial retried from a checkpoint reports the epochs after it again, and
+the history counts the later ones, so a trial's COMPLETE value can differ from the largest of its
+intermediate values: the value is the one that agrees with the trial's kept weights.
 
 A failed trial must teach too: TPE samples from COMPLETE and PRUNED trials only, so a FAIL is never
 seen, and a region that runs out of memory or diverges would be proposed again and again (the arm
@@ -36,8 +40,8 @@ from ray.tune.search import Searcher
 from detector import config as C
 from search import compat
 from search import stages as S
-from search.results import (STATUS_FAILED, STATUS_FINISHED, STATUS_RUNNING, STATUS_STOPPED, counted_trials, outcome,
-                            ranked, read_history, read_params, read_trial)
+from search.results import (STATUS_FAILED, STATUS_FINISHED, STATUS_RUNNING, STATUS_STOPPED, TrialHistory,
+                            counted_trials, outcome, ranked, read_history, read_params, read_trial)
 from search.space import Space
 from search.storage import relocated
 
@@ -170,11 +174,15 @@ class ArmSearcher(Searcher):
         # Ray trial id -> its live optuna.Trial: re-creating one reads the trial back from the storage
         # (a copy of it, after re-reading the journal), which every epoch's report would otherwise pay.
         self._handles: dict[str, optuna.Trial] = {}
+        # Ray trial id -> the epochs it reported (search.results.TrialHistory), for the live trials:
+        # what its end tells Optuna and what `ended` ranks by. Rebuilt from stored results on restore.
+        self._histories: dict[str, TrialHistory] = {}
 
     # The studies are reopened from the journal, never pickled with the searcher (nor the handles on them).
     def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k not in ("_studies", "_handles", "_stage_runs")} | \
-            {"_studies": None, "_handles": {}, "_stage_runs": {}}
+        skip = ("_studies", "_handles", "_stage_runs", "_histories")
+        return {k: v for k, v in self.__dict__.items() if k not in skip} | \
+            {"_studies": None, "_handles": {}, "_stage_runs": {}, "_histories": {}}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
@@ -292,9 +300,20 @@ class ArmSearcher(Searcher):
             self._handles[trial_id] = compat.attach_trial(self.studies[name], otid)
         return self._handles[trial_id]
 
+    def _history(self, trial_id: str, trial: optuna.Trial) -> TrialHistory:
+        """The live trial's history; one this searcher has not seen report starts from what its Optuna
+        trial holds (nothing, unless a resume found no stored results for it)."""
+        if trial_id not in self._histories:
+            name, otid = self.live[trial_id]
+            held = compat.frozen_trial(self.studies[name], otid).intermediate_values
+            self._histories[trial_id] = TrialHistory(self.space.metric, [{"epoch": e, self.space.metric: v}
+                                                                         for e, v in sorted(held.items())])
+        return self._histories[trial_id]
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         trial = self._trial(trial_id)
         if trial is not None:
+            self._history(trial_id, trial).add(result)
             self._report(trial, result)
 
     def _report_missing(self, trial: optuna.Trial, held: dict, history: list[dict]) -> None:
@@ -315,10 +334,13 @@ class ArmSearcher(Searcher):
         trial = self._trial(trial_id)
         if trial is None:
             return
+        result = result or {}
+        history = self._history(trial_id, trial)
+        history.add(result)
         name, _ = self.live.pop(trial_id)
         self._handles.pop(trial_id, None)
+        self._histories.pop(trial_id, None)
         study = self.studies[name]
-        result = result or {}
         end = outcome(epochs=int(result.get("epoch", 0)), max_epochs=self.space.max_epochs,
                       fail_reason=result.get("fail_reason"), errored=error)
         if end.status == STATUS_FAILED:
@@ -327,11 +349,9 @@ class ArmSearcher(Searcher):
         # Ray does not pass the result that triggered a stop (ASHA's, or the last epoch's) to
         # on_trial_result, only here: record it as the trial's last intermediate value first.
         self._report(trial, result)
-        values = [v for v in compat.frozen_trial(study, compat.optuna_trial_id(trial)).intermediate_values.values()
-                  if math.isfinite(v)]
-        self._keep_end(trial_id, name, trial, end.status, values)
+        self._keep_end(trial_id, name, trial, end.status, history.best)
         if end.status == STATUS_FINISHED:
-            study.tell(trial, max(values) if values else float("nan"), skip_if_finished=True)
+            study.tell(trial, history.best, skip_if_finished=True)  # nan (no finite epoch): Optuna makes it FAIL
         else:  # stopped: ASHA ended it before the budget; an early score is not a final one
             trial.set_user_attr("stopped_at_epoch", end.epochs)
             study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
@@ -351,13 +371,13 @@ class ArmSearcher(Searcher):
         else:
             study.tell(trial, state=TrialState.FAIL)
 
-    def _keep_end(self, trial_id: str, name: str, trial: optuna.Trial, status: str, values: list[float]) -> None:
+    def _keep_end(self, trial_id: str, name: str, trial: optuna.Trial, status: str, best: float) -> None:
         """Keep what `ranked` reads of an ended search trial (with later stages only), to pick its
-        arm's confirmation runs once the arm's search has ended."""
-        if values and self.stages:
+        arm's confirmation runs once the arm's search has ended. `best`: its TrialHistory's."""
+        if math.isfinite(best) and self.stages:
             params = _suggest(trial, self.space)  # the values the trial holds (nothing is sampled)
             arm = trial.params["arm"] if name == JOINT else name
-            self.ended[trial_id] = {"arm": arm, "status": status, "best": max(values), "params": params,
+            self.ended[trial_id] = {"arm": arm, "status": status, "best": best, "params": params,
                                     "trial_number": trial.number}
 
     # --- Ray's experiment checkpoint: counts and live trials; the studies are in the journal ----
@@ -416,7 +436,7 @@ class ArmSearcher(Searcher):
             # its arm's search would end with no trial to confirm (seen in the full-space kill test).
             for ray_id, (name, otid) in saved_live.items():
                 if ray_id not in self.live and ray_id not in self.ended:
-                    self._keep_stored_end(ray_id, name, otid)
+                    self._keep_stored_end(ray_id, name, otid, known.get(ray_id))
             self._add_stored_ends(known, statuses or {})
         owned = set(self.live.values())
         in_rays_state |= set(known)
@@ -454,8 +474,10 @@ class ArmSearcher(Searcher):
         for ray_id, (name, otid) in self.live.items():
             if ray_id in known:
                 frozen = running.get(name, {}).get(otid)  # None: adopted just now (_adopt_missing), no values yet
+                stored = read_history(known[ray_id])
                 self._report_missing(compat.attach_trial(self.studies[name], otid),
-                                     frozen.intermediate_values if frozen else {}, read_history(known[ray_id]))
+                                     frozen.intermediate_values if frozen else {}, stored)
+                self._histories[ray_id] = TrialHistory(self.space.metric, stored)
 
     def _adopt_missing(self, in_rays_state: set, known: dict[str, Path], rays: dict[str, dict]) -> None:
         """Search trials Ray's state holds that no study has (the journal is the older file) join
@@ -498,20 +520,25 @@ class ArmSearcher(Searcher):
     def _end_from_record(self, ray_id: str, trial: optuna.Trial, held: dict, rec) -> None:
         """End a live trial's Optuna trial as its stored record (search.results.read_trial) ended."""
         self._report_missing(trial, held, rec.history)
+        self._histories[ray_id] = TrialHistory(self.space.metric, rec.history)
         last = rec.history[-1] if rec.history else {}
         fail = rec.reason if rec.status == STATUS_FAILED and rec.infeasible else None
         self.on_trial_complete(ray_id, {**last, "epoch": rec.epochs, **({"fail_reason": fail} if fail else {})},
                                error=rec.status == STATUS_FAILED and not rec.infeasible)
 
-    def _keep_stored_end(self, ray_id: str, name: str, otid: int) -> None:
-        """`_keep_end` for a trial whose end is in the journal: finished = COMPLETE, stopped = PRUNED."""
+    def _keep_stored_end(self, ray_id: str, name: str, otid: int, folder: Path | None) -> None:
+        """`_keep_end` for a trial whose end is in the journal: finished = COMPLETE, stopped = PRUNED;
+        its best from its stored results (`folder`), or, with none stored, Optuna's values of it."""
         frozen = compat.frozen_trial(self.studies[name], otid)
         status = {TrialState.COMPLETE: STATUS_FINISHED, TrialState.PRUNED: STATUS_STOPPED}.get(frozen.state)
         if "fail_reason" in frozen.user_attrs:  # PRUNED as infeasible (`_tell_failed`): never ranked
             status = None
         if status is not None:
-            values = [v for v in frozen.intermediate_values.values() if math.isfinite(v)]
-            self._keep_end(ray_id, name, compat.attach_trial(self.studies[name], otid), status, values)
+            metric = self.space.metric
+            reports = read_history(folder) if folder is not None else \
+                [{"epoch": e, metric: v} for e, v in sorted(frozen.intermediate_values.items())]
+            best = TrialHistory(metric, reports).best
+            self._keep_end(ray_id, name, compat.attach_trial(self.studies[name], otid), status, best)
 
     def _add_stored_ends(self, known: dict[str, Path], statuses: dict[str, str]) -> None:
         """What Ray's state holds and this searcher's (possibly older) saved state lacks: later-stage

@@ -134,16 +134,11 @@ def _from_run(run_dir: Path) -> Recording:
     for rec in collect(run_dir, space.metric, space.max_epochs):
         if rec.stage != "search":
             continue  # confirmation and baseline runs are not proposals of the search
-        by_epoch: dict[int, dict] = {}
-        for row in rec.history:
-            if "fail_reason" in row or row.get("epoch") is None:
-                continue
-            by_epoch.setdefault(int(row["epoch"]), row)  # a restored trial may report an epoch twice: first wins
-        epochs = sorted(by_epoch)
+        # rec.history: one report per epoch, a re-run epoch's (search.results.TrialHistory).
+        epochs = [int(row["epoch"]) for row in rec.history]
         if epochs != list(range(1, len(epochs) + 1)):
             raise ReplayError(f"{rec.path}: epochs {epochs} are not 1..n; the trial's result.json is incomplete")
-        curves.append(curve_of(rec.trial_id, rec.arm, dict(rec.params), rec.status, [by_epoch[e] for e in epochs],
-                               space.metric))
+        curves.append(curve_of(rec.trial_id, rec.arm, dict(rec.params), rec.status, rec.history, space.metric))
     rec = Recording(space, curves, source=str(run_dir))
     _check(rec, run_dir)
     return rec

@@ -67,3 +67,36 @@ def train_trial_recording_images(config: dict, data, **trial_kw) -> None:
         trainable.train_trial(config, data, **trial_kw)
     finally:
         trainable.fit = fit
+
+
+# A trial whose re-run epoch differs from its first run (search.results.TrialHistory's case): the
+# trial its study asked for first reports epoch 1 with a checkpoint, epoch 2 without one, and fails;
+# Ray's retry restarts from epoch 1's checkpoint and reports epochs 2 and 3 again, lower (on a GPU a
+# re-run epoch is not bit-identical). Every other trial reports OTHER_VALUES. Used in place of
+# search.curve_trainable.replay_trial (a --replay-curves search), so nothing trains.
+FIRST_RUN = {1: 0.3, 2: 0.9}
+RE_RUN = {2: 0.4, 3: 0.6}
+OTHER_VALUES = {1: 0.5, 2: 0.6, 3: 0.7}
+
+
+def scripted_trial(config: dict, data=(), curves_dir: str = "", time_scale: float = 1.0) -> None:
+    import tempfile
+
+    marker = Path(tune.get_context().get_trial_dir()) / ".fault-injected"
+    retried = config.get("trial_number") == 0
+    start = 1
+    restored = tune.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as d:
+            start = json.loads((Path(d) / "epoch.json").read_text())["epoch"] + 1
+    values = OTHER_VALUES if not retried else (RE_RUN if marker.exists() else FIRST_RUN)
+    metric = config["cfg"]["metric"]
+    for epoch in range(start, int(config["cfg"]["epochs"]) + 1):
+        result = {"epoch": float(epoch), metric: values[epoch]}
+        if retried and not marker.exists() and epoch == 2:
+            tune.report(result)  # no checkpoint: what a retry redoes
+            marker.touch()
+            raise InjectedFault("injected failure after epoch 2, whose checkpoint was never saved")
+        with tempfile.TemporaryDirectory() as d:
+            (Path(d) / "epoch.json").write_text(json.dumps({"epoch": epoch}))
+            tune.report(result, checkpoint=tune.Checkpoint.from_directory(d))

@@ -2,6 +2,7 @@
 and an experiment state written the way Ray writes it (searchutil.write_experiment_state)."""
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -21,15 +22,16 @@ class _Storage:
 
 
 class _Trial:
-    """What the pruner reads of a Ray trial: id, config, storage and folder."""
+    """What the pruner reads of a Ray trial: id, config, storage, folder and its last result."""
 
     def __init__(self, stage_dir: Path, trial_id: str, arm: str, stage: str = "search", prior_max: float | None = None):
         self.trial_id, self.config, self.storage = trial_id, {"arm": arm, "stage": stage}, _Storage()
         # Ray's running max of each metric, restored with a resumed trial's state.
         self.metric_analysis = {} if prior_max is None else {"map50": {"max": prior_max}}
         self.path = str(stage_dir / f"{arm}_{trial_id}")
+        self.last_result: dict = {}
         Path(self.path).mkdir(parents=True)
-        (Path(self.path) / "result.json").write_text("{}\n")
+        (Path(self.path) / "result.json").write_text("")
 
     def checkpoints(self) -> list[int]:
         return sorted(int(p.name.split("_")[1]) for p in Path(self.path).glob("checkpoint_*"))
@@ -46,13 +48,23 @@ def _checkpoint(trial, number: int) -> None:
         (d / name).write_bytes(b"weights")
 
 
-def _run(prune, trial, values, fail=False, end=True):
-    """Report `values` epoch by epoch, each with its checkpoint folder (numbered from 0, as Ray does)."""
-    for epoch, v in enumerate(values, 1):
-        _checkpoint(trial, epoch - 1)
-        prune.on_trial_result(0, [], trial, {"epoch": epoch, "map50": v})
+def _report(prune, trial, result: dict) -> None:
+    """A result as Ray's loop hands it on: the trial's last result, its stored result.json, the pruner."""
+    trial.last_result = result
+    with open(Path(trial.path) / "result.json", "a") as f:
+        f.write(json.dumps(result) + "\n")
+    prune.on_trial_result(0, [], trial, result)
+
+
+def _run(prune, trial, values, fail=False, end=True, first_epoch=1, checkpoint=True):
+    """Report `values` epoch by epoch from `first_epoch`, each with its checkpoint folder (numbered
+    from 0, as Ray does) unless not `checkpoint`."""
+    for epoch, v in enumerate(values, first_epoch):
+        if checkpoint:
+            _checkpoint(trial, epoch - 1)
+        _report(prune, trial, {"epoch": epoch, "map50": v})
     if fail:
-        prune.on_trial_result(0, [], trial, {"epoch": len(values), "map50": math.nan, "fail_reason": "nan loss"})
+        _report(prune, trial, {"epoch": len(values), "map50": math.nan, "fail_reason": "nan loss"})
     if end:
         prune.on_trial_complete(0, [], trial)
 
@@ -131,23 +143,43 @@ def test_a_state_without_the_checkpoint_list_keeps_every_checkpoint_of_a_running
 
 def test_a_resumed_trial_keeps_its_best_before_the_resume_and_later_stage_runs_are_never_emptied(tmp_path):
     """A trial resumed from a checkpoint reports only its later epochs to the new driver; its best
-    before them (Ray's restored running max) still counts, so the arm's true best is not emptied for
-    a trial that only looks better. A confirmation run, however it scores, keeps its newest."""
+    before them (its stored results, or, when those cannot be read, Ray's restored running max) still
+    counts, so the arm's true best is not emptied for a trial that only looks better. A confirmation
+    run, however it scores, keeps its newest."""
     stage = tmp_path / "trials"
-    prune = PruneEndedCheckpoints("map50", max_epochs=EPOCHS, every_s=0)
-    resumed = _Trial(stage, "resumed", "resnet18-v1", prior_max=0.8)  # reached 0.8 at epoch 2, before the kill
-    other = _Trial(stage, "other", "resnet18-v1")
-    confirm = _Trial(stage, "confirm", "resnet18-v1", stage="confirm")
-    for epoch in (1, 2):
-        _checkpoint(resumed, epoch - 1)
-    for epoch, v in ((3, 0.5), (4, 0.6)):  # what the resumed driver sees
-        _checkpoint(resumed, epoch - 1)
-        prune.on_trial_result(0, [], resumed, {"epoch": epoch, "map50": v})
-    prune.on_trial_complete(0, [], resumed)
-    _run(prune, other, [0.3, 0.5, 0.6, 0.7])
-    _run(prune, confirm, [0.1, 0.1, 0.1, 0.1])
-    write_experiment_state(stage, {"resumed": "TERMINATED", "other": "TERMINATED", "confirm": "TERMINATED"},
-                           checkpoints={"resumed": [3], "other": [3], "confirm": [3]})
+    for unreadable in (False, True):
+        prune = PruneEndedCheckpoints("map50", max_epochs=EPOCHS, every_s=0)
+        resumed = _Trial(stage / str(unreadable), "resumed", "resnet18-v1", prior_max=0.8)
+        other = _Trial(stage / str(unreadable), "other", "resnet18-v1")
+        confirm = _Trial(stage / str(unreadable), "confirm", "resnet18-v1", stage="confirm")
+        before = [{"epoch": 1, "map50": 0.3}, {"epoch": 2, "map50": 0.8}]  # reached 0.8 at epoch 2, before the kill
+        (Path(resumed.path) / "result.json").write_text("" if unreadable else "".join(json.dumps(r) + "\n" for r in before))
+        for epoch in (1, 2):
+            _checkpoint(resumed, epoch - 1)
+        _run(prune, resumed, [0.5, 0.6], first_epoch=3)  # what the resumed driver sees
+        _run(prune, other, [0.3, 0.5, 0.6, 0.7])
+        _run(prune, confirm, [0.1, 0.1, 0.1, 0.1])
+        write_experiment_state(stage / str(unreadable), {"resumed": "TERMINATED", "other": "TERMINATED",
+                                                         "confirm": "TERMINATED"},
+                               checkpoints={"resumed": [3], "other": [3], "confirm": [3]})
+        prune.prune()
+        assert resumed.checkpoints() == [3] and other.checkpoints() == [] and confirm.checkpoints() == [3]
+        assert confirm.files(3) == [MODEL_FILE]
+
+
+def test_a_re_run_epoch_replaces_the_report_it_repeats(tmp_path):
+    """A trial retried from its epoch-1 checkpoint reports epochs 2 and 3 again, lower than the first
+    time (on a GPU a re-run epoch is not bit-identical): its best is the re-run's (0.6, what its
+    kept model.pt holds), so the other trial (0.7) is the arm's best and keeps its checkpoint, and the
+    retried one loses its own. A running max (0.9, the lost epoch 2) deleted the wrong one."""
+    stage = tmp_path / "trials"
+    prune = PruneEndedCheckpoints("map50", max_epochs=3, every_s=0)
+    retried, other = _Trial(stage, "retried", "resnet18-v1"), _Trial(stage, "other", "resnet18-v1")
+    _run(prune, retried, [0.3], end=False)
+    _run(prune, retried, [0.9, 0.5], first_epoch=2, checkpoint=False, end=False)  # then it fails; no checkpoint
+    _run(prune, retried, [0.4, 0.6], first_epoch=2)  # the retry, from checkpoint 0 (epoch 1)
+    _run(prune, other, [0.5, 0.6, 0.7])
+    write_experiment_state(stage, {"retried": "TERMINATED", "other": "TERMINATED"},
+                           checkpoints={"retried": [2], "other": [2]})
     prune.prune()
-    assert resumed.checkpoints() == [3] and other.checkpoints() == [] and confirm.checkpoints() == [3]
-    assert confirm.files(3) == [MODEL_FILE]
+    assert other.checkpoints() == [2] and retried.checkpoints() == []

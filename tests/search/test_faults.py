@@ -209,3 +209,59 @@ budget: {max_epochs: 2, grace_period: 1, reduction_factor: 2, trials_per_arm: 1,
     assert ("**resnet18-v1-none-t5 has 0 usable trials of the 1 every arm gets**: 2 of its trials failed, more "
             "than the 1 `budget.max_failed_per_arm`") in text
     assert "| trials run: usable / failed / stopped by ASHA |" in text and "| 2: 0 / 2 / 0 |" in text
+
+
+@pytest.mark.slow  # a whole (scripted) search on Ray
+def test_a_retried_trial_whose_re_run_epoch_differs_has_one_history_everywhere(tiny_data, tmp_path, monkeypatch):
+    """faults.scripted_trial: trial 0 reports 0.3, then 0.9 at epoch 2 without a checkpoint, and
+    fails; Ray's retry from epoch 1 reports 0.4 and 0.6 (its model holds those weights); trial 1
+    reports 0.5, 0.6, 0.7. The epoch-2 report of 0.9 is gone with the weights that made it, so every
+    reader must name trial 1 (0.7) the arm's best and give trial 0 its 0.6: results.csv, the value
+    Optuna holds, the checkpoint pruner (which keeps the best's checkpoint), the progress table and
+    the report. (A running max said 0.9 in three of them.)"""
+    import faults
+    from ray import cloudpickle
+
+    from search import checkpoints, curve_trainable, progress, report
+    from search.results import collect, ranked
+
+    cloudpickle.register_pickle_by_value(faults)
+    monkeypatch.setattr(curve_trainable, "replay_trial", faults.scripted_trial)
+    seen = {}
+    for cls, key in ((checkpoints.PruneEndedCheckpoints, "pruner"), (progress.ArmTable, "table")):
+        def init(self, *a, _init=cls.__init__, _key=key, **kw):
+            _init(self, *a, **kw)
+            seen[_key] = self
+        monkeypatch.setattr(cls, "__init__", init)
+    space = _space(tmp_path, tiny_data, """
+arms: {backbone: [resnet18]}
+params:
+  lr: {type: float, low: 0.005, high: 0.01}
+budget: {max_epochs: 3, trials_per_arm: 2, max_concurrent: 1, stopping: none}
+""")
+    curves = synthetic_recording(space, tmp_path / "curves", per_arm=2, command="test")
+    args = ["--space", str(space), "--storage", str(tmp_path / "runs"), "--name", "h", "--num-cpus", "2",
+            "--replay-curves", str(curves), "--time-scale", "0"]
+    assert run.main(args) == 0
+    run_dir = tmp_path / "runs" / "h"
+    arm = "resnet18-v1-none-t5"
+    records = {r.trial_number: r for r in collect(run_dir, "map50", 3)}
+    retried, other = records[0], records[1]
+    assert [h["map50"] for h in retried.history] == [0.3, 0.4, 0.6] and (retried.best, retried.best_epoch) == (0.6, 3)
+    assert ranked(list(records.values()), arm)[0] is other
+    # Optuna: the COMPLETE value is the history's best; its intermediate value of epoch 2 is the first
+    # report's (Optuna ignores a second report of a step).
+    storage = JournalStorage(JournalFileBackend(str(run_dir / "optuna.journal")))
+    study = optuna.load_study(study_name=arm, storage=storage)
+    values = {t.number: t.value for t in study.trials}
+    assert values == {0: 0.6, 1: 0.7} and study.best_trial.number == 1
+    assert study.trials[0].intermediate_values[2] == 0.9
+    # The table's arm best and the pruner's view: 0.7, trial 1's; trial 1 keeps a checkpoint.
+    assert seen["table"].best[arm] == 0.7
+    pruned = seen["pruner"]._trials
+    assert other.trial_id not in pruned or pruned[other.trial_id].history.best == 0.7
+    assert retried.trial_id not in pruned or pruned[retried.trial_id].history.best == 0.6
+    assert list((run_dir / "trials" / f"{arm}_{other.trial_id}").glob("checkpoint_*"))
+    res = report.write_report(run_dir, tmp_path / "report")
+    (row,) = res["rows"]
+    assert row["best_trial"] == other.trial_id and row["best"] == 0.7

@@ -238,7 +238,7 @@ def test_the_progress_table_sorts_arms_by_best_and_sums_up_what_does_not_fit():
     for i, arm in enumerate(arms[:5]):
         trial = Trial("fake_trainable", config={"arm": arm}, trial_id=f"t{i}", stub=True)
         table.on_trial_start(0, [], trial)
-        table.on_trial_result(0, [], trial, {"map50": [0.3, 0.9, 0.1, 0.5, 0.7][i]})
+        table.on_trial_result(0, [], trial, {"epoch": 1.0, "map50": [0.3, 0.9, 0.1, 0.5, 0.7][i]})
         if i < 2:
             trial.run_metadata.last_result = {"epoch": 4.0, "map50": 0.5}
             table.on_trial_complete(0, [], trial)
@@ -248,6 +248,19 @@ def test_the_progress_table_sorts_arms_by_best_and_sums_up_what_does_not_fit():
     assert lines[4].split()[:6] == ["4", "more", "2", "1", "0", "0"] and lines[4].endswith("0.5000")
     assert lines[6].split()[:6] == ["all", "arms", "3", "2", "0", "0"] and lines[6].endswith("0.9000")
     assert [ln.split()[0] for ln in table.render()[2:8]] == ["arm1", "arm4", "arm3", "arm0", "arm2", "arm5"]
+
+
+def test_the_progress_table_counts_a_re_run_epoch_not_the_report_it_replaces():
+    """A trial retried from its epoch-1 checkpoint reports epoch 2 again, lower: the arm's best is
+    the re-run history's (search.results.TrialHistory), not the lost epoch's 0.9 (a running max)."""
+    import io
+
+    table = ArmTable("map50", [ARM], max_epochs=3, stream=io.StringIO())
+    trial = Trial("fake_trainable", config={"arm": ARM}, trial_id="t", stub=True)
+    table.on_trial_start(0, [], trial)
+    for epoch, v in ((1, 0.3), (2, 0.9), (2, 0.4), (3, 0.6)):
+        table.on_trial_result(0, [], trial, {"epoch": float(epoch), "map50": v})
+    assert table.best[ARM] == 0.6 and table.render()[2].endswith("0.6000")
 
 
 def test_a_resumed_run_s_progress_table_counts_the_trials_that_ended_before_the_restart():
@@ -304,3 +317,16 @@ def test_a_resume_gets_back_the_last_report_rays_state_holds_and_result_json_lac
     assert [json.loads(x)["epoch"] for x in (stage / "arm_r" / "result.json").read_text().splitlines()] == [1.0, 2.0]
     assert json.loads((stage / "arm_s" / "result.json").read_text()) == last["s"]
     assert not (stage / "arm_t").exists()
+
+
+def test_trial_history_a_re_run_epoch_replaces_it_and_every_later_one():
+    """The one rule for a trial's epochs: a report of epoch e replaces the earlier reports of e and
+    later (a retry from epoch 1's checkpoint re-runs 2 and 3: the old 3 belongs to weights that are
+    gone, even before the new 3 arrives); a failure report is no epoch; ties go to the earliest."""
+    h = R.TrialHistory("map50", [{"epoch": 1.0, "map50": 0.3}, {"epoch": 2.0, "map50": 0.9},
+                                 {"epoch": 3.0, "map50": 0.8}, {"epoch": 2.0, "map50": 0.4}])
+    assert [r["map50"] for r in h.epochs] == [0.3, 0.4] and (h.best, h.best_epoch) == (0.4, 2)
+    h.add({"epoch": 3.0, "map50": 0.4})
+    h.add({"epoch": 3.0, "map50": math.nan, "fail_reason": "NonFiniteLossError: nan"})
+    assert [r["epoch"] for r in h.epochs] == [1.0, 2.0, 3.0] and (h.best, h.best_epoch) == (0.4, 2)
+    assert math.isnan(R.TrialHistory("map50").best) and R.TrialHistory("map50").best_epoch == 0
