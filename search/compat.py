@@ -19,6 +19,8 @@ import inspect
 import json
 import os
 import re
+import shutil
+import stat
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -140,9 +142,12 @@ def upload_trial_file(trial, name: str) -> bool:
     remote = posixpath.join(path, name)
     if not local.is_file():
         return False
-    if isinstance(fs, pyarrow.fs.LocalFileSystem) and Path(remote).resolve() == local.resolve():
-        return False
-    pyarrow.fs.copy_files(str(local), remote, destination_filesystem=fs)
+    if isinstance(fs, pyarrow.fs.LocalFileSystem):
+        if Path(remote).resolve() == local.resolve():
+            return False
+        replace_file(local, Path(remote))  # whole or not at all (see `atomic_local_uploads`)
+    else:
+        pyarrow.fs.copy_files(str(local), remote, destination_filesystem=fs)
     return True
 
 
@@ -277,6 +282,95 @@ def experiment_state_problem(run_dir: Path) -> str | None:
 
 
 # ----------------------------------------------------------------------------------------------
+# Ray's uploads of its staging folder into a run folder on a local (or network) filesystem
+
+PARTIAL_PREFIX = ".partial-"  # + pid + "-" + the file's name: a copy not yet renamed over its file
+
+
+def replace_file(src: Path, dst: Path) -> None:
+    """Copy `src` over `dst` so that `dst` holds, at every moment, either its old content or the new
+    one, whole: the copy is written beside it and renamed over it (atomic within a filesystem)."""
+    tmp = dst.with_name(f"{PARTIAL_PREFIX}{os.getpid()}-{dst.name}")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+_uploaded: dict[tuple[str, str], tuple[int, int]] = {}  # (source, destination) -> the source's (size, mtime) when copied
+
+
+def upload_replacing(src: Path, dst: Path, exclude: list[str]) -> int:
+    """`src` (a file or a folder) copied to `dst` file by file with `replace_file`, leaving out the
+    files whose path relative to `src` matches a pattern of `exclude` (Ray's rule for its uploads).
+    A file this process already copied there and that has not changed since (same size and
+    modification time) is not copied again: most of a snapshot's files (every params.json, the
+    result.json of every ended trial) are the previous snapshot's (bench/upload_cost.py). A file
+    that goes before it is copied (a temporary one replaced meanwhile) is skipped. Returns how many
+    files were copied."""
+    if src.is_file():
+        pairs = [(src, dst)]
+    else:
+        pairs = [(f, dst / f.relative_to(src)) for f in sorted(src.rglob("*"))
+                 if not any(fnmatch.fnmatch(f.relative_to(src).as_posix(), e) for e in exclude)]
+    n = 0
+    for f, target in pairs:
+        try:
+            st = f.stat()
+        except FileNotFoundError:
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            target.mkdir(parents=True, exist_ok=True)  # (as Ray's copy: a trial folder may be empty yet)
+            continue
+        key, seen = (str(f), str(target)), (st.st_size, st.st_mtime_ns)
+        if not stat.S_ISREG(st.st_mode) or f.name.startswith(PARTIAL_PREFIX) or _uploaded.get(key) == seen:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            replace_file(f, target)
+        except FileNotFoundError:
+            continue
+        _uploaded[key] = seen
+        n += 1
+    return n
+
+
+def remove_partial_uploads(folder: Path) -> int:
+    """Delete the copies a killed driver's upload left unrenamed under `folder` (`replace_file`);
+    returns how many. search.driver sweeps a run folder before resuming it."""
+    n = 0
+    for f in Path(folder).rglob(f"{PARTIAL_PREFIX}*"):
+        f.unlink(missing_ok=True)
+        n += 1
+    return n
+
+
+def atomic_local_uploads() -> None:
+    """At every experiment snapshot Ray's driver copies its staging folder (the experiment state,
+    the searcher's state, each trial's params.json and result.json) over the run's storage with
+    pyarrow's `copy_files`, which rewrites each file in place: on a local or network filesystem a
+    driver killed inside that copy left empty or cut files (an experiment state no resume could
+    read; a result.json without its epochs). From here on, when the storage is such a filesystem,
+    each file is copied beside its destination and renamed over it (`upload_replacing`): a kill at
+    any moment leaves every file whole, of this snapshot or of the one before, the mixture a run in
+    object storage (where every object is written whole) already meets and search.searcher's
+    restore reconciles. Object storage keeps Ray's own upload. Patches Ray's module function
+    `ray.train._internal.storage._upload_to_fs_path`, which its syncer calls for every upload."""
+    import pyarrow.fs
+    from ray.train._internal import storage as ray_storage
+
+    ray_upload = _require(ray_storage, "_upload_to_fs_path", "ray", None, "ray.train._internal.storage")
+    if getattr(ray_upload, "replaces_files", False):
+        return
+
+    def upload(local_path, fs, fs_path, exclude=None):
+        if not isinstance(fs, pyarrow.fs.LocalFileSystem):
+            return ray_upload(local_path, fs, fs_path, exclude=exclude)
+        upload_replacing(Path(local_path), Path(fs_path), list(exclude or []))
+
+    upload.replaces_files = True
+    ray_storage._upload_to_fs_path = upload
+
+
+# ----------------------------------------------------------------------------------------------
 # Ray Tune's environment switches (read by Ray when the Tuner starts: set them before, in the driver)
 
 
@@ -338,6 +432,13 @@ def check() -> None:
     asha = AsyncHyperBandScheduler(time_attr="epoch", metric="m", mode="max", max_t=4, grace_period=1,
                                    reduction_factor=2, brackets=1)
     asha_knows(asha, "x")
+    from ray.train._internal import storage as ray_storage
+
+    params = list(inspect.signature(_require(ray_storage, "_upload_to_fs_path", "ray", None,
+                                             "ray.train._internal.storage")).parameters)
+    if params[:4] != ["local_path", "fs", "fs_path", "exclude"]:
+        raise IncompatibleVersion(f"ray {_version('ray')}: _upload_to_fs_path takes {params}, not (local_path, fs, "
+                                  f"fs_path, exclude); this project was tested with ray{TESTED['ray']}")
     asha_num_stopped(asha)
     asha_rungs(asha)
     params = list(inspect.signature(_bracket(asha).on_result).parameters)

@@ -82,10 +82,12 @@ def run_search(space: Space, loc: RunLocation, data, resume: bool, stream=None, 
     from search.searcher import ArmSearcher
 
     compat.lean_checkpoint_records()
+    compat.atomic_local_uploads()  # a kill inside Ray's copy into the run folder leaves whole files
     trainable = _trainable(space, data, replay)
     table = ArmTable(space.metric, [a.name for a in space.arms], space.max_epochs, stream=stream)
     run_dir = loc.local
     if resume:
+        compat.remove_partial_uploads(run_dir / "trials")
         recover_last_results(loc)
         with resuming_in(run_dir):
             tuner = tune.Tuner.restore(f"{loc.ray_storage}/trials", trainable, resume_unfinished=True,

@@ -217,9 +217,11 @@ def ray_statuses(stage_dir: Path) -> dict[str, str]:
 def read_params(trial_dir: Path) -> dict | None:
     """The trial's config as the searcher suggested it (`params.json`), or None when the folder has none.
 
-    Ray copies its staging folder over the run folder at every experiment snapshot, rewriting each
-    file in place: a driver killed during that copy leaves some `params.json` empty (seen in
-    tests/search/test_scale.py). The same config is in Ray's experiment state, read then instead."""
+    Ray's own copy of its staging folder into the run folder rewrote each file in place, and a
+    driver killed during that copy left some `params.json` empty (seen in tests/search/test_scale.py);
+    search.compat.atomic_local_uploads now replaces each file whole. A folder that still holds a
+    cut one (a copy made by another tool) is read from Ray's experiment state instead, which holds
+    the same config."""
     f = trial_dir / "params.json"
     if not f.exists():
         return None

@@ -175,10 +175,12 @@ def wait_until(condition, timeout: float, what: str, proc=None) -> None:
 def kill_between_snapshots(search: "SearchProcess", stage_dir: Path, quiet_s: float = 0.5, timeout: float = 60) -> None:
     """SIGKILL the search once Ray's experiment state in `stage_dir` is complete and no file under
     `stage_dir` has been written for `quiet_s`. At every experiment snapshot Ray copies its staging
-    folder over the stage folder, rewriting each file in place (not atomic): a kill inside that copy
-    leaves empty or cut files (an empty state no resume can use, which search.run refuses naming the
-    file; empty params.json and result.json files, seen with fast trials), which no resume can
-    repair. The tests here kill between two copies; the one inside a copy is a known loss.
+    folder over the stage folder; its own copy rewrote each file in place, and a kill inside it
+    left empty or cut files (an empty state no resume can use, which search.run refuses naming the
+    file; empty params.json and result.json files, seen with fast trials). Since
+    search.compat.atomic_local_uploads each file is replaced whole, and the kill inside a copy has
+    its own test (test_replayed_kills, with tests/search/kill_in_copy.py); the tests that use this
+    one are about other moments.
     Checkpoint folders do not count: trials write those straight into `stage_dir` at every epoch (with
     16 trials, one every few tens of milliseconds), and Ray registers a checkpoint only once it is
     written whole, so a kill inside one loses nothing."""
@@ -202,12 +204,14 @@ class SearchProcess:
     `search-N.log` in `log_dir`); killed with its group (the driver and any Ray it started) when the
     `with` block ends, so a failed test leaves nothing running behind it."""
 
-    def __init__(self, *args: str, log: Path | None = None, log_dir: Path | None = None, env: dict | None = None):
+    def __init__(self, *args: str, log: Path | None = None, log_dir: Path | None = None, env: dict | None = None,
+                 launcher: tuple[str, ...] = ("-m", "search.run")):
+        """`launcher`: what runs search.run with ARGS (a test's wrapper script and its own arguments)."""
         if log is None:
             log = Path(log_dir) / f"search-{len(list(Path(log_dir).glob('search-*.log')))}.log"
         self.log = Path(log)
         with open(self.log, "w") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "search.run", *args], cwd=ROOT, stdout=out,
+            self.proc = subprocess.Popen([sys.executable, *launcher, *args], cwd=ROOT, stdout=out,
                                          stderr=subprocess.STDOUT, start_new_session=True, env=env)
 
     def wait(self, timeout: float) -> int:

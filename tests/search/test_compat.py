@@ -3,6 +3,7 @@ and a clear error naming the package and version when one moves."""
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import optuna
@@ -134,3 +135,41 @@ def test_a_retried_trial_keeps_the_epochs_reported_since_the_last_snapshot(tmp_p
         JsonLoggerCallback()._restore_from_remote("result.json", trial)
     assert Path(ours.local_path, "result.json").read_text() == '{"epoch": 1}\n'
     assert Path(rays.local_path, "result.json").read_text() == ""  # what Ray's logger alone leaves
+
+
+def test_rays_upload_into_a_local_run_folder_replaces_each_file_whole(tmp_path, monkeypatch):
+    """compat.atomic_local_uploads: Ray's syncer calls its module function for every upload; into a
+    local folder each file is copied beside its destination and renamed over it. A copy cut short
+    (the driver killed) leaves the destination as it was, whole; Ray's exclude patterns hold; a file
+    unchanged since this process copied it is not copied again."""
+    import pyarrow.fs
+    from ray.train._internal import storage as ray_storage
+
+    src, dst = tmp_path / "staging", tmp_path / "run"
+    (src / "t_1" / "checkpoint_000000").mkdir(parents=True)
+    (src / "t_1" / "result.json").write_text('{"epoch": 1}\n')
+    (src / "t_1" / "checkpoint_000000" / "checkpoint.pt").write_text("w")
+    (src / "experiment_state-x.json").write_text('{"trial_data": [1]}')
+    compat.atomic_local_uploads()
+    ray_storage._upload_to_fs_path(str(src), pyarrow.fs.LocalFileSystem(), str(dst), exclude=["*/checkpoint_*"])
+    assert (dst / "t_1" / "result.json").read_text() == '{"epoch": 1}\n'
+    assert not (dst / "t_1" / "checkpoint_000000").exists()  # excluded, as Ray excludes it
+    assert compat.upload_replacing(src, dst, ["*/checkpoint_*"]) == 0  # nothing changed since
+
+    (src / "experiment_state-x.json").write_text('{"trial_data": [1, 2]}')
+    real_copy = shutil.copyfile
+
+    def killed_halfway(a, b):  # what a SIGKILL inside the copy leaves: half a file, and no rename
+        Path(b).write_text(Path(a).read_text()[:5])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "copyfile", killed_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        compat.upload_replacing(src, dst, [])
+    assert (dst / "experiment_state-x.json").read_text() == '{"trial_data": [1]}'  # the previous state, whole
+    (left,) = dst.glob(".partial-*")  # the cut copy, which no reader looks at; a resume sweeps it
+    assert compat.remove_partial_uploads(dst) == 1 and not left.exists()
+    monkeypatch.setattr(shutil, "copyfile", real_copy)
+    assert compat.upload_replacing(src, dst, []) == 2  # the state and the (not excluded) checkpoint file
+    assert (dst / "experiment_state-x.json").read_text() == '{"trial_data": [1, 2]}'
+    assert sorted(p.name for p in dst.iterdir()) == ["experiment_state-x.json", "t_1"]
