@@ -101,8 +101,8 @@ class PruneEndedCheckpoints(Callback):
                 # ones before are its stored results (one read, in the run's storage).
                 for r in compat.stored_reports(trial):
                     t.history.add(r)
-                if not any(h["epoch"] < epoch for h in t.history.epochs):
-                    # None readable now: never delete what may be the arm's best on a guess.
+                if not set(range(1, epoch)) <= {int(h["epoch"]) for h in t.history.epochs}:
+                    # Not all readable now: never delete what may be the arm's best on a guess.
                     prior = compat.metric_max(trial, self.metric)
                     t.prior = math.nan if prior is None else prior
         return self._trials[trial.trial_id]

@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import stat
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -284,15 +285,24 @@ def experiment_state_problem(run_dir: Path) -> str | None:
 # ----------------------------------------------------------------------------------------------
 # Ray's uploads of its staging folder into a run folder on a local (or network) filesystem
 
-PARTIAL_PREFIX = ".partial-"  # + pid + "-" + the file's name: a copy not yet renamed over its file
+PARTIAL_PREFIX = ".partial-"  # a copy not yet renamed over its file (`replace_file`)
 
 
 def replace_file(src: Path, dst: Path) -> None:
     """Copy `src` over `dst` so that `dst` holds, at every moment, either its old content or the new
-    one, whole: the copy is written beside it and renamed over it (atomic within a filesystem)."""
-    tmp = dst.with_name(f"{PARTIAL_PREFIX}{os.getpid()}-{dst.name}")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    one, whole: the copy is written beside it, under a name of its own (two writers of one file,
+    Ray's syncer thread and a trial's recovery upload, never share one), and renamed over it
+    (atomic within a filesystem). A copy that fails is removed; a killed one stays until the
+    resume sweeps it (`remove_partial_uploads`)."""
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=PARTIAL_PREFIX, suffix=f"-{dst.name}")
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        shutil.copymode(src, tmp)  # (mkstemp's file is private to its owner; the copy is not)
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 _uploaded: dict[tuple[str, str], tuple[int, int]] = {}  # (source, destination) -> the source's (size, mtime) when copied

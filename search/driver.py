@@ -124,23 +124,28 @@ def run_search(space: Space, loc: RunLocation, data, resume: bool, stream=None, 
 
 
 def recover_last_results(loc: RunLocation) -> int:
-    """Before a resume: the last report Ray's state holds of each trial it will resume, appended to
-    the trial's result.json in the run's storage where that file lacks its epoch. Ray uploads its
-    state, the trials' checkpoints (from the workers) and the driver's result.json files separately;
-    a driver killed between them can leave a trial whose checkpoint and state are newer than its
-    stored results (seen in test_storage's resume: a trial resumed from its epoch-1 checkpoint had no
+    """Before a resume: the last report Ray's state holds of each trial, appended to the trial's
+    result.json in the run's storage where that file lacks its epoch. Ray uploads its state, the
+    trials' checkpoints (from the workers) and the driver's result.json files separately; a driver
+    killed between them can leave a trial whose checkpoint and state are newer than its stored
+    results (seen in test_storage's resume: a trial resumed from its epoch-1 checkpoint had no
     result.json in the bucket, and its history started at epoch 2). Ray's restored trial copies that
-    file and appends to it. Returns how many lines were appended. (An earlier missing epoch, when
-    more than one report was lost, cannot be recovered: Ray's state keeps the last one only.)"""
+    file and appends to it. A trial Ray's state holds as ended is not run again, so its last report
+    is recovered the same way (seen in test_replayed_kills' kills inside a copy: the new state went
+    in, the trial's result.json did not, and the trial ended an epoch short in results.csv while
+    Optuna held that epoch), if its file holds results at all: one with none is a lost trial, run
+    again (search.results.counted_trials). Returns how many lines were appended. (An earlier missing
+    epoch, when more than one report was lost, cannot be recovered: Ray's state keeps the last one
+    only.)"""
     from search.storage import append_missing_result
 
     n = 0
     for status, folder, last in compat.last_results(loc.local / "trials").values():
-        if status != "TERMINATED" and "epoch" in last:
-            rel = f"trials/{folder}"
-            n += append_missing_result(loc.ray_storage, rel, last)
+        if "epoch" in last:
+            rel, ended = f"trials/{folder}", status == "TERMINATED"
+            n += append_missing_result(loc.ray_storage, rel, last, only_after_results=ended)
             if loc.uri is not None:  # the working copy too (read before the run's end pulls it again)
-                append_missing_result(str(loc.local), rel, last)
+                append_missing_result(str(loc.local), rel, last, only_after_results=ended)
     if n:
         log.info("resume: %d trial(s) got their last report from Ray's state back into result.json", n)
     return n

@@ -279,7 +279,7 @@ def write_report(run_dir: Path, out: Path) -> dict:
     drawn += det_figs
     md += ["## Arms compared", "", f"Validation metrics ({val}) of each arm's best trial, and what it cost.", "",
            f"| arm | best {metric} | mean ± sd over seeds | map | map_small | epochs to 95% | s/epoch | train img/s | "
-           "inference ms | params total (M) | trainable (M) | peak mem (MiB): best / any run | trials run: usable / failed / stopped by ASHA |",
+           "inference ms | params total (M) | trainable (M) | peak mem (MiB): best / any run | trials run: usable (of them stopped by ASHA) / failed |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: -r.get("best", -1)):
         conf = f"{r['confirm_mean']:.4f} ± {r['confirm_std']:.4f} (n={r['confirm_n']})" if "confirm_mean" in r else "-"
@@ -288,7 +288,7 @@ def write_report(run_dir: Path, out: Path) -> dict:
                   f"{_fmt(r.get('train_img_s'), '.1f')} | {_fmt(r.get('latency_ms'), '.1f')} | "
                   f"{_fmt(r.get('params_total', math.nan) / 1e6, '.2f')} | "
                   f"{_fmt(r.get('params_trainable', math.nan) / 1e6, '.2f')} | {_fmt(r.get('peak_mem_mb'), '.0f')} / {_fmt(r.get('arm_peak_mem_mb'), '.0f')} | "
-                  f"{r['trials']}: {r['usable']} / {r['failed']} / {r['stopped']} |")
+                  f"{r['trials']}: {r['usable']} ({r['stopped']}) / {r['failed']} |")
     md += [""] + short_arms(rows, space, done=state_done and not n_running)
     md += ["", "## Learning curves", "", f"Every search trial's training loss and its metrics on {val}, per epoch.",
            ""] + ([f"![{k}]({k})" for k in curves] or ["No search trial has reported an epoch."])
@@ -336,14 +336,15 @@ def write_report(run_dir: Path, out: Path) -> dict:
 
 def short_arms(rows: list[dict], space, done: bool) -> list[str]:
     """A line for each arm whose search ended with fewer usable trials than `trials_per_arm` because
-    more of its trials failed than `budget.max_failed_per_arm` could replace (search.searcher)."""
+    more of its trials failed for their configuration than `budget.max_failed_per_arm` could replace
+    (search.searcher)."""
     if space is None or not done or space.strategy != "per-architecture":
         return []
     out = [f"**{r['arm']} has {r['usable']} usable trials of the {space.trials_per_arm} every arm gets**: "
-           f"{r['failed']} of its trials failed, more than the {space.max_failed_per_arm} "
-           "`budget.max_failed_per_arm` lets the search replace (see Failed trials); its best was chosen "
-           "from fewer configurations than the other arms'." for r in rows
-           if r["usable"] < space.trials_per_arm and r["failed"] > space.max_failed_per_arm]
+           f"{r['infeasible']} of its trials failed for their configuration, more than the "
+           f"{space.max_failed_per_arm} `budget.max_failed_per_arm` lets the search replace (see Failed "
+           "trials); its best was chosen from fewer configurations than the other arms'." for r in rows
+           if r["usable"] < space.trials_per_arm and r["infeasible"] > space.max_failed_per_arm]
     return [*out, ""] if out else []
 
 

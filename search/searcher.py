@@ -15,9 +15,11 @@ seen, and a region that runs out of memory or diverges would be proposed again a
 with the largest backbone, which fails most, would end with the fewest usable trials). A trial that
 failed for its configuration (results.outcome's `infeasible`: a non-finite loss, out of memory, a
 combination training refuses) ends as PRUNED with the constraint FAILED_CONSTRAINT = 1
-(`Trial.set_constraint`): TPE ranks an infeasible trial below every feasible one. A trial Ray gave
-up on after errors ends as FAIL: it says nothing about its configuration. Every failed trial is
-replaced by a new one, up to `budget.max_failed_per_arm` per study; then the study ends short.
+(`Trial.set_constraint`): TPE ranks an infeasible trial below every feasible one; and it is replaced
+by a new trial, up to `budget.max_failed_per_arm` per study (then the study ends short). A trial Ray
+gave up on after errors ends as FAIL: it says nothing about its configuration, and Ray itself
+retries it when the run is resumed. (A configuration that asks of this node's device what it lacks,
+bf16 on a GPU without it, is infeasible here too: on these nodes it is.)
 
 Studies live in an Optuna journal file (`optuna-dashboard RUN_DIR/optuna.journal` opens it).
 """
@@ -48,6 +50,11 @@ from search.storage import relocated
 JOINT = "joint"  # study name in the joint strategy
 FAILED_CONSTRAINT = "failed"  # the constraint a trial that failed for its configuration violates (> 0)
 ENDED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def _failed_for_config(trial) -> bool:
+    """Whether an Optuna trial ended as failed for its configuration (`ArmSearcher._tell_failed`)."""
+    return trial.state == TrialState.PRUNED and trial.constraints.get(FAILED_CONSTRAINT, 0.0) > 0
 
 
 def study_names(space: Space) -> list[str]:
@@ -163,7 +170,9 @@ class ArmSearcher(Searcher):
         self.snapshot_journal = snapshot_journal  # copy the journal into each experiment checkpoint
         self.stages = tuple(stages)
         self.started = {name: 0 for name in study_names(space)}
-        self.failed = {name: 0 for name in study_names(space)}  # of those started, how many failed
+        # Of those started, how many failed for their configuration: each is replaced (`_open`). A
+        # trial Ray gave up on after errors is not: Ray retries it (FailureConfig, and on --resume).
+        self.failed = {name: 0 for name in study_names(space)}
         self.ended: dict[str, dict] = {}  # Ray trial id -> _Ended's fields, of ended search trials (not failed)
         self.issued: set[str] = set()     # search.stages.run_key of every later-stage run suggested
         self._stage_runs: dict[str, list[dict]] = {}  # study -> its later-stage runs, once its search has ended
@@ -199,8 +208,9 @@ class ArmSearcher(Searcher):
         return True  # the metric is the space's; the searcher needs no param_space
 
     def _open(self, name: str) -> bool:
-        """Whether the study may start another trial: `trials_per_arm`, plus one for each failed
-        trial up to `max_failed_per_arm` (a failed trial is replaced; past that the study ends short)."""
+        """Whether the study may start another trial: `trials_per_arm`, plus one for each trial that
+        failed for its configuration, up to `max_failed_per_arm` (such a trial is replaced; past
+        that the study ends short)."""
         if self.trials_per_arm is None:
             return True
         return self.started[name] < self.trials_per_arm + min(self.failed[name], self.space.max_failed_per_arm)
@@ -358,16 +368,16 @@ class ArmSearcher(Searcher):
 
     def _tell_failed(self, name: str, trial: optuna.Trial, reason: str, infeasible: bool) -> None:
         """End a failed trial (module docstring): infeasible, PRUNED with its constraint violated so
-        that TPE learns from it; otherwise (Ray gave up after errors) FAIL. Either way it is counted
-        in `failed`, which opens its study to a replacement (`_open`)."""
+        that TPE learns from it, and counted in `failed`, which opens its study to a replacement
+        (`_open`); otherwise (Ray gave up after errors) FAIL, which Ray itself retries on --resume."""
         study = self.studies[name]
         if compat.frozen_trial(study, compat.optuna_trial_id(trial)).state != TrialState.RUNNING:
             return  # already ended in the journal, and counted there (`restore`)
-        self.failed[name] += 1
         trial.set_user_attr("fail_reason", reason)
         if infeasible:
             trial.set_constraint(FAILED_CONSTRAINT, 1.0)
             study.tell(trial, state=TrialState.PRUNED)
+            self.failed[name] += 1
         else:
             study.tell(trial, state=TrialState.FAIL)
 
@@ -454,10 +464,19 @@ class ArmSearcher(Searcher):
         # experiment checkpoint; they are not counted in `started`, so they are reused first.
         owned = set(self.live.values())
         self.orphans = {name: sorted(otid for otid in ids if (name, otid) not in owned) for name, ids in running.items()}
+        # A live trial that Ray's state holds as ended, its results stored, while the (older) journal
+        # still has it running: Ray sends no event for it, so it ends here, from its stored record;
+        # else its study's search would never end, and the run would wait for it forever.
+        for ray_id in [k for k in self.live if (statuses or {}).get(k) == "TERMINATED" and k in known]:
+            rec = read_trial(known[ray_id], self.space.metric, self.space.max_epochs, "TERMINATED")
+            if rec is not None:
+                name, otid = self.live[ray_id]
+                self._end_from_record(ray_id, compat.attach_trial(self.studies[name], otid),
+                                      compat.frozen_trial(self.studies[name], otid).intermediate_values, rec)
         for name, study in self.studies.items():
             trials = study.get_trials(deepcopy=False)
             # A configuration training refused when it was asked for never became a Ray trial.
-            refused = [t for t in trials if "ray_trial_id" not in t.user_attrs and "fail_reason" in t.user_attrs]
+            refused = [t for t in trials if "ray_trial_id" not in t.user_attrs and _failed_for_config(t)]
             if statuses:
                 # Every search trial of Ray's state that is not lost is now in its study (above), and
                 # only those count: whichever of the three files is older, a trial Ray will not run
@@ -468,7 +487,7 @@ class ArmSearcher(Searcher):
                 orphans = set(self.orphans.get(name, []))
                 counted = [t for t in trials if compat.optuna_trial_id(t) not in orphans]
                 self.started[name] = max(self.started.get(name, 0), len(counted))
-            self.failed[name] = sum("fail_reason" in t.user_attrs for t in counted)
+            self.failed[name] = sum(map(_failed_for_config, counted))
         # A journal older than Ray's state lacks the epochs a resumed trial will not train again
         # (it continues from a later checkpoint): they are taken from the trial's stored results.
         for ray_id, (name, otid) in self.live.items():

@@ -30,9 +30,9 @@ BUDGET_KEYS = {"max_epochs": 10, "grace_period": 1, "reduction_factor": 3, "tria
                "stopping": "asha", "sampler": "tpe", "checkpoint_every": 1, "max_failed_per_arm": None}
 # budget.stopping: "asha" stops weak trials early; "none" runs every trial to max_epochs (full learning
 # curves: what search.replay scores strategies on). budget.sampler: Optuna's TPE, or random proposals.
-# budget.max_failed_per_arm: how many failed trials of an arm's study are replaced by new ones (null:
-# half of trials_per_arm, rounded down); past that, the arm ends with fewer usable trials and the
-# report says so.
+# budget.max_failed_per_arm: how many trials of an arm's study that failed for their configuration
+# are replaced by new ones (null: half of trials_per_arm, rounded down); past that, the arm ends
+# with fewer usable trials and the report says so.
 # What `search.run --resume` may find changed in the space file: keys that cannot change what a trial
 # already run means (how many run at once; the name; where the data is read from, since the data
 # fingerprint refuses other data). Any other change would mix two searches: refused.

@@ -240,6 +240,7 @@ def arm_rows(records: list[TrialRecord], metric: str, latencies: dict | None = N
         search = [r for r in records if r.arm == arm and r.stage == "search"]
         ok = ranked(records, arm)
         row = {"arm": arm, "trials": len(search), "usable": len(ok),
+               "infeasible": sum(r.status == STATUS_FAILED and r.infeasible for r in search),
                "finished": sum(r.status == STATUS_FINISHED for r in search),
                "stopped": sum(r.status == STATUS_STOPPED for r in search),
                "failed": sum(r.status == STATUS_FAILED for r in search),

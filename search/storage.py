@@ -120,10 +120,10 @@ class RunLocation:
                 shutil.copy(newest, self.local / JOURNAL)
 
 
-def append_missing_result(run_uri_or_dir: str, rel: str, result: dict) -> bool:
+def append_missing_result(run_uri_or_dir: str, rel: str, result: dict, only_after_results: bool = False) -> bool:
     """Append `result` (one of a trial's reports, as a result.json line) to the trial's result.json
-    in the run's storage (a folder or a bucket) unless a line of its epoch is there; returns whether
-    it was appended."""
+    in the run's storage (a folder or a bucket) unless a line of its epoch is there (or, with
+    `only_after_results`, unless the file holds no epoch at all); returns whether it was appended."""
     import json
 
     import pyarrow.fs
@@ -140,7 +140,7 @@ def append_missing_result(run_uri_or_dir: str, rel: str, result: dict) -> bool:
             epochs.add(json.loads(line).get("epoch"))
         except (json.JSONDecodeError, AttributeError):
             continue
-    if result.get("epoch") in epochs:
+    if result.get("epoch") in epochs or (only_after_results and not epochs - {None}):
         return False
     if text and not text.endswith("\n"):
         text += "\n"

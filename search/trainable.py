@@ -112,7 +112,8 @@ def train_trial(config: dict, data: tuple, checkpoint_epochs: frozenset | None =
             gpu_memory_fraction=gpu_share if 0 < gpu_share < 1 else None)
     except (NonFiniteLossError, OutOfMemoryError, C.ConfigError) as e:
         # Deterministic failures: retrying from the checkpoint would fail the same way, so the trial
-        # ends now with its reason (the searcher tells Optuna FAIL) instead of raising into Ray's retries.
+        # ends now with its reason (the searcher tells TPE the configuration is infeasible, and replaces
+        # the trial) instead of raising into Ray's retries.
         # (ConfigError: what the configuration asks of this node's device, e.g. bf16 on a GPU without it.)
         # The metric is reported (as NaN) because Ray requires the search's metric in every result.
         tune.report({"fail_reason": f"{type(e).__name__}: {e}", "epoch": float(last_epoch), cfg.metric: math.nan})

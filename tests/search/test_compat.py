@@ -150,6 +150,7 @@ def test_rays_upload_into_a_local_run_folder_replaces_each_file_whole(tmp_path, 
     (src / "t_1" / "result.json").write_text('{"epoch": 1}\n')
     (src / "t_1" / "checkpoint_000000" / "checkpoint.pt").write_text("w")
     (src / "experiment_state-x.json").write_text('{"trial_data": [1]}')
+    monkeypatch.setattr(ray_storage, "_upload_to_fs_path", ray_storage._upload_to_fs_path)  # Ray's, back after the test
     compat.atomic_local_uploads()
     ray_storage._upload_to_fs_path(str(src), pyarrow.fs.LocalFileSystem(), str(dst), exclude=["*/checkpoint_*"])
     assert (dst / "t_1" / "result.json").read_text() == '{"epoch": 1}\n'
@@ -159,16 +160,17 @@ def test_rays_upload_into_a_local_run_folder_replaces_each_file_whole(tmp_path, 
     (src / "experiment_state-x.json").write_text('{"trial_data": [1, 2]}')
     real_copy = shutil.copyfile
 
-    def killed_halfway(a, b):  # what a SIGKILL inside the copy leaves: half a file, and no rename
+    def cut_halfway(a, b):  # the copy stops half way: the file beside the destination holds half
         Path(b).write_text(Path(a).read_text()[:5])
-        raise KeyboardInterrupt
+        raise OSError("no space left on device")
 
-    monkeypatch.setattr(shutil, "copyfile", killed_halfway)
-    with pytest.raises(KeyboardInterrupt):
+    monkeypatch.setattr(shutil, "copyfile", cut_halfway)
+    with pytest.raises(OSError):
         compat.upload_replacing(src, dst, [])
     assert (dst / "experiment_state-x.json").read_text() == '{"trial_data": [1]}'  # the previous state, whole
-    (left,) = dst.glob(".partial-*")  # the cut copy, which no reader looks at; a resume sweeps it
-    assert compat.remove_partial_uploads(dst) == 1 and not left.exists()
+    assert not list(dst.glob(".partial-*"))  # a copy that failed is removed; a killed one is swept:
+    (dst / ".partial-abc-experiment_state-x.json").write_text('{"tri')
+    assert compat.remove_partial_uploads(dst) == 1 and not list(dst.glob(".partial-*"))
     monkeypatch.setattr(shutil, "copyfile", real_copy)
     assert compat.upload_replacing(src, dst, []) == 2  # the state and the (not excluded) checkpoint file
     assert (dst / "experiment_state-x.json").read_text() == '{"trial_data": [1, 2]}'

@@ -123,9 +123,11 @@ def test_a_driver_killed_inside_rays_copy_into_the_run_folder_resumes_each_time_
     """Ray copies its staging folder into the run folder at every experiment snapshot; a kill inside
     that copy used to leave cut files no resume could read (issue 26, item 5). The driver is killed
     four times, each time inside a copy, with a file half copied (tests/search/kill_in_copy.py: half
-    way through its second upload, 30% and 80% through its third, and at the first file of its
-    second; the files go in name order, the experiment state first and the searcher's state near
-    the end, so each kill leaves another mixture of new and old files), and resumed after
+    way through the first driver's 10th upload, 30% through the next one's 8th, 80% through the
+    third's 12th and at the first file of the fourth's 4th: with a snapshot a second, after 6, 11,
+    28 and 28 stored epochs in one run here; the files go in name order, the experiment state
+    first and the searcher's state near the end, so each kill leaves another mixture of new and old
+    files), and resumed after
     each: the run ends with every trial once, its epochs continuous, its studies agreeing with Ray's
     trials, every arm's confirmation once per seed, and no half-copied file left. (Before whole-file
     uploads, the last of these kills, made inside Ray's in-place copy of the experiment state, left

@@ -125,7 +125,7 @@ def test_table_values_figures_and_conclusion_from_known_numbers(handmade):
     assert "| A | 0.8000 | 0.7800 ± 0.0283 (n=2) | 0.4000 |" in text and "| 41.29 | 20.64 |" in text
     # Peak memory: the best trial's (a1: 500 + 4 epochs) and the largest of any of the arm's runs (a3).
     assert a["peak_mem_mb"] == 504.0 and a["arm_peak_mem_mb"] == 2004.0 and "| 504 / 2004 |" in text
-    assert "b3 (B): NonFiniteLossError: boom" in text and "| 3: 2 / 1 / 1 |" in text
+    assert "b3 (B): NonFiniteLossError: boom" in text and "| 3: 2 (1) / 1 |" in text
     assert "usable trials of the" not in text  # B's one failure is within what max_failed_per_arm replaces
     # Pareto front: B is faster and smaller, A more accurate: both on it.
     assert "Pareto front (latency): A, B" in text or "Pareto front (latency): B, A" in text

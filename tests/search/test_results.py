@@ -298,23 +298,29 @@ def test_a_resumed_run_s_progress_table_counts_the_trials_that_ended_before_the_
 def test_a_resume_gets_back_the_last_report_rays_state_holds_and_result_json_lacks(tmp_path):
     """Ray's state (uploaded) holds trial r RUNNING with its last report at epoch 2, but r's stored
     result.json stops at epoch 1 (the driver died before uploading it), and s has none at all: the
-    resume appends each one's last report, once; an ended trial is left alone."""
+    resume appends each one's last report, once. An ended trial is not run again: u's last report
+    (its final epoch, which Ray's new state got and its result.json did not) is appended too; t,
+    with no stored result at all, is a lost trial that the resume runs again: left alone."""
     from search import driver
     from search.storage import RunLocation
 
     loc = RunLocation(str(tmp_path), "run")
     stage = loc.local / "trials"
     last = {"r": {"epoch": 2.0, "map50": 0.3, "trial_id": "r"}, "s": {"epoch": 1.0, "map50": 0.1, "trial_id": "s"},
-            "t": {"epoch": 3.0, "map50": 0.5, "trial_id": "t"}}
+            "t": {"epoch": 3.0, "map50": 0.5, "trial_id": "t"}, "u": {"epoch": 4.0, "map50": 0.6, "trial_id": "u"}}
     data = [[json.dumps({"trial_id": k, "status": st, "relative_logdir": f"arm_{k}"}),
-             json.dumps({"last_result": last[k]})] for k, st in (("r", "RUNNING"), ("s", "PENDING"), ("t", "TERMINATED"))]
+             json.dumps({"last_result": last[k]})]
+            for k, st in (("r", "RUNNING"), ("s", "PENDING"), ("t", "TERMINATED"), ("u", "TERMINATED"))]
     stage.mkdir(parents=True)
     (stage / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trial_data": data}))
-    (stage / "arm_r").mkdir()
-    (stage / "arm_r" / "result.json").write_text(json.dumps({"epoch": 1.0, "map50": 0.2}) + "\n")
-    assert driver.recover_last_results(loc) == 2
+    for k, epochs in (("r", 1), ("u", 3)):
+        (stage / f"arm_{k}").mkdir()
+        (stage / f"arm_{k}" / "result.json").write_text("".join(json.dumps({"epoch": float(e), "map50": 0.2}) + "\n"
+                                                                for e in range(1, epochs + 1)))
+    assert driver.recover_last_results(loc) == 3
     assert driver.recover_last_results(loc) == 0  # nothing twice
     assert [json.loads(x)["epoch"] for x in (stage / "arm_r" / "result.json").read_text().splitlines()] == [1.0, 2.0]
+    assert [json.loads(x)["epoch"] for x in (stage / "arm_u" / "result.json").read_text().splitlines()] == [1, 2, 3, 4]
     assert json.loads((stage / "arm_s" / "result.json").read_text()) == last["s"]
     assert not (stage / "arm_t").exists()
 

@@ -79,21 +79,23 @@ def test_a_journal_older_than_rays_state_is_brought_in_line_with_the_stored_resu
     # without it would propose them again (its sampler is seeded).
     (held_c,) = [t for t in resumed.studies[STUDY].get_trials() if t.user_attrs.get("ray_trial_id") == "c"]
     assert held_c.state == TrialState.RUNNING and held_c.params["lr"] == configs["c"]["params"]["lr"]
-    # Three started, two still running: no fourth trial, and not FINISHED either (a running trial
-    # that fails gets a replacement, and Ray asks no more after FINISHED).
+    # Three started, a and c running (b ended at the restore): no fourth trial, and not FINISHED
+    # either (a running trial that fails gets a replacement, and Ray asks no more after FINISHED).
     assert resumed.suggest("extra") is None
     resumed.on_trial_result("a", {"epoch": 3, "map50": 0.5})
     resumed.on_trial_complete("a", {"epoch": 3, "map50": 0.5})
     for e, v in enumerate((0.6, 0.7, 0.65), start=1):
         resumed.on_trial_result("c", {"epoch": e, "map50": v})
     resumed.on_trial_complete("c", {"epoch": 3, "map50": 0.65})
+    # b, which Ray's state holds as ended (and sends no event for), was ended at the restore from its
+    # stored results: once a and c have ended, the search has (a live b waited forever for it).
+    assert resumed.suggest("after") is resumed.FINISHED
     _store(run_dir, "a", configs["a"], [0.3, 0.4, 0.5])
     _store(run_dir, "c", configs["c"], [0.6, 0.7, 0.65])
     write_experiment_state(run_dir / "trials", {t: "TERMINATED" for t in "abc"})
 
     records = collect(run_dir, "map50", 3)
-    assert reconcile_studies(space, journal, records) == {"ended": 1, "added": 0}  # b ended (c joined on resume)
-    assert reconcile_studies(space, journal, records) == {"ended": 0, "added": 0}  # nothing left to do
+    assert reconcile_studies(space, journal, records) == {"ended": 0, "added": 0}  # b ended and c joined on resume
     study = ArmSearcher(space, journal).studies[STUDY]
     by_ray_id = {t.user_attrs["ray_trial_id"]: t for t in study.get_trials()}
     assert sorted(by_ray_id) == ["a", "b", "c"] and len(study.get_trials()) == 3
@@ -370,11 +372,11 @@ def test_an_arm_whose_failures_exceed_max_failed_per_arm_ends_short_and_the_repo
     assert searcher.suggest("more") is Searcher.FINISHED
     from search.report import short_arms
 
-    rows = [{"arm": "resnet34-v1-none-t5", "usable": 0, "failed": 6}, {"arm": "resnet18-v1-none-t5", "usable": 4,
-                                                                        "failed": 0}]
+    rows = [{"arm": "resnet34-v1-none-t5", "usable": 0, "failed": 6, "infeasible": 6},
+            {"arm": "resnet18-v1-none-t5", "usable": 4, "failed": 0, "infeasible": 0}]
     (line, blank) = short_arms(rows, searcher.space, done=True)
     assert line.startswith("**resnet34-v1-none-t5 has 0 usable trials of the 4 every arm gets**: 6 of its trials "
-                           "failed, more than the 2 `budget.max_failed_per_arm`") and blank == ""
+                           "failed for their configuration, more than the 2 `budget.max_failed_per_arm`") and blank == ""
     assert short_arms(rows, searcher.space, done=False) == []  # a run still going may yet get them
 
 
@@ -404,3 +406,17 @@ def test_a_resumed_searcher_still_replaces_a_trial_that_failed_before_the_kill(t
     assert (resumed.started[STUDY], resumed.failed[STUDY]) == (3, 1)
     assert isinstance(resumed.suggest("d"), dict)  # b's replacement
     assert resumed.suggest("e") is None            # and no more: 1 failure may be replaced
+
+
+def test_a_trial_ray_gave_up_on_is_fail_and_not_replaced(tmp_path):
+    """An error (a crash, a lost node, after Ray's own retries) says nothing about the configuration:
+    Optuna FAIL, no constraint, and no replacement, since Ray retries it on --resume (a replacement
+    as well would give the arm one trial more than the others)."""
+    space = _space(tmp_path)  # trials_per_arm 3, max_failed_per_arm 1
+    searcher = ArmSearcher(space, tmp_path / "optuna.journal")
+    for tid in ("a", "b", "c"):
+        searcher.suggest(tid)
+    searcher.on_trial_complete("a", {"epoch": 1.0, "map50": 0.1}, error=True)
+    (a,) = [t for t in searcher.studies[STUDY].get_trials() if t.user_attrs["ray_trial_id"] == "a"]
+    assert a.state == TrialState.FAIL and a.constraints == {} and searcher.failed[STUDY] == 0
+    assert searcher.suggest("d") is None  # b and c still run; no replacement for a
