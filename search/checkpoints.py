@@ -90,35 +90,30 @@ class PruneEndedCheckpoints(Callback):
         self.deleted = 0
 
     # --- what Ray tells the driver ---------------------------------------------------------------
-    def _of(self, trial, result: dict | None = None) -> _Trial:
+    def _of(self, trial, result: dict) -> _Trial:
+        """The trial's record, with `result` (a report of it) counted."""
         if trial.trial_id not in self._trials:
             fs, path = compat.trial_storage(trial)
             t = self._trials[trial.trial_id] = _Trial(trial.config["arm"], fs, path, self.metric,
                                                       later_stage=is_later_stage(trial.config))
-            epoch = int((result or {}).get("epoch", 1))
-            if epoch > 1:
-                # Resumed from a checkpoint, it reports only the epochs after it to this driver: the
-                # ones before are its stored results (one read, in the run's storage).
-                for r in compat.stored_reports(trial):
-                    t.history.add(r)
-                if not set(range(1, epoch)) <= {int(h["epoch"]) for h in t.history.epochs}:
-                    # Not all readable now: never delete what may be the arm's best on a guess.
-                    prior = compat.metric_max(trial, self.metric)
-                    t.prior = math.nan if prior is None else prior
-        return self._trials[trial.trial_id]
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        t = self._of(trial, result)
-        t.history.add(result)
+            for r in compat.stored_reports(trial, result):  # (a resumed trial's epochs before this driver)
+                t.history.add(r)
+            epoch = int(result.get("epoch", 1))
+            if not set(range(1, epoch)) <= {int(h["epoch"]) for h in t.history.epochs}:
+                # Not all readable now: never delete what may be the arm's best on a guess.
+                prior = compat.metric_max(trial, self.metric)
+                t.prior = math.nan if prior is None else prior
+        t = self._trials[trial.trial_id]
+        t.history.add(result)  # (a report already counted replaces itself)
         t.epochs = int(result.get("epoch", t.epochs))
         t.failed = t.failed or "fail_reason" in result
+        return t
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._of(trial, result)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        last = trial.last_result or {}
-        t = self._of(trial, last)
-        t.history.add(last)  # (a report already counted replaces itself)
-        t.epochs = int(last.get("epoch", t.epochs))
-        t.failed = t.failed or "fail_reason" in last
+        t = self._of(trial, trial.last_result or {})
         status = outcome(epochs=t.epochs, max_epochs=self.max_epochs, fail_reason="failed" if t.failed else None).status
         t.ended = True
         # A failed trial, or one with no finite metric, is never ranked (`results.ranked`): key None.

@@ -152,15 +152,19 @@ def upload_trial_file(trial, name: str) -> bool:
     return True
 
 
-def stored_reports(trial) -> list[dict]:
-    """The reports in a trial's result.json in the run's storage (a local folder or object storage),
-    in order; none when it cannot be read now."""
+def stored_reports(trial, first_seen: dict) -> list[dict]:
+    """The reports a trial made before `first_seen`, the first of its results this driver gets: none
+    when that is its first epoch; else (a trial resumed from a checkpoint reports only the epochs
+    after it) those in its result.json in the run's storage (a local folder or object storage), in
+    order, one read; none when it cannot be read now."""
     import posixpath
 
     from ray.tune.result import EXPR_RESULT_FILE
 
     from search.results import parse_results
 
+    if int(first_seen.get("epoch", 1)) <= 1:
+        return []
     fs, path = trial_storage(trial)
     try:
         with fs.open_input_stream(posixpath.join(path, EXPR_RESULT_FILE)) as f:

@@ -71,23 +71,25 @@ class ArmTable(Callback):
         tid = trial.trial_id
         if tid in self.later:
             return
-        history = self._histories.get(tid)
-        if history is None:
-            # Resumed from a checkpoint, it reports only the epochs after it to this driver: the ones
-            # before are its stored results (one read, in the run's storage).
-            stored = compat.stored_reports(trial) if int(result.get("epoch", 1)) > 1 else []
-            history = self._histories[tid] = TrialHistory(self.metric, stored)
+        if tid not in self._histories:
+            self._histories[tid] = TrialHistory(self.metric, compat.stored_reports(trial, result))
+        history = self._histories[tid]
         history.add(result)
         if math.isfinite(history.best) and self.trial_best.get(tid) != history.best:
-            self.trial_best[tid] = history.best
-            self._arm_best(arm)
+            self._trial_best(arm, tid, history.best)
 
-    def _arm_best(self, arm: str) -> None:
-        """The arm's best: the best of its search trials' bests (it can fall: a re-run epoch replaces
-        the report it repeats, search.results.TrialHistory)."""
-        best = max((b for t, b in self.trial_best.items() if self.arm_of.get(t) == arm), default=-math.inf)
-        if best != self.best[arm]:
-            self.best[arm], self._dirty = best, True
+    def _trial_best(self, arm: str, tid: str, best: float) -> None:
+        """A search trial's best changed: so may its arm's, the best of its trials' bests. A rise is
+        one comparison; a fall (a re-run epoch replaced the report it repeats,
+        search.results.TrialHistory) looks at the arm's trials again."""
+        fell = best < self.trial_best.get(tid, -math.inf)
+        self.trial_best[tid] = best
+        if fell:
+            new = max((b for t, b in self.trial_best.items() if self.arm_of.get(t) == arm), default=-math.inf)
+        else:
+            new = max(self.best[arm], best)
+        if new != self.best[arm]:
+            self.best[arm], self._dirty = new, True
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._ended(trial, errored=False)
@@ -121,8 +123,7 @@ class ArmTable(Callback):
             arm = self._ended(trial, errored=trial.status == trial.ERROR)
             best = compat.metric_max(trial, self.metric)
             if trial.trial_id not in self.later and best is not None and math.isfinite(best):
-                self.trial_best[trial.trial_id] = best
-                self._arm_best(arm)
+                self._trial_best(arm, trial.trial_id, best)
             self.resumed = True
         if self.resumed:
             self.t0 = time.monotonic()  # the pickled start belongs to the first driver (maybe another machine)

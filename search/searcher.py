@@ -315,10 +315,13 @@ class ArmSearcher(Searcher):
         trial holds (nothing, unless a resume found no stored results for it)."""
         if trial_id not in self._histories:
             name, otid = self.live[trial_id]
-            held = compat.frozen_trial(self.studies[name], otid).intermediate_values
-            self._histories[trial_id] = TrialHistory(self.space.metric, [{"epoch": e, self.space.metric: v}
-                                                                         for e, v in sorted(held.items())])
+            self._histories[trial_id] = self._held_history(compat.frozen_trial(self.studies[name], otid))
         return self._histories[trial_id]
+
+    def _held_history(self, frozen) -> TrialHistory:
+        """The history of what an Optuna trial holds: its intermediate values, one per epoch."""
+        metric = self.space.metric
+        return TrialHistory(metric, [{"epoch": e, metric: v} for e, v in sorted(frozen.intermediate_values.items())])
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         trial = self._trial(trial_id)
@@ -550,13 +553,12 @@ class ArmSearcher(Searcher):
         its best from its stored results (`folder`), or, with none stored, Optuna's values of it."""
         frozen = compat.frozen_trial(self.studies[name], otid)
         status = {TrialState.COMPLETE: STATUS_FINISHED, TrialState.PRUNED: STATUS_STOPPED}.get(frozen.state)
-        if "fail_reason" in frozen.user_attrs:  # PRUNED as infeasible (`_tell_failed`): never ranked
+        if _failed_for_config(frozen):  # PRUNED as infeasible (`_tell_failed`): never ranked
             status = None
         if status is not None:
-            metric = self.space.metric
-            reports = read_history(folder) if folder is not None else \
-                [{"epoch": e, metric: v} for e, v in sorted(frozen.intermediate_values.items())]
-            best = TrialHistory(metric, reports).best
+            history = TrialHistory(self.space.metric, read_history(folder)) if folder is not None else \
+                self._held_history(frozen)
+            best = history.best
             self._keep_end(ray_id, name, compat.attach_trial(self.studies[name], otid), status, best)
 
     def _add_stored_ends(self, known: dict[str, Path], statuses: dict[str, str]) -> None:
