@@ -373,12 +373,14 @@ def test_peak_memory_is_the_trial_s_own_not_the_process_lifetime(splits, tmp_pat
 
     cpu = torch.device("cpu")
     reset_peak_mem(cpu)
-    big = np.ones(1024 * 2 ** 20 // 8)  # 1 GiB, touched: an earlier trial's high-water mark
+    big = np.ones(3 * 1024 * 2 ** 20 // 8)  # 3 GiB, touched: an earlier trial's high-water mark
     with_big = peak_mem_mb(cpu)
     del big
     m = []
     fit(C.from_dict({**CFG, "epochs": 1}), *splits, tmp_path, on_epoch=lambda x, ck: m.append(x))
-    assert m[0]["peak_mem_mb"] < with_big - 700, (m[0]["peak_mem_mb"], with_big)
+    # The epoch's own growth (a few hundred MiB here, more in a process that has grown) stays far
+    # under the 3 GiB an earlier trial held: reported with it, the peak would be >= with_big.
+    assert m[0]["peak_mem_mb"] < with_big - 1536, (m[0]["peak_mem_mb"], with_big)
 
 
 def test_latency_warms_up_and_times_under_the_same_settings_and_takes_the_median():
