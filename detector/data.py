@@ -499,9 +499,12 @@ class Splits(NamedTuple):
 
 
 def default_data_dir() -> Path:
-    """Cache folder of the embedded synthetic dataset (generated once)."""
+    """Cache folder of the embedded synthetic dataset (generated once; a new folder per version of
+    it, so a cache written by an earlier release is never read as the current one)."""
+    from detector.synth import EMBEDDED_VERSION
+
     root = Path(os.environ.get("SMALLOBJ_CACHE", Path.home() / ".cache" / "smallobj-search"))
-    return root / "synth-default"
+    return root / f"synth-v{EMBEDDED_VERSION}"
 
 
 def ensure_default_data() -> Path:
@@ -512,7 +515,7 @@ def ensure_default_data() -> Path:
     ann = out / "annotations.json"
     if not ann.is_file():
         tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-        synth.write_dataset(tmp)
+        synth.write_dataset(tmp, **synth.EMBEDDED)
         try:
             os.replace(tmp, out)  # atomic: a concurrent or crashed writer never leaves half a dataset
         except OSError:
@@ -635,16 +638,19 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--data", required=True, help="COCO JSON file, folder with annotations.json, VOC folder, or YOLO data.yaml (data.yaml#val: its val split)")
     c.add_argument("--images", help="folder the image file names are relative to")
     c.add_argument("--json", action="store_true")
-    s = sub.add_parser("synth", help="write the embedded synthetic small-object dataset (COCO + PNG)")
+    s = sub.add_parser("synth", help="write the embedded synthetic small-object dataset (COCO + PNG), "
+                                     "or with --hard the harder family the tests use")
     s.add_argument("--out", required=True)
     s.add_argument("--images", type=int, default=None, help="number of images")
     s.add_argument("--size", type=int, default=None, help="image side in px")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--hard", action="store_true", help="objects of 4-24 px, fainter (write_dataset's defaults)")
     a = p.parse_args(argv)
     if a.cmd == "synth":
         from detector import synth
 
-        kw = {k: v for k, v in (("n_images", a.images), ("size", a.size)) if v is not None}
+        kw = {} if a.hard else dict(synth.EMBEDDED)
+        kw.update({k: v for k, v in (("n_images", a.images), ("size", a.size)) if v is not None})
         path = synth.write_dataset(Path(a.out), seed=a.seed, **kw)
         print(f"wrote {path}")
         return 0

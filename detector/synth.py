@@ -1,10 +1,18 @@
-"""The embedded synthetic dataset: single-channel images dominated by numerous small objects.
+"""Synthetic datasets of single-channel images dominated by numerous small objects.
 
-Each image has tens to over a hundred bright, soft-edged elliptical objects of 4-24 px (some of
-them touching) on a textured, unevenly lit, noisy background, plus distractors that are *not*
-objects: thin lines, hollow rings and dark blobs of similar size and contrast. It is written as a
-real COCO dataset (8-bit PNG files + annotations.json) and read through the same loader as user
-data. Same seed, same bytes.
+Each image has tens to over a hundred bright, soft-edged elliptical objects (some of them
+touching) on a textured, unevenly lit, noisy background, plus distractors that are *not* objects:
+thin lines, hollow rings and dark blobs of similar size and contrast. A dataset is written as a real
+COCO dataset (8-bit PNG files + annotations.json) and read through the same loader as user data.
+Same seed, same bytes.
+
+`write_dataset`'s defaults are the hard family (objects of 4-24 px, faint) that the tests and the
+benchmarks generate at their own sizes. `EMBEDDED` is the dataset the demos search when a space
+names no data (detector.data.ensure_default_data): 28 images of 112 px with objects of 12-30 px
+(12-38 per image, 14 px across at the median, all COCO-small) of higher contrast, so that the demo's
+2-epoch search on a 2-core CPU trains a detector that visibly finds most objects (bench/RESULTS.md,
+issue 25). Its cache folder carries
+`EMBEDDED_VERSION`, which changes whenever EMBEDDED does.
 """
 from __future__ import annotations
 
@@ -20,6 +28,11 @@ DEFAULT_IMAGES = 48
 DEFAULT_SIZE = 160
 MIN_OBJECT, MAX_OBJECT = 4.0, 24.0   # object bounding-box side, px
 OBJECTS_PER_KPX = (1.0, 4.6)        # objects per 1000 px^2 of image: tens to over a hundred at 160 px
+CONTRAST = (0.22, 0.45)             # an object's peak brightness above the background (1 = white)
+
+# The embedded dataset (see the module docstring). Version 1 was the defaults above, 48 images of 160 px.
+EMBEDDED = dict(n_images=28, size=112, object_px=(12.0, 30.0), contrast=(0.35, 0.6))
+EMBEDDED_VERSION = 2
 
 
 def _blur(x: np.ndarray, r: int) -> np.ndarray:
@@ -73,9 +86,11 @@ def _ellipse_box(cx, cy, a, b, theta, size) -> list[float] | None:
 
 
 def render_image(rng: np.random.Generator, size: int, object_px: tuple[float, float] = (MIN_OBJECT, MAX_OBJECT),
-                 objects_per_kpx: tuple[float, float] = OBJECTS_PER_KPX) -> tuple[np.ndarray, list[list[float]]]:
+                 objects_per_kpx: tuple[float, float] = OBJECTS_PER_KPX,
+                 contrast: tuple[float, float] = CONTRAST) -> tuple[np.ndarray, list[list[float]]]:
     """One (size, size) uint8 image and its object boxes (xyxy, px). `object_px`: the range of object
-    sizes (px, skewed to the small end); `objects_per_kpx`: the range of objects per 1000 px^2."""
+    sizes (px, skewed to the small end); `objects_per_kpx`: the range of objects per 1000 px^2;
+    `contrast`: the range of an object's peak above the background (distractors keep theirs)."""
     img = _background(rng, size)
     area_k = size * size / 1000.0
     n = int(rng.integers(int(objects_per_kpx[0] * area_k), int(objects_per_kpx[1] * area_k) + 1))
@@ -104,7 +119,7 @@ def render_image(rng: np.random.Generator, size: int, object_px: tuple[float, fl
         box = _ellipse_box(cx, cy, a, b, theta, size)
         if box is None:
             continue
-        _stamp(img, cx, cy, a, b, theta, amp=rng.uniform(0.22, 0.45))
+        _stamp(img, cx, cy, a, b, theta, amp=rng.uniform(*contrast))
         placed.append((cx, cy, a))
         boxes.append(box)
     # Distractors: shapes of the same size and contrast that are not objects.
@@ -127,7 +142,7 @@ def render_image(rng: np.random.Generator, size: int, object_px: tuple[float, fl
 def write_dataset(out: str | os.PathLike, n_images: int = DEFAULT_IMAGES, size: int = DEFAULT_SIZE,
                   seed: int = 0, **render) -> Path:
     """Write `n_images` PNGs and a COCO `annotations.json` into `out`; return the JSON's path.
-    `render` (object_px, objects_per_kpx) changes the objects' character (render_image)."""
+    `render` (object_px, objects_per_kpx, contrast) changes the objects' character (render_image)."""
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     images, annotations = [], []

@@ -180,8 +180,12 @@ def drive(args, space: Space, loc: RunLocation, splits, replay: dict | None) -> 
         if any(fixed.values()):
             log.warning("studies brought in line with the trials' stored results: %s", fixed)
         if replay is None:  # replayed trials leave no model to time or to draw detections with
+            t1 = time.time()
             latency.measure(space, loc, refs, records)
+            t2 = time.time()
             detections.draw(space, loc, refs, records)
+            log.info("after the search: latency measured in %.1f s, detections drawn in %.1f s",
+                     t2 - t1, time.time() - t2)
         failed = False
     finally:
         # Ray first: whatever happens below, no Ray is left running behind this command.

@@ -4,8 +4,10 @@ A trial runs beside other trials and its model changes every epoch; Faster R-CNN
 depends on how many proposals and detections survive, which training changes. So the latency the
 report ranks arms by is measured here instead: after the search (and confirmation) stages, for each
 arm its best configuration (`results.ranked`), the weights validation chose for it (`model.pt` in
-the checkpoint search.checkpoints keeps), in a Ray task with the trials' own resources (on a cluster, a node like the trials'), one arm after the
-other so that nothing else runs on that device, timed by `detector.engine.latency_ms`: warm-up and
+the checkpoint search.checkpoints keeps), all in one Ray task with the trials' own resources (on a
+cluster, a node like the trials': every arm timed on the same node, and one worker started, which
+costs seconds of imports), one arm after the other so that nothing else runs on that device,
+timed by `detector.engine.latency_ms`: warm-up and
 timed passes under the same settings, the median of `REPEATS` passes at batch size 1 on a
 validation image. Written to RUN_DIR/latency.json: {arm: {trial_id, latency_ms, latency_n, device}}.
 """
@@ -20,7 +22,7 @@ from search.space import Space
 from search.storage import RunLocation
 
 LATENCY_FILE = "latency.json"
-REPEATS = 20
+REPEATS = 10  # at batch size 1: 3 s of passes per model on a CPU (0.3 s each), a fraction of a second on a GPU
 
 
 class Kept(NamedTuple):
@@ -46,14 +48,23 @@ def load_kept(checkpoint: str, train) -> Kept:
     return Kept(loaded.model, loaded.cfg, Setup.create(loaded.cfg, train, device), loaded.score_threshold)
 
 
-def _measure(checkpoint: str, train, val, repeats: int) -> dict:
-    """In a Ray task: load the checkpoint, time the model on the first validation image."""
+def _measure(checkpoints: list[str], train, val, repeats: int) -> list[dict]:
+    """In one Ray task: each checkpoint's model loaded and timed on the first validation image, one
+    after the other (one worker started, every arm timed on the same node). A model that cannot be
+    timed gets {"error"} and the next is still timed."""
     from detector.data import DetectionDataset
     from detector.engine import latency_ms
 
-    model, cfg, setup, _ = load_kept(checkpoint, train)
-    image = DetectionDataset(val, cfg.in_channels)[0][0]
-    return {**latency_ms(model, image, setup, repeats=repeats), "device": str(setup.device)}
+    out = []
+    for checkpoint in checkpoints:
+        try:
+            model, cfg, setup, _ = load_kept(checkpoint, train)
+            image = DetectionDataset(val, cfg.in_channels)[0][0]
+            out.append({**latency_ms(model, image, setup, repeats=repeats), "device": str(setup.device)})
+            del model
+        except Exception as e:  # a failed measurement costs the report this arm's latency only
+            out.append({"error": f"{type(e).__name__}: {e}"[:500]})
+    return out
 
 
 def measure(space: Space, loc: RunLocation, data, records: list[TrialRecord], repeats: int = REPEATS) -> dict:
@@ -63,21 +74,26 @@ def measure(space: Space, loc: RunLocation, data, records: list[TrialRecord], re
     {"trial_id", "error"} instead of a time."""
     import ray
 
-    task = ray.remote(num_cpus=space.cpu, num_gpus=space.gpu)(_measure)
-    out = {}
+    out, todo = {}, []  # todo: (arm, trial id, checkpoint)
     for arm in space.arms:
         order = ranked(records, arm.name)
         if not order:
             continue
         best = order[0]
         kept = loc.checkpoints(Path(best.path))
-        if not kept:
+        if kept:
+            todo.append((arm.name, best.trial_id, kept[-1]))
+        else:
             out[arm.name] = {"trial_id": best.trial_id, "error": "no checkpoint kept"}
-            continue
-        try:  # one at a time: the next model is measured only when the last one is done
-            out[arm.name] = {"trial_id": best.trial_id, **ray.get(task.remote(kept[-1], data[0], data[1], repeats))}
+    if todo:
+        task = ray.remote(num_cpus=space.cpu, num_gpus=space.gpu)(_measure)
+        try:  # one task, the models one at a time: nothing else runs on that device meanwhile
+            timed = ray.get(task.remote([c for _, _, c in todo], data[0], data[1], repeats))
         except Exception as e:  # a failed measurement costs the report its latency, never the search
-            out[arm.name] = {"trial_id": best.trial_id, "error": f"{type(e).__name__}: {e}"[:500]}
+            timed = [{"error": f"{type(e).__name__}: {e}"[:500]}] * len(todo)
+        for (arm, trial_id, _), t in zip(todo, timed):
+            out[arm] = {"trial_id": trial_id, **t}
+    out = {a.name: out[a.name] for a in space.arms if a.name in out}  # the space's order
     (loc.local / LATENCY_FILE).write_text(json.dumps(out, indent=1))
     loc.push([LATENCY_FILE])
     return out

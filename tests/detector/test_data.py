@@ -149,6 +149,31 @@ def test_synthetic_dataset_is_reproducible_and_small_object_dominated(tmp_path):
     assert s["box_width_px"]["q05"] >= 3 and s["box_width_px"]["q95"] <= 25
     assert s["boxes_under_16px"] > 0.8 * s["objects"]
 
+def test_the_embedded_dataset_is_the_versioned_easier_set_and_an_older_cache_is_not_read(tmp_path, monkeypatch):
+    """The demos' dataset (synth.EMBEDDED): 28 images of 112 px, objects of at most 30 px and
+    brighter than the hard family; a cache folder of version 1 (`synth-default`, 48 x 160 px)
+    left by an earlier release is not taken for it, and `detector.data synth` writes the same set."""
+    monkeypatch.setenv("SMALLOBJ_CACHE", str(tmp_path / "cache"))
+    old = tmp_path / "cache" / "synth-default"
+    synth.write_dataset(old, n_images=2)  # what version 1 left behind
+    ann = D.ensure_default_data()
+    assert ann.parent.name == "synth-v2" and ann.parent != old
+    ds = D.load_coco(ann)
+    s = ds.summary()
+    assert len(ds) == 28 and {im.shape for im in ds.images} == {(112, 112)}
+    assert s["objects_per_image"]["min"] >= 10
+    assert max(float((b[:, 2:] - b[:, :2]).max()) for b in ds.boxes) <= 30.5
+    assert s["boxes_under_16px"] > 0.5 * s["objects"]  # still a small-object set
+    hard = D.load_coco(synth.write_dataset(tmp_path / "hard", n_images=28, size=112))
+
+    def peak_above_background(d):  # each object's brightest pixel over its image's median
+        return np.median([d.images[i][int(y0):int(y1) + 1, int(x0):int(x1) + 1].max() - np.median(d.images[i])
+                          for i in range(len(d)) for x0, y0, x1, y1 in d.boxes[i].tolist()])
+    assert peak_above_background(ds) > peak_above_background(hard) + 20  # of 255
+    assert D.main(["synth", "--out", str(tmp_path / "cli")]) == 0
+    assert (tmp_path / "cli" / "annotations.json").read_bytes() == ann.read_bytes()
+
+
 
 def test_split_is_deterministic_and_disjoint(tiny_data):
     ds = D.load_coco(tiny_data)
