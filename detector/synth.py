@@ -11,8 +11,7 @@ benchmarks generate at their own sizes. `EMBEDDED` is the dataset the demos sear
 names no data (detector.data.ensure_default_data): 28 images of 112 px with objects of 12-30 px
 (12-38 per image, 14 px across at the median, all COCO-small) of higher contrast, so that the demo's
 2-epoch search on a 2-core CPU trains a detector that visibly finds most objects (bench/RESULTS.md,
-issue 25). Its cache folder carries
-`EMBEDDED_VERSION`, which changes whenever EMBEDDED does.
+issue 25). Its cache folder carries `EMBEDDED_VERSION`, which changes whenever EMBEDDED does.
 """
 from __future__ import annotations
 
