@@ -186,7 +186,7 @@ def test_a_trained_model_scores_the_same_map50_under_bf16_as_in_fp32_on_2000_px_
         # epoch validation happened to prefer.
         model, stats = _mosaic_model(trained["last_pt"], float32_boxes)
         seen = detections[name] = []
-        model.register_forward_hook(lambda module, inputs, out: seen.extend(out))
+        model.register_forward_hook(lambda module, inputs, out, seen=seen: seen.extend(out))
         scores[name] = evaluate(model, batches, Setup(torch.device("cpu"), stats, 1.0, dtype), 100 * TILES)["map50"]
     shifts = {name: _shift_px(detections["fp32"], detections[name]) for name in ("bf16", "bf16, torchvision's")}
     print(json.dumps({"map50": scores, "median shift px": shifts}))
