@@ -21,18 +21,16 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m search.run --space spaces/demo.yaml
 
-# Two xdist workers (a test waits on Ray, sleeps or subprocesses most of its time: one at a time
-# keeps the two cores half busy), one file per worker at a time (tests/conftest.py). First every test
-# that uses Ray except those marked `alone` (simulated clusters, which any other Ray started beside
-# them would join); then those beside the tests that use no Ray at all (tests/detector).
-XDIST := -n 2 --dist loadscope  # the scopes: tests/conftest.py pytest_xdist_make_scheduler
+# Two xdist workers, one file per worker at a time, the longest files first (tests/conftest.py).
+# Every search starts a Ray of its own (search/driver.py), so the simulated clusters of
+# tests/search/test_multinode.py run beside the other tests.
+XDIST := -n 2 --dist loadscope  # the scopes and their order: tests/conftest.py pytest_xdist_make_scheduler
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider $(XDIST) -m "not alone" tests/search tests/bench
-	$(PY) -m pytest -q -p no:cacheprovider $(XDIST) tests/detector tests/search/test_multinode.py
+	$(PY) -m pytest -q -p no:cacheprovider $(XDIST) tests
 
 # Everything but the end-to-end searches (tests marked slow).
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider $(XDIST) -m "not slow and not alone" tests
+	$(PY) -m pytest -q -p no:cacheprovider $(XDIST) -m "not slow" tests
 
 # Benchmarks (bench/RESULTS.md): one command each from a fresh clone; JSON on stdout.
 bench-demo: $(STAMP)

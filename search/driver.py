@@ -13,6 +13,7 @@ search: the studies are reconciled with Ray's trials, each arm's best model is t
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -25,14 +26,19 @@ log = logging.getLogger("search")
 
 
 def _init_ray(address: str | None, num_cpus: int | None) -> None:
-    """Join the cluster at `address` ('auto': the running one), or start a local Ray of `num_cpus`."""
+    """Join the cluster at `address` ('auto': the running one), or start a local Ray of `num_cpus`.
+
+    Without `address` the Ray is this search's own even where a cluster runs on the same machine
+    (`ray start`, or another tool's): `ray.init`'s own default would join the newest one it finds
+    there and then refuse `num_cpus`. Only RAY_ADDRESS, which Ray's job submission sets for its
+    entry point, still decides where a search without --address runs."""
     import ray
 
     if address:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING,
-                 log_to_driver=False)
+        ray.init(address=None if os.environ.get("RAY_ADDRESS") else "local", num_cpus=num_cpus,
+                 include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
 
 
 def _trainable(space: Space, data, replay: dict | None = None):

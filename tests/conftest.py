@@ -24,12 +24,24 @@ TINY = dict(min_size=64, max_size=64, anchor_sizes=[8, 16, 32, 64, 128], box_bat
 SHARED_STUDY_RUN = ("tests/search/test_run.py", "tests/search/test_study.py", "tests/search/test_trackers.py")
 
 
+# The files that take longest (the suite's `--durations` in bench/RESULTS.md), longest first: the
+# two workers take them first, so that neither ends alone with a long file while the other idles.
+# A file not named here runs after these, in collection order.
+LONGEST_FIRST = (*SHARED_STUDY_RUN, "tests/search/test_replayed_kills.py", "tests/search/test_faults.py",
+                 "tests/search/test_multinode.py", "tests/detector/test_engine.py", "tests/search/test_scale.py",
+                 "tests/detector/test_precision.py", "tests/search/test_storage.py", "tests/detector/test_model.py",
+                 "tests/search/test_replay.py", "tests/detector/test_deploy.py")
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked `gpu` skip cleanly where CUDA is absent (`pytest -m gpu` on the GPU machine runs
     them). A test that reads `study_run` from a file not in SHARED_STUDY_RUN is refused (it would
-    make a second copy of that search on another worker)."""
+    make a second copy of that search on another worker). The files of LONGEST_FIRST come first
+    (each worker collects the same order; the scheduler below keeps it)."""
     skip = None if torch.cuda.is_available() else pytest.mark.skip(reason="needs a CUDA GPU")
     root = Path(__file__).resolve().parents[1]
+    rank = {f: i for i, f in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(Path(item.path).resolve().relative_to(root).as_posix(), len(rank)))
     for item in items:
         if skip is not None and "gpu" in item.keywords:
             item.add_marker(skip)
@@ -41,9 +53,12 @@ def pytest_collection_modifyitems(config, items):
 def pytest_xdist_make_scheduler(config, log):
     """`make test` runs the suite on two xdist workers: each file is handed to one worker whole (its
     module-scoped fixtures, a search or an S3 server, are made once), and the SHARED_STUDY_RUN files
-    to one worker together. (xdist's own `--dist loadgroup` ignores its marks under pytest 9, which
-    stores node ids differently; this is xdist's scheduler hook with file scopes of our own.)"""
+    to one worker together, in the order of pytest_collection_modifyitems (LONGEST_FIRST). (xdist's
+    own `--dist loadgroup` ignores its marks under pytest 9, which stores node ids differently;
+    this is xdist's scheduler hook with file scopes of our own.)"""
     from xdist.scheduler import LoadScopeScheduling
+
+    config.option.loadscopereorder = False  # xdist would order the files by their number of tests
 
     class FileScopes(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:

@@ -24,9 +24,10 @@ from searchutil import (ROOT, SearchProcess, assert_every_trial_once, kill_betwe
                         reported_epochs, result_rows, wait_until, write_space)
 
 
-# Whole searches; and the simulated clusters are what any Ray started beside them would join (ray.init
-# finds the newest cluster on this machine): `make test` runs this file beside tests/detector only.
-pytestmark = [pytest.mark.slow, pytest.mark.alone]
+# Whole searches. A simulated cluster is what ray.init's default would join (cluster_utils writes
+# its address where `ray start` does); a search without --address starts its own Ray instead
+# (search.driver._init_ray, tested below), so these run beside the rest of the suite.
+pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def cluster():
@@ -53,6 +54,28 @@ def _node_of(pid: int, nodes) -> object:
     ancestors = {p.pid for p in psutil.Process(pid).parents()}
     (node,) = [n for n in nodes if n.all_processes["raylet"][0].process.pid in ancestors]
     return node
+
+
+def test_a_search_without_address_starts_its_own_ray_beside_a_running_cluster(cluster, monkeypatch):
+    """search.driver._init_ray without --address, while a cluster runs on this machine (whose
+    address ray.init's default would find and join): a local Ray of --num-cpus of its own; with
+    RAY_ADDRESS set (Ray's job submission sets it), the cluster it names."""
+    from search.driver import _init_ray
+
+    c, _ = cluster
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    _init_ray(None, 1)
+    try:
+        assert ray.get_runtime_context().gcs_address != c.address
+        assert ray.cluster_resources().get("CPU") == 1  # not the cluster's 2
+    finally:
+        ray.shutdown()
+    monkeypatch.setenv("RAY_ADDRESS", c.address)
+    _init_ray(None, None)
+    try:
+        assert ray.get_runtime_context().gcs_address == c.address and ray.cluster_resources().get("CPU") == 2
+    finally:
+        ray.shutdown()
 
 
 def test_trials_of_a_removed_node_continue_from_their_checkpoint_elsewhere(cluster, tiny_data, tmp_path):

@@ -155,7 +155,7 @@ def test_without_test_images_each_arm_s_detections_are_drawn_on_validation_image
     monkeypatch.setattr(detections, "FOLDER", "detections-without-test")  # not the run's own figures
     space, run_dir, records = study_run.space, study_run.run_dir, study_run.records
     splits = space.load_splits(str(study_run.data))
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
     try:
         out = detections.draw(space, RunLocation(str(run_dir.parent), run_dir.name), (ray.put(splits.train),
                               ray.put(splits.val)), records)
