@@ -23,14 +23,16 @@ demo: $(STAMP)
 
 # Two xdist workers, one file per worker at a time, the longest files first (tests/conftest.py).
 # Every search starts a Ray of its own (search/driver.py), so the simulated clusters of
-# tests/search/test_multinode.py run beside the other tests.
+# tests/search/test_multinode.py run beside the other tests; then, by itself, the one test marked
+# `alone` (Ray's autoscaling cluster stops every Ray on the machine).
 XDIST := -n 2 --dist loadscope  # the scopes and their order: tests/conftest.py pytest_xdist_make_scheduler
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider $(XDIST) tests
+	$(PY) -m pytest -q -p no:cacheprovider $(XDIST) -m "not alone" tests
+	$(PY) -m pytest -q -p no:cacheprovider -m alone tests
 
 # Everything but the end-to-end searches (tests marked slow).
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider $(XDIST) -m "not slow" tests
+	$(PY) -m pytest -q -p no:cacheprovider $(XDIST) -m "not slow and not alone" tests
 
 # Benchmarks (bench/RESULTS.md): one command each from a fresh clone; JSON on stdout.
 bench-demo: $(STAMP)

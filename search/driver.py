@@ -167,10 +167,11 @@ def drive(args, space: Space, loc: RunLocation, splits, replay: dict | None) -> 
     from search import detections, latency
     from search.results import collect, write_results
     from search.searcher import reconcile_studies
-    from search.trainable import remove_orphaned_work_dirs
+    from search.trainable import ray_tag, remove_orphaned_work_dirs
 
     run_dir = loc.local
     _init_ray(args.address, args.num_cpus)
+    mine = ray_tag()
     t0 = time.time()
     failed = True
     try:
@@ -196,7 +197,7 @@ def drive(args, space: Space, loc: RunLocation, splits, replay: dict | None) -> 
     finally:
         # Ray first: whatever happens below, no Ray is left running behind this command.
         ray.shutdown()
-        remove_orphaned_work_dirs(wait_s=10)  # scratch folders of trials Ray's shutdown cut short
+        remove_orphaned_work_dirs(wait_s=10, wait_for=mine)  # of trials Ray's shutdown cut short
         try:
             if failed:  # otherwise `records` were collected after the last trial ended (2 s at 1,000 trials)
                 loc.pull()

@@ -28,10 +28,21 @@ from detector.engine import MODEL_FILE, NonFiniteLossError, OutOfMemoryError, fi
 from search.stages import scores_test
 
 CKPT_NAME = "checkpoint.pt"
-WORK_PREFIX = "smallobj-trial-"  # + the worker's pid + "-": the trial's scratch folder on its node
+# The trial's scratch folder on its node: WORK_PREFIX + the worker's pid + "-" + ray_tag() + "-...".
+WORK_PREFIX = "smallobj-trial-"
 
 
-def remove_orphaned_work_dirs(tmp: str | None = None, wait_s: float = 0.0) -> int:
+def ray_tag() -> str:
+    """Which Ray a process belongs to, as 8 hex digits of its cluster's GCS address (unique among
+    the Rays running on one machine: two searches side by side each start their own)."""
+    import hashlib
+
+    import ray
+
+    return hashlib.sha1(ray.get_runtime_context().gcs_address.encode()).hexdigest()[:8]
+
+
+def remove_orphaned_work_dirs(tmp: str | None = None, wait_s: float = 0.0, wait_for: str | None = None) -> int:
     """Delete scratch folders left by trials whose worker process no longer exists.
 
     A trial removes its folder when it ends, but not when its worker is killed (a driver killed
@@ -39,15 +50,17 @@ def remove_orphaned_work_dirs(tmp: str | None = None, wait_s: float = 0.0) -> in
     holds a model and optimizer checkpoint, hundreds of MB; so do the trials still running when Ray
     shuts its workers down at the end of a search. Every trial sweeps its node's leftovers before it
     starts, and search.run sweeps its own machine after Ray has shut down, waiting up to `wait_s`
-    for the workers to be gone; the pid in the name tells whose a folder was."""
+    for the workers of its own Ray (`wait_for`: its ray_tag) to be gone, never for the live trials
+    of another search on the same machine. The pid in the name tells whose a folder was."""
     removed, deadline = 0, time.time() + wait_s
     while True:
         alive = 0
         for d in Path(tmp or tempfile.gettempdir()).glob(f"{WORK_PREFIX}*-*"):
             try:
-                pid = int(d.name[len(WORK_PREFIX):].split("-", 1)[0])
-                os.kill(pid, 0)  # alive: keep
-                alive += 1
+                pid, rest = d.name[len(WORK_PREFIX):].split("-", 1)
+                os.kill(int(pid), 0)  # alive: keep
+                if wait_for is not None and rest.startswith(f"{wait_for}-"):
+                    alive += 1  # a trial of this search's own Ray, its worker not gone yet
                 continue
             except ValueError:
                 continue  # not one of ours
@@ -82,7 +95,7 @@ def train_trial(config: dict, data: tuple, checkpoint_epochs: frozenset | None =
     test = resolve(data[2:3])[0] if scores_test(config, data) else None
     cfg = C.from_dict(config["cfg"], source=f"trial {tune.get_context().get_trial_id()}")
     remove_orphaned_work_dirs()
-    work = Path(tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}-"))
+    work = Path(tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}-{ray_tag()}-"))
     last_epoch = 0
     try:
         restored = tune.get_checkpoint()

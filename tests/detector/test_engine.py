@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -236,8 +235,20 @@ def test_config_yaml_round_trip_and_errors(tmp_path):
         C.load(path)
 
 
-def _run(*args, **kw):
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, **kw)
+def _run(module: str, *args: str) -> SimpleNamespace:
+    """`python -m MODULE ARGS` in this process (its `main`; a subprocess would import torch again
+    for each command): its exit status and what it printed, as subprocess.run gives them."""
+    import contextlib
+    import importlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = importlib.import_module(module).main(list(args))
+        except SystemExit as e:  # argparse's own refusals
+            rc = e.code
+    return SimpleNamespace(returncode=rc, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 def test_print_config_is_a_loadable_reference(tmp_path):

@@ -48,12 +48,12 @@ def test_lint_fails_on_exposure(tmp_path, old, new, message):
     assert any(message in p for p in problems), problems
 
 
-def test_a_local_run_folder_on_a_cluster_is_refused_before_anything_starts(tmp_path):
-    import subprocess
-    import sys
+def test_a_local_run_folder_on_a_cluster_is_refused_before_anything_starts(tmp_path, capsys):
+    import ray
+
+    from search import run
 
     space = Path(__file__).resolve().parents[2] / "spaces" / "demo.yaml"
-    out = subprocess.run([sys.executable, "-m", "search.run", "--space", str(space), "--address", "auto",
-                          "--storage", str(tmp_path)], capture_output=True, text=True)
-    assert out.returncode == 2 and "must be shared by every node" in out.stderr
+    assert run.main(["--space", str(space), "--address", "auto", "--storage", str(tmp_path)]) == 2
+    assert "must be shared by every node" in capsys.readouterr().err and not ray.is_initialized()
     assert list(tmp_path.iterdir()) == []  # nothing written

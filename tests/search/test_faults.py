@@ -66,11 +66,30 @@ def test_scratch_folders_of_dead_workers_are_removed(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     for pid in (dead.pid, os.getpid()):
-        (tmp_path / f"{WORK_PREFIX}{pid}-abc").mkdir()
-        (tmp_path / f"{WORK_PREFIX}{pid}-abc" / "checkpoint.pt").write_bytes(b"x")
+        (tmp_path / f"{WORK_PREFIX}{pid}-0123abcd-x1").mkdir()
+        (tmp_path / f"{WORK_PREFIX}{pid}-0123abcd-x1" / "checkpoint.pt").write_bytes(b"x")
     (tmp_path / f"{WORK_PREFIX}notapid").mkdir()
     assert remove_orphaned_work_dirs(str(tmp_path)) == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{WORK_PREFIX}{os.getpid()}-abc", f"{WORK_PREFIX}notapid"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{WORK_PREFIX}{os.getpid()}-0123abcd-x1",
+                                                          f"{WORK_PREFIX}notapid"]
+
+
+def test_the_sweep_after_a_search_waits_for_its_own_trials_only(tmp_path):
+    """search.run's sweep after Ray's shutdown waits (up to wait_s) for the live workers of its own
+    Ray, whose folders carry its ray_tag, and not for another search's on the same machine."""
+    import threading
+    import time
+
+    from search.trainable import WORK_PREFIX, remove_orphaned_work_dirs
+
+    worker = subprocess.Popen(["sleep", "1.5"])  # a trial's worker that Ray's shutdown has not yet ended
+    threading.Thread(target=worker.wait, daemon=True).start()  # reaped when it exits (no zombie)
+    (tmp_path / f"{WORK_PREFIX}{worker.pid}-0123abcd-x1").mkdir()
+    t0 = time.time()
+    assert remove_orphaned_work_dirs(str(tmp_path), wait_s=10, wait_for="fedc9876") == 0  # another search's
+    assert time.time() - t0 < 0.5 and len(list(tmp_path.iterdir())) == 1
+    assert remove_orphaned_work_dirs(str(tmp_path), wait_s=10, wait_for="0123abcd") == 1  # its own: waited for
+    assert 1.0 < time.time() - t0 < 5 and not list(tmp_path.iterdir())
 
 
 def _runs_of_stage(trials_dir, stage: str) -> list[str]:

@@ -26,7 +26,8 @@ from searchutil import (ROOT, SearchProcess, assert_every_trial_once, kill_betwe
 
 # Whole searches. A simulated cluster is what ray.init's default would join (cluster_utils writes
 # its address where `ray start` does); a search without --address starts its own Ray instead
-# (search.driver._init_ray, tested below), so these run beside the rest of the suite.
+# (search.driver._init_ray, tested below), so these run beside the rest of the suite, except the
+# autoscaler's (marked `alone`).
 pytestmark = pytest.mark.slow
 
 @pytest.fixture
@@ -172,12 +173,15 @@ class _Autoscaling(AutoscalingCluster):
         return config
 
 
+@pytest.mark.alone
 def test_the_autoscaler_starts_gpu_nodes_for_the_trials(tiny_data, tmp_path, monkeypatch):
     """No node can run a trial at the start (the head has no CPU, as in cluster.yaml); the trials ask
     for a GPU, the autoscaler starts cluster.yaml's GPU node types (GPUs simulated: the trials replay
     curves) and the search finishes.
 
-    Note: AutoscalingCluster runs `ray stop --force`, which stops every Ray on this machine."""
+    Note: AutoscalingCluster runs `ray stop --force` when it starts and when it stops, which stops
+    every Ray on this machine, and with it any driver of another test (its xdist worker dies with
+    it, seen): `make test` runs this test after all others."""
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")  # its `ray` CLI
     head, workers = _autoscaling_config(ROOT / "cluster.yaml")
     assert head == {"CPU": 0} and all(w["resources"].get("GPU", 0) >= 1 for w in workers.values())

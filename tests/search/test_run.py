@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import optuna
@@ -190,7 +188,9 @@ def test_without_test_images_each_arm_s_detections_are_drawn_on_validation_image
 
 
 @pytest.mark.slow
-def test_export_round_trip_trains(searched, tmp_path):
+def test_export_round_trip_trains(searched, tmp_path, capsys):
+    from detector import train
+
     space, run_dir = searched
     paths = export.export(run_dir, tmp_path / "exp", source="search", weights=False)
     assert {p.name for p in paths} == {"best.yaml", "resnet18-v1-none-t5.yaml", "resnet18-v2-none-t5.yaml"}
@@ -201,12 +201,11 @@ def test_export_round_trip_trains(searched, tmp_path):
     # Read the block back as YAML: a Ray trial id of digits only ("18689190") is written quoted.
     meta = yaml.safe_load((tmp_path / "exp" / "best.yaml").read_text())["search"]
     assert meta["trial_id"] == best_row["trial_id"] and meta["data_fingerprint"]
-    out = subprocess.run([sys.executable, "-m", "detector.train", "--config", str(tmp_path / "exp" / "best.yaml"),
-                          "--data", str(json.loads((run_dir / "run.json").read_text())["data"]),
-                          "--epochs", "1", "--out", str(tmp_path / "retrain"), "--quiet"],
-                         capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout.splitlines()[-1])["epochs_run"] == 1
+    capsys.readouterr()
+    assert train.main(["--config", str(tmp_path / "exp" / "best.yaml"), "--data",
+                       str(json.loads((run_dir / "run.json").read_text())["data"]), "--epochs", "1",
+                       "--out", str(tmp_path / "retrain"), "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["epochs_run"] == 1
 
 
 @pytest.mark.slow
@@ -261,14 +260,12 @@ def test_export_ships_the_models_validation_chose(searched, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_refuses_to_start_over_an_existing_run_and_to_resume_nothing(searched, tmp_path):
+def test_refuses_to_start_over_an_existing_run_and_to_resume_nothing(searched, tmp_path, capsys):
     space, run_dir = searched
-    out = subprocess.run([sys.executable, "-m", "search.run", "--space", space.path, "--storage",
-                          str(run_dir.parent), "--name", run_dir.name], capture_output=True, text=True)
-    assert out.returncode == 2 and "already exists: pass --resume" in out.stderr
-    out = subprocess.run([sys.executable, "-m", "search.run", "--space", space.path, "--storage", str(tmp_path),
-                          "--name", "nothing", "--resume"], capture_output=True, text=True)
-    assert out.returncode == 2 and "holds no experiment state" in out.stderr
+    assert run.main(["--space", space.path, "--storage", str(run_dir.parent), "--name", run_dir.name]) == 2
+    assert "already exists: pass --resume" in capsys.readouterr().err
+    assert run.main(["--space", space.path, "--storage", str(tmp_path), "--name", "nothing", "--resume"]) == 2
+    assert "holds no experiment state" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -363,7 +360,7 @@ def test_report_from_a_real_search(searched, tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_refuses_a_truncated_experiment_state(searched, tmp_path):
+def test_resume_refuses_a_truncated_experiment_state(searched, tmp_path, capsys):
     import shutil
 
     space, run_dir = searched
@@ -372,18 +369,17 @@ def test_resume_refuses_a_truncated_experiment_state(searched, tmp_path):
     state = next((copy / "trials").glob("experiment_state-*.json"))
     state.write_text(state.read_text()[:200])
     before = sorted((p, p.stat().st_size) for p in copy.rglob("*"))
-    out = subprocess.run([sys.executable, "-m", "search.run", "--space", space.path, "--storage", str(tmp_path),
-                          "--name", "r", "--resume"], capture_output=True, text=True)
-    assert out.returncode == 2 and "is truncated or corrupt" in out.stderr and state.name in out.stderr
+    assert run.main(["--space", space.path, "--storage", str(tmp_path), "--name", "r", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "is truncated or corrupt" in err and state.name in err
     assert sorted((p, p.stat().st_size) for p in copy.rglob("*")) == before  # nothing touched
 
 
-def test_unusable_data_is_refused_before_the_run_folder_exists(tmp_path):
+def test_unusable_data_is_refused_before_the_run_folder_exists(tmp_path, capsys):
     (tmp_path / "empty.json").write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
     space = _space(tmp_path, tmp_path / "empty.json", "arms: {backbone: [resnet18]}\n")
-    out = subprocess.run([sys.executable, "-m", "search.run", "--space", str(space), "--storage",
-                          str(tmp_path / "runs"), "--name", "x"], capture_output=True, text=True)
-    assert out.returncode == 2 and "no readable image" in out.stderr
+    assert run.main(["--space", str(space), "--storage", str(tmp_path / "runs"), "--name", "x"]) == 2
+    assert "no readable image" in capsys.readouterr().err and not ray.is_initialized()
     assert not (tmp_path / "runs").exists()
 
 

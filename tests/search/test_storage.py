@@ -7,18 +7,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pyarrow.fs
 import pytest
 
-from search import storage
+from search import export, run, storage
 from search.curve_trainable import CKPT_NAME
 from search.results import collect
-from searchutil import (ROOT, SearchProcess, assert_every_trial_once, assert_only_each_arms_best_keeps_checkpoints,
+from searchutil import (SearchProcess, assert_every_trial_once, assert_only_each_arms_best_keeps_checkpoints,
                         replay_flags, wait_until, write_space)
 
 SPACE = """
@@ -73,7 +71,7 @@ def _search(tmp_path: Path, *args: str, time_scale: float = 0.01) -> SearchProce
                          log_dir=tmp_path)
 
 
-def test_a_run_on_s3_keeps_everything_in_the_bucket(bucket, tiny_data, tmp_path):
+def test_a_run_on_s3_keeps_everything_in_the_bucket(bucket, tiny_data, tmp_path, capsys):
     space = write_space(tmp_path, tiny_data, SPACE)
     with _search(tmp_path, "--space", str(space), "--storage", bucket, "--name", "s3run",
                  "--local-dir", str(tmp_path / "work")) as search:
@@ -100,9 +98,8 @@ def test_a_run_on_s3_keeps_everything_in_the_bucket(bucket, tiny_data, tmp_path)
     # Anyone with access fetches the run and reports on it or exports from it.
     assert storage.main(["fetch", f"{bucket}/s3run", str(tmp_path / "fetched")]) == 0
     assert_every_trial_once(tmp_path / "fetched", n_trials=6, max_epochs=3)
-    out = subprocess.run([sys.executable, "-m", "search.export", str(tmp_path / "fetched"), "--out",
-                          str(tmp_path / "exp"), "--no-weights"], capture_output=True, text=True, cwd=ROOT)
-    assert out.returncode == 0, out.stderr  # (replayed trials train no model: configurations only)
+    # (replayed trials train no model: configurations only)
+    assert export.main([str(tmp_path / "fetched"), "--out", str(tmp_path / "exp"), "--no-weights"]) == 0
     assert (tmp_path / "exp" / "best.yaml").exists()
     # The weights of a run on S3 stay in the bucket (fetch leaves checkpoints there); export takes the
     # chosen trial's from its newest kept checkpoint there.
@@ -119,9 +116,9 @@ def test_a_run_on_s3_keeps_everything_in_the_bucket(bucket, tiny_data, tmp_path)
     assert storage.kept_file(tmp_path / "fetched", tmp_path / "fetched" / rel, "absent.pt", info["storage"], tmp_path / "dl") is None
 
     # The name is taken in the bucket even where no working copy exists.
-    with _search(tmp_path, "--space", str(space), "--storage", bucket, "--name", "s3run", "--local-dir",
-                 str(tmp_path / "elsewhere")) as again:
-        assert again.wait(120) == 2 and "s3://smallobj/runs/s3run already exists" in again.output
+    assert run.main(["--space", str(space), "--storage", bucket, "--name", "s3run", "--local-dir",
+                     str(tmp_path / "elsewhere")]) == 2
+    assert "s3://smallobj/runs/s3run already exists" in capsys.readouterr().err
 
 
 def test_resume_from_s3_on_a_machine_without_the_working_copy(bucket, tiny_data, tmp_path):
@@ -149,11 +146,11 @@ def test_resume_from_s3_on_a_machine_without_the_working_copy(bucket, tiny_data,
     assert {r["arm"] for r in rows} == {"resnet18-v1-none-t5", "resnet18-v2-none-t5"}
 
 
-def test_resume_of_a_run_the_bucket_does_not_hold_is_refused(bucket, tiny_data, tmp_path):
+def test_resume_of_a_run_the_bucket_does_not_hold_is_refused(bucket, tiny_data, tmp_path, capsys):
     space = write_space(tmp_path, tiny_data, SPACE)
-    with _search(tmp_path, "--space", str(space), "--storage", bucket, "--name", "never", "--local-dir",
-                 str(tmp_path), "--resume") as search:
-        assert search.wait(120) == 2 and "s3://smallobj/runs/never does not exist: nothing to resume" in search.output
+    assert run.main(["--space", str(space), "--storage", bucket, "--name", "never", "--local-dir", str(tmp_path),
+                     "--resume"]) == 2
+    assert "s3://smallobj/runs/never does not exist: nothing to resume" in capsys.readouterr().err
     assert not any(k.startswith("never/") for k in _keys(bucket))
 
 
