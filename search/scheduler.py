@@ -32,15 +32,18 @@ class PerArmASHA(FIFOScheduler):
     scheduler back), before the first decision, the rungs are rebuilt from the per-epoch results
     stored in `run_dir`, and the trials whose end the Optuna studies already hold are noted: a trial
     ASHA stopped (or that finished) after Ray's last experiment checkpoint comes back from Ray as
-    running, and is stopped again at its first result. The earlier decision wins, so Ray's trials,
-    the rungs and the studies keep telling the same story.
+    running from its last checkpoint in that snapshot, and trains again up to the epoch at which
+    its study ended it (the epochs since that checkpoint, whose reports the run folder lost with the
+    snapshot), then is stopped there. The earlier decision wins, so Ray's trials, the rungs and
+    the studies keep telling the same story. (Stopped at its first result instead, a trial that
+    had finished all 12 epochs came back as stopped after 11 while its study said COMPLETE.)
     """
 
     def __init__(self, space: Space, run_dir: str | Path | None = None):
         super().__init__()
         self.space, self.run_dir = space, None if run_dir is None else str(run_dir)
         self._needs_rebuild = False
-        self.ended: set[str] = set()  # Ray trial ids whose Optuna trial had ended before a resume
+        self.ended: dict[str, int] = {}  # Ray trial id -> its study's last epoch, of trials ended before a resume
         self.ashas = {name: AsyncHyperBandScheduler(time_attr=TIME_ATTR, metric=space.metric, mode="max",
                                                     max_t=space.max_epochs, grace_period=space.grace_period,
                                                     reduction_factor=space.reduction_factor, brackets=1)
@@ -63,7 +66,7 @@ class PerArmASHA(FIFOScheduler):
             self._needs_rebuild = False
             self.rebuild_rungs()
             journal = Path(self.run_dir) / JOURNAL
-            self.ended = ended_in_studies(self.space, journal) if journal.exists() else set()
+            self.ended = ended_in_studies(self.space, journal) if journal.exists() else {}
         return self.ashas[trial.config["study"]]
 
     def rebuild_rungs(self) -> int:
@@ -95,8 +98,8 @@ class PerArmASHA(FIFOScheduler):
         asha = self._asha(trial)
         if asha is None:
             return TrialScheduler.CONTINUE
-        if trial.trial_id in self.ended:
-            return TrialScheduler.STOP  # ended before the resume (see the class docstring)
+        if trial.trial_id in self.ended:  # ended before the resume (see the class docstring)
+            return TrialScheduler.CONTINUE if result[TIME_ATTR] < self.ended[trial.trial_id] else TrialScheduler.STOP
         if not compat.asha_knows(asha, trial.trial_id):  # a restored trial
             asha.on_trial_add(tune_controller, trial)
         return asha.on_trial_result(tune_controller, trial, result)

@@ -66,18 +66,19 @@ def _storage(journal: Path | None):
     return optuna.storages.InMemoryStorage() if journal is None else JournalStorage(JournalFileBackend(str(journal)))
 
 
-def ended_in_studies(space: Space, journal: Path) -> set[str]:
-    """Ray trial ids whose Optuna trial has ended (COMPLETE, PRUNED or FAIL) in the run's studies."""
+def ended_in_studies(space: Space, journal: Path) -> dict[str, int]:
+    """{Ray trial id: the last epoch its study holds (0: none)} of the trials whose Optuna trial has
+    ended (COMPLETE, PRUNED or FAIL) in the run's studies."""
     storage = _storage(journal)
     held = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
-    ended = set()
+    ended = {}
     for name in study_names(space):
         if name not in held:
             continue
         study = optuna.load_study(study_name=name, storage=storage)
         for t in study.get_trials(deepcopy=False, states=ENDED):
             if "ray_trial_id" in t.user_attrs:
-                ended.add(t.user_attrs["ray_trial_id"])
+                ended[t.user_attrs["ray_trial_id"]] = max(t.intermediate_values, default=0)
     return ended
 
 

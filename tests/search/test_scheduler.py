@@ -166,3 +166,48 @@ def test_a_trial_stopped_after_the_last_experiment_checkpoint_stays_stopped_on_r
     by_ray_id = {t.user_attrs["ray_trial_id"]: t for t in searcher2.studies[study].get_trials()}
     assert by_ray_id["t2"].state == TrialState.PRUNED and by_ray_id["t2"].intermediate_values == {1: 0.1}
     assert by_ray_id["t0"].state == TrialState.RUNNING and by_ray_id["t0"].intermediate_values == {1: 0.5, 2: 0.55}
+
+
+def test_a_trial_that_finished_after_the_last_experiment_checkpoint_finishes_again_on_resume(tmp_path):
+    """A trial finishes its 4 epochs and Optuna marks it COMPLETE, but the driver dies before Ray's
+    next experiment checkpoint and the run folder kept its results up to epoch 2 only: Ray restores
+    it as running from its epoch-2 checkpoint. It trains epochs 3 and 4 again and then ends, so
+    results.csv calls it finished, as its study does (seen in the full-space kill test: stopped at
+    its first result, it ended as `stopped` after 11 of 12 epochs, its study COMPLETE)."""
+    import pickle
+
+    from optuna.trial import TrialState
+
+    from search.searcher import ArmSearcher
+
+    space = _space(tmp_path, trials_per_arm=1)
+    study = "resnet18-v1-none-t5"
+    run_dir = tmp_path / "run"
+    (run_dir / "trials").mkdir(parents=True)
+    searcher = ArmSearcher(space, run_dir / "optuna.journal")
+    scheduler = PerArmASHA(space, run_dir)
+    blank_searcher, blank_scheduler = pickle.dumps(searcher), pickle.dumps(scheduler)
+    t0 = Trial("fake_trainable", config=searcher.suggest("t0"), trial_id="t0", stub=True)
+    scheduler.on_trial_add(None, t0)
+    values = {1: 0.3, 2: 0.4, 3: 0.5, 4: 0.6}
+    for epoch in (1, 2):
+        searcher.on_trial_result("t0", {"epoch": epoch, "map50": values[epoch]})
+        assert scheduler.on_trial_result(None, t0, {"epoch": epoch, "map50": values[epoch]}) == TrialScheduler.CONTINUE
+    _store(run_dir, study, "t0", [values[1], values[2]], config=t0.config)  # what the run folder kept
+    searcher.save(str(tmp_path / "searcher-state.json"))  # Ray's last experiment checkpoint: t0 live
+    write_experiment_state(run_dir / "trials", {"t0": "RUNNING"})
+    for epoch in (3, 4):
+        searcher.on_trial_result("t0", {"epoch": epoch, "map50": values[epoch]})
+        scheduler.on_trial_result(None, t0, {"epoch": epoch, "map50": values[epoch]})
+    searcher.on_trial_complete("t0", {"epoch": 4, "map50": 0.6})
+    # The driver dies here. Resume: the Tuner's pickles, the searcher's last saved state.
+    searcher2, scheduler2 = pickle.loads(blank_searcher), pickle.loads(blank_scheduler)
+    searcher2.restore(str(tmp_path / "searcher-state.json"))
+    decisions = []
+    for epoch in (3, 4):  # trained again from the epoch-2 checkpoint
+        searcher2.on_trial_result("t0", {"epoch": epoch, "map50": values[epoch]})
+        decisions.append(scheduler2.on_trial_result(None, t0, {"epoch": epoch, "map50": values[epoch]}))
+    assert decisions == [TrialScheduler.CONTINUE, TrialScheduler.STOP]  # was STOP at epoch 3 already
+    searcher2.on_trial_complete("t0", {"epoch": 4, "map50": 0.6})
+    (t,) = searcher2.studies[study].get_trials()
+    assert t.state == TrialState.COMPLETE and t.value == 0.6 and sorted(t.intermediate_values) == [1, 2, 3, 4]
