@@ -67,8 +67,9 @@ def _storage(journal: Path | None):
 
 
 def ended_in_studies(space: Space, journal: Path) -> dict[str, int]:
-    """{Ray trial id: the last epoch its study holds (0: none)} of the trials whose Optuna trial has
-    ended (COMPLETE, PRUNED or FAIL) in the run's studies."""
+    """{Ray trial id: the last epoch its study holds} of the trials whose Optuna trial has ended
+    (COMPLETE, PRUNED or FAIL) in the run's studies; 0 for FAIL (what Ray gave up on is stopped at
+    its first result after a resume)."""
     storage = _storage(journal)
     held = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     ended = {}
@@ -78,7 +79,8 @@ def ended_in_studies(space: Space, journal: Path) -> dict[str, int]:
         study = optuna.load_study(study_name=name, storage=storage)
         for t in study.get_trials(deepcopy=False, states=ENDED):
             if "ray_trial_id" in t.user_attrs:
-                ended[t.user_attrs["ray_trial_id"]] = max(t.intermediate_values, default=0)
+                last = max(t.intermediate_values, default=0) if t.state != TrialState.FAIL else 0
+                ended[t.user_attrs["ray_trial_id"]] = last
     return ended
 
 
