@@ -116,6 +116,21 @@ def test_the_rung_rebuild_counts_exactly_the_trials_results_count(tmp_path):
     assert {tid for rung in restored.rung_records()[study].values() for tid in rung} == counted
 
 
+def _before_a_kill(tmp_path, trials_per_arm: int):
+    """(run folder, searcher, scheduler, and both pickled as the Tuner pickles them at the start) of
+    a one-arm run, for the resume tests below."""
+    import pickle
+
+    from search.searcher import ArmSearcher
+
+    space = _space(tmp_path, trials_per_arm=trials_per_arm)
+    run_dir = tmp_path / "run"
+    (run_dir / "trials").mkdir(parents=True)
+    searcher = ArmSearcher(space, run_dir / "optuna.journal")
+    scheduler = PerArmASHA(space, run_dir)
+    return run_dir, searcher, scheduler, pickle.dumps(searcher), pickle.dumps(scheduler)
+
+
 def test_a_trial_stopped_after_the_last_experiment_checkpoint_stays_stopped_on_resume(tmp_path):
     """ASHA stops t2 and Optuna marks it PRUNED; the driver dies before Ray's next experiment
     checkpoint, so Ray restores t2 as running from its checkpoint and it reports epoch 1 again.
@@ -127,15 +142,8 @@ def test_a_trial_stopped_after_the_last_experiment_checkpoint_stays_stopped_on_r
 
     from optuna.trial import TrialState
 
-    from search.searcher import ArmSearcher
-
-    space = _space(tmp_path, trials_per_arm=3)
     study = "resnet18-v1-none-t5"
-    run_dir = tmp_path / "run"
-    (run_dir / "trials").mkdir(parents=True)
-    searcher = ArmSearcher(space, run_dir / "optuna.journal")
-    scheduler = PerArmASHA(space, run_dir)
-    blank_searcher, blank_scheduler = pickle.dumps(searcher), pickle.dumps(scheduler)  # as the Tuner pickles them
+    run_dir, searcher, scheduler, blank_searcher, blank_scheduler = _before_a_kill(tmp_path, trials_per_arm=3)
     trials = {}
     for tid in ("t0", "t1", "t2"):
         config = searcher.suggest(tid)
@@ -178,15 +186,8 @@ def test_a_trial_that_finished_after_the_last_experiment_checkpoint_finishes_aga
 
     from optuna.trial import TrialState
 
-    from search.searcher import ArmSearcher
-
-    space = _space(tmp_path, trials_per_arm=1)
     study = "resnet18-v1-none-t5"
-    run_dir = tmp_path / "run"
-    (run_dir / "trials").mkdir(parents=True)
-    searcher = ArmSearcher(space, run_dir / "optuna.journal")
-    scheduler = PerArmASHA(space, run_dir)
-    blank_searcher, blank_scheduler = pickle.dumps(searcher), pickle.dumps(scheduler)
+    run_dir, searcher, scheduler, blank_searcher, blank_scheduler = _before_a_kill(tmp_path, trials_per_arm=1)
     t0 = Trial("fake_trainable", config=searcher.suggest("t0"), trial_id="t0", stub=True)
     scheduler.on_trial_add(None, t0)
     values = {1: 0.3, 2: 0.4, 3: 0.5, 4: 0.6}
