@@ -40,13 +40,14 @@ def pytest_collection_modifyitems(config, items):
     (each worker collects the same order; the scheduler below keeps it)."""
     skip = None if torch.cuda.is_available() else pytest.mark.skip(reason="needs a CUDA GPU")
     root = Path(__file__).resolve().parents[1]
+    file_of = {id(item): Path(item.path).resolve().relative_to(root).as_posix() for item in items}
     rank = {f: i for i, f in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(Path(item.path).resolve().relative_to(root).as_posix(), len(rank)))
+    items.sort(key=lambda item: rank.get(file_of[id(item)], len(rank)))
     for item in items:
         if skip is not None and "gpu" in item.keywords:
             item.add_marker(skip)
         if "study_run" in getattr(item, "fixturenames", ()):
-            rel = Path(item.path).resolve().relative_to(root).as_posix()
+            rel = file_of[id(item)]
             assert rel in SHARED_STUDY_RUN, f"{rel} reads study_run: add it to tests/conftest.py SHARED_STUDY_RUN"
 
 
